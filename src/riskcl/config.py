@@ -1,0 +1,285 @@
+"""Typed experiment configuration: dataclasses loaded from YAML with dotted command-line overrides.
+
+A YAML file may start from another with ``base: other.yaml`` (relative to the file). Every key is checked
+against the dataclasses (unknown keys get a did-you-mean), every value against its type and range, and the
+loss and data set against their registries, before any work starts. The resolved config is saved in the run.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value is invalid; the message names the key, the value and what was expected."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "demo"                 # data-set registry name (riskcl.data.list_datasets())
+    root: str | None = None            # data folder in its public layout (not needed for demo)
+    image_size: int = 64               # square side fed to the model (paper: 224)
+    val_fraction: float = 0.15         # carved from train by whole groups when the data set has no val split
+    test_fraction: float = 0.2         # carved likewise when there is no official test split
+    split_seed: int = 0                # seed of the carved splits (kept apart from the training seed)
+    fold: int | None = None            # use validation fold `fold` of `num_folds` group folds instead
+    num_folds: int | None = None
+    on_bad_image: str = "error"        # "error" or "skip" (skipped files are listed in the run folder)
+    duplicates: str = "warn"           # "warn", "drop" (from evaluation splits) or "error"
+    cache_dir: str | None = None       # decoded-image cache (default ~/.cache/riskcl or $RISKCL_CACHE_DIR)
+    num_workers: int = 0               # DataLoader workers (0: main process; images come from a memory map)
+    options: dict = field(default_factory=dict)  # adapter options, e.g. magnifications for breakhis
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet18"             # any timm architecture
+    pretrained: Any = "auto"           # "auto": hub if reachable else random init (recorded); true; false
+    weights_path: str | None = None    # local .safetensors weights
+    drop_rate: float = 0.0
+
+
+@dataclass
+class LossConfig:
+    name: str = "ce"                   # loss registry name (riskcl.losses.list_losses())
+    params: dict = field(default_factory=dict)  # e.g. {lambda1: 5, lambda2: 20}
+    taxonomy: str | None = None        # a taxonomy YAML / built-in name overriding the data set's own
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4                   # AdamW learning rate (the paper does not give one; 1e-4 fine-tunes well)
+    weight_decay: float = 0.05
+    batch_size: int = 32               # paper: 32
+    grad_clip: float | None = None     # max gradient norm, None for no clipping
+    eval_batch_size: int = 128
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "run"
+    seed: int = 0                      # training seed (initialisation, shuffling, augmentation)
+    epochs: int = 10
+    device: str = "auto"               # "auto" (cuda if available), "cpu", "cuda", "cuda:1"
+    amp: bool = True                   # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True         # on CUDA
+    deterministic: bool = True         # deterministic algorithms (bit-identical reruns on CPU)
+    select_metric: str = "cer"         # best checkpoint: "cer", "mean_cost" (lower) or "f1_macro", "accuracy"
+    max_steps_per_epoch: int | None = None  # cap for smoke tests
+    progress: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SELECT_METRICS = {"cer": "min", "mean_cost": "min", "f1_macro": "max", "accuracy": "max"}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"`{key}`: expected {' or '.join(_type_name(a) for a in args)}, but got {value!r}")
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is dict:
+        if isinstance(value, Mapping):
+            return dict(value)
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, Mapping):
+            return _build(tp, value, key + ".")
+    raise ConfigError(f"`{key}`: expected {_type_name(tp)}, but got {value!r} ({type(value).__name__})")
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(f"Unknown config key '{prefix}{key}'{hint}; expected one of {names}")
+        kwargs[key] = _coerce(value, hints[key], prefix + key)
+    return cls(**kwargs)
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"Override '{dotted}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}``; values are parsed as YAML scalars / lists."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"Override '{item}': expected key=value")
+        key, raw = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"Config file {path} does not exist")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: circular `base:` chain")
+    with open(path, encoding="utf-8") as fh:
+        try:
+            data = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, but got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    merged = _read_yaml((path.parent / base), seen + (path.resolve(),))
+    return deep_merge(merged, data)
+
+
+def deep_merge(base: dict, update: Mapping) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict) and k not in ("params", "options"):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def config_from_dict(data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
+    """Build and validate a config from a mapping plus dotted overrides."""
+    merged = copy.deepcopy(dict(data))
+    for key, value in (overrides or {}).items():
+        _set_dotted(merged, key, value)
+    cfg = _build(ExperimentConfig, merged)
+    validate_config(cfg)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Any] | list[str] | None = None) -> ExperimentConfig:
+    """Load a YAML config (following ``base:``), apply overrides, validate. Errors name the file and key."""
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    data = _read_yaml(Path(path))
+    try:
+        return config_from_dict(data, overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _check(cond: bool, key: str, value: Any, expected: str) -> None:
+    if not cond:
+        raise ConfigError(f"`{key}` = {value!r}: expected {expected}")
+
+
+def validate_config(cfg: ExperimentConfig) -> None:
+    """Value ranges and registry look-ups; raises :class:`ConfigError` naming the key and value."""
+    from .data.registry import BAD_IMAGE_POLICIES, dataset_options, list_datasets
+    from .data.duplicates import DUPLICATE_POLICIES
+    from .losses import check_loss_params, create_loss, list_losses
+
+    _check(cfg.epochs >= 1, "epochs", cfg.epochs, "an integer >= 1")
+    _check(cfg.select_metric in SELECT_METRICS, "select_metric", cfg.select_metric, f"one of {list(SELECT_METRICS)}")
+    _check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"), "device", cfg.device,
+           "'auto', 'cpu' or 'cuda[:N]'")
+    _check(cfg.max_steps_per_epoch is None or cfg.max_steps_per_epoch >= 1, "max_steps_per_epoch",
+           cfg.max_steps_per_epoch, "None or >= 1")
+    o = cfg.optim
+    _check(o.lr > 0, "optim.lr", o.lr, "> 0")
+    _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, ">= 0")
+    _check(o.batch_size >= 1, "optim.batch_size", o.batch_size, ">= 1")
+    _check(o.eval_batch_size >= 1, "optim.eval_batch_size", o.eval_batch_size, ">= 1")
+    _check(o.grad_clip is None or o.grad_clip > 0, "optim.grad_clip", o.grad_clip, "None or > 0")
+    d = cfg.data
+    _check(d.name in list_datasets(), "data.name", d.name, f"one of {list_datasets()}")
+    _check(d.name == "demo" or d.root is not None, "data.root", d.root, "the data folder (required)")
+    _check(8 <= d.image_size <= 2048, "data.image_size", d.image_size, "an integer in [8, 2048]")
+    _check(0 < d.val_fraction < 1, "data.val_fraction", d.val_fraction, "in (0, 1)")
+    _check(0 < d.test_fraction < 1, "data.test_fraction", d.test_fraction, "in (0, 1)")
+    _check(d.on_bad_image in BAD_IMAGE_POLICIES, "data.on_bad_image", d.on_bad_image, f"one of {BAD_IMAGE_POLICIES}")
+    _check(d.duplicates in DUPLICATE_POLICIES, "data.duplicates", d.duplicates, f"one of {DUPLICATE_POLICIES}")
+    _check(d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0")
+    allowed = dataset_options(d.name)
+    for key in d.options:
+        close = difflib.get_close_matches(key, allowed, n=1)
+        _check(key in allowed, f"data.options.{key}", d.options[key],
+               f"a known option of '{d.name}' {sorted(allowed)}" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    _check(cfg.model.pretrained in ("auto", True, False), "model.pretrained", cfg.model.pretrained,
+           "'auto', true or false")
+    _check(0 <= cfg.model.drop_rate < 1, "model.drop_rate", cfg.model.drop_rate, "in [0, 1)")
+    _check(cfg.loss.name in list_losses(), "loss.name", cfg.loss.name,
+           f"one of {list_losses()}" + "".join(f" (did you mean '{m}'?)" for m in
+                                               difflib.get_close_matches(cfg.loss.name, list_losses(), n=1)))
+    try:
+        check_loss_params(cfg.loss.name, cfg.loss.params)
+        taxonomy = config_taxonomy(cfg)
+        if taxonomy is not None:
+            create_loss(cfg.loss.name, taxonomy=taxonomy, class_counts=[1] * taxonomy.num_classes,
+                        **cfg.loss.params)
+    except ValueError as exc:
+        raise ConfigError(f"`loss`: {exc}") from None
+
+
+def config_taxonomy(cfg: ExperimentConfig):
+    """The taxonomy named by ``loss.taxonomy`` or the data set's built-in one (None if only the data knows)."""
+    from .taxonomy import list_taxonomies, load_taxonomy
+
+    if cfg.loss.taxonomy is not None:
+        return load_taxonomy(cfg.loss.taxonomy)
+    if cfg.data.name in list_taxonomies():
+        return load_taxonomy(cfg.data.name)
+    return None
+
+
+def save_config(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML text (stable key order)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,134 @@
+"""Distribution-free control of the Critical Error Rate by choosing the threshold on ``p(malignant)``.
+
+A malignant case is missed at threshold ``t`` when ``p(malignant) < t``; the miss rate grows with ``t``, so the
+largest admissible ``t`` keeps the most specificity. Only the calibration set's malignant samples enter
+(grouped by patient where groups are given: the unit is then a patient and its loss the fraction of its
+malignant images missed, so the guarantee is on the patient-averaged miss rate).
+
+* Conformal risk control (Angelopoulos et al., 2022): the largest ``t`` with
+  ``n/(n+1) * R_hat(t) + 1/(n+1) <= alpha`` gives ``E[miss rate on a new case] <= alpha``
+  (in expectation over calibration and test data, for exchangeable data).
+* Learn-then-Test (Angelopoulos et al., 2021): for each grid threshold, test ``H0: R(t) > alpha`` with the
+  exact binomial tail p-value ``P(Binom(n, alpha) <= misses)`` (Hoeffding's bound for grouped losses); thresholds
+  are tested in increasing order (fixed-sequence testing, family-wise error <= delta) and the last rejected one
+  is kept: ``P(R(t_hat) <= alpha) >= 1 - delta`` over the draw of the calibration set.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ..metrics.functional import malignant_probability, to_numpy
+from ..taxonomy import Taxonomy
+
+
+@dataclass(frozen=True)
+class RiskControlResult:
+    """The chosen operating point and what it guarantees."""
+
+    method: str
+    threshold: float
+    alpha: float
+    delta: float | None
+    n_calibration: int           # malignant units (samples or groups) used
+    unit: str                    # "sample" or "group"
+    calibration_cer: float       # empirical miss rate at the threshold on the calibration set
+    calibration_specificity: float
+    guarantee: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _units(p_mal: np.ndarray, is_mal: np.ndarray, groups: Any) -> tuple[list[np.ndarray], str]:
+    scores = p_mal[is_mal]
+    if groups is None:
+        return [scores[i : i + 1] for i in range(scores.shape[0])], "sample"
+    g = to_numpy(groups)[is_mal]
+    return [scores[g == u] for u in np.unique(g)], "group"
+
+
+def _risk(units: list[np.ndarray], t: float) -> float:
+    return float(np.mean([np.mean(u < t) for u in units]))
+
+
+def _prepare(probs: Any, target: Any, taxonomy: Taxonomy, alpha: float, groups: Any):
+    if not 0 < alpha < 1:
+        raise ValueError(f"Expected `alpha` in (0, 1), but got {alpha}")
+    taxonomy.require_both_superclasses()
+    p = to_numpy(probs).astype(np.float64)
+    y = to_numpy(target).astype(np.int64)
+    if p.ndim != 2 or y.shape != (p.shape[0],):
+        raise ValueError(f"Expected probs (N, K) and target (N,), but got {p.shape} and {y.shape}")
+    p_mal = malignant_probability(p, taxonomy)
+    is_mal = taxonomy.superclass[y] == 1
+    if not is_mal.any():
+        raise ValueError("Risk control needs malignant samples in the calibration set, but found none")
+    units, unit = _units(p_mal, is_mal, groups)
+    # Candidate thresholds: 0 (flag everything) and every malignant score; misses are scores strictly below t.
+    candidates = np.unique(np.concatenate([[0.0], p_mal[is_mal]]))
+    return p_mal, is_mal, units, unit, candidates
+
+
+def _result(method: str, t: float, alpha: float, delta: float | None, units, unit, p_mal, is_mal,
+            guarantee: str) -> RiskControlResult:
+    benign = ~is_mal
+    spec = float(np.mean(p_mal[benign] < t)) if benign.any() else float("nan")
+    return RiskControlResult(method, float(t), float(alpha), delta, len(units), unit, _risk(units, t), spec,
+                             guarantee)
+
+
+def conformal_risk_control(probs: Any, target: Any, taxonomy: Taxonomy, alpha: float,
+                           groups: Any = None) -> RiskControlResult:
+    """Threshold with ``E[CER] <= alpha`` (conformal risk control, loss bound B = 1)."""
+    p_mal, is_mal, units, unit, cands = _prepare(probs, target, taxonomy, alpha, groups)
+    n = len(units)
+    ok = [t for t in cands if n / (n + 1) * _risk(units, t) + 1 / (n + 1) <= alpha]
+    t = max(ok) if ok else 0.0
+    note = "" if ok else " (calibration set too small for this alpha: every case is flagged malignant)"
+    return _result("crc", t, alpha, None, units, unit, p_mal, is_mal,
+                   f"expected miss rate of malignant {unit}s <= {alpha} (conformal risk control, n={n}){note}")
+
+
+def _pvalue(units: list[np.ndarray], t: float, alpha: float, unit: str) -> float:
+    n = len(units)
+    if unit == "sample":
+        from scipy.stats import binom
+
+        return float(binom.cdf(int(round(_risk(units, t) * n)), n, alpha))
+    gap = max(alpha - _risk(units, t), 0.0)
+    return float(np.exp(-2 * n * gap * gap))
+
+
+def learn_then_test(probs: Any, target: Any, taxonomy: Taxonomy, alpha: float, delta: float = 0.1,
+                    groups: Any = None) -> RiskControlResult:
+    """Threshold with ``P(CER <= alpha) >= 1 - delta`` (Learn-then-Test, fixed-sequence testing)."""
+    if not 0 < delta < 1:
+        raise ValueError(f"Expected `delta` in (0, 1), but got {delta}")
+    p_mal, is_mal, units, unit, cands = _prepare(probs, target, taxonomy, alpha, groups)
+    t_hat, found = 0.0, False
+    for t in cands:  # increasing risk: stop at the first hypothesis not rejected
+        if _pvalue(units, t, alpha, unit) > delta:
+            break
+        t_hat, found = float(t), True
+    note = "" if found else " (no threshold could be certified: every case is flagged malignant)"
+    return _result("ltt", t_hat, alpha, delta, units, unit, p_mal, is_mal,
+                   f"miss rate of malignant {unit}s <= {alpha} with probability >= {1 - delta} "
+                   f"(Learn-then-Test, fixed sequence, n={len(units)}){note}")
+
+
+RISK_CONTROL = {
+    "crc": lambda probs, target, taxonomy, alpha, delta, groups: conformal_risk_control(
+        probs, target, taxonomy, alpha, groups),
+    "ltt": learn_then_test,
+}
+
+
+def control_risk(method: str, probs: Any, target: Any, taxonomy: Taxonomy, alpha: float,
+                 delta: float = 0.1, groups: Any = None) -> RiskControlResult:
+    """Choose the threshold by ``method`` (``crc`` ignores ``delta``)."""
+    if method not in RISK_CONTROL:
+        raise ValueError(f"Unknown risk-control method '{method}'; expected one of {sorted(RISK_CONTROL)}")
+    return RISK_CONTROL[method](probs, target, taxonomy, alpha, delta, groups)

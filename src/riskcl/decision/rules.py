@@ -1,0 +1,74 @@
+"""Post-hoc decision rules on class probabilities (beyond the paper, SPEC section 8).
+
+* Cost-minimising (Bayes) decision: ``yhat = argmin_j sum_i p_i M[i, j]``, the prediction with the smallest
+  expected severity cost under the model's own probabilities.
+* Threshold rule on ``p(malignant)``: predict the most likely malignant class when ``p(malignant) >= t``,
+  else the most likely benign class. ``t = 0.5`` on a binary taxonomy is the argmax.
+* Temperature scaling (Guo et al. 2017): one scalar ``T`` fitted on validation logits by minimising the NLL.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..metrics.functional import malignant_probability, to_numpy
+from ..taxonomy import Taxonomy
+
+
+def _probs(probs: Any, k: int | None = None) -> np.ndarray:
+    p = to_numpy(probs).astype(np.float64)
+    if p.ndim != 2 or (k is not None and p.shape[1] != k):
+        raise ValueError(f"Expected `probs` of shape (N, {k or 'K'}), but got {p.shape}")
+    return p
+
+
+def cost_minimizing_decision(probs: Any, matrix: Any) -> np.ndarray:
+    """``(N,)`` labels minimising the expected cost ``probs @ M``.
+
+    Example:
+        >>> m = np.array([[1., 5.], [20., 1.]])
+        >>> cost_minimizing_decision([[0.9, 0.1]], m).tolist()    # costs: 0.9+0.1*20 = 2.9 vs 0.9*5+0.1 = 4.6
+        [0]
+    """
+    m = to_numpy(matrix).astype(np.float64)
+    p = _probs(probs, m.shape[0])
+    return (p @ m).argmin(axis=1)
+
+
+def threshold_decision(probs: Any, taxonomy: Taxonomy, threshold: float) -> np.ndarray:
+    """``(N,)`` labels: best malignant class where ``p(malignant) >= threshold``, else best benign class."""
+    if not 0.0 <= threshold <= 1.0 + 1e-12:
+        raise ValueError(f"Expected `threshold` in [0, 1], but got {threshold}")
+    taxonomy.require_both_superclasses()
+    p = _probs(probs, taxonomy.num_classes)
+    mal, ben = np.asarray(taxonomy.malignant_indices), np.asarray(taxonomy.benign_indices)
+    best_mal = mal[p[:, mal].argmax(axis=1)]
+    best_ben = ben[p[:, ben].argmax(axis=1)]
+    return np.where(malignant_probability(p, taxonomy) >= threshold, best_mal, best_ben)
+
+
+def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``logits / temperature`` in float64."""
+    z = to_numpy(logits).astype(np.float64) / float(temperature)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(logits: Any, target: Any) -> float:
+    """The temperature ``T`` in ``[0.05, 20]`` minimising the validation NLL of ``softmax(logits / T)``."""
+    from scipy.optimize import minimize_scalar
+
+    z = to_numpy(logits).astype(np.float64)
+    y = to_numpy(target).astype(np.int64)
+    if z.ndim != 2 or y.shape != (z.shape[0],) or z.shape[0] == 0:
+        raise ValueError(f"Expected logits (N, K) and target (N,), N > 0, but got {z.shape} and {y.shape}")
+
+    def nll(log_t: float) -> float:
+        s = z / np.exp(log_t)
+        s = s - s.max(axis=1, keepdims=True)
+        return float(np.mean(np.log(np.exp(s).sum(axis=1)) - s[np.arange(len(y)), y]))
+
+    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-6})
+    return float(np.exp(res.x))

@@ -1,0 +1,307 @@
+"""One training run in its own folder, written atomically and resumable.
+
+A run folder holds:
+
+* ``config.yaml`` -- the resolved config;  ``status.json`` -- ``running`` / ``finished`` / ``failed``;
+* ``splits.csv`` -- every sample's id, split, group and label;  ``data.json`` -- counts, duplicates, skipped files;
+* ``history.csv`` -- per-epoch train loss and validation metrics;
+* ``last.pt`` -- the training state at the last epoch boundary (model, optimizer, scheduler, epoch, history),
+  saved with ``torch.save`` and read back with ``torch.load(weights_only=True)``;
+* ``model.safetensors`` -- the best weights (by ``select_metric`` on validation);
+* ``predictions.npz`` / ``val_predictions.npz`` -- ``logits``, ``target``, ``ids`` (and ``groups``);
+* ``metrics.json`` -- the test ``safety_report`` plus run facts.
+
+Re-running into a finished folder does nothing; an unfinished one resumes from ``last.pt``. Every epoch is
+seeded from ``(seed, epoch)``, so a resumed run equals an uninterrupted one.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import platform
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from ..config import SELECT_METRICS, ConfigError, ExperimentConfig, config_from_dict, save_config
+from ..data import SplitData, create_datasets
+from ..engine import NonFiniteError, predict_logits, resolve_device, train_one_epoch
+from ..losses import create_loss
+from ..metrics import safety_report
+from ..models import create_model
+from ..taxonomy import Taxonomy, load_taxonomy
+from .io import atomic_write_json, atomic_write_npz, atomic_write_text, atomic_write_with, load_npz
+from .lock import RunLock
+
+log = logging.getLogger(__name__)
+HISTORY_KEYS = ("cer", "f1_macro", "accuracy", "visual_ambiguity", "type_i", "type_ii", "mean_cost")
+
+
+class RunFailed(RuntimeError):
+    """The run stopped on a fault; its folder is marked failed and keeps the last good checkpoint."""
+
+
+def read_status(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "status.json"
+    if not path.is_file():
+        return {"state": "new"}
+    return json.loads(path.read_text())
+
+
+def read_config(run_dir: str | Path) -> ExperimentConfig:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {run_dir} is not a riskcl run folder")
+    return config_from_dict(yaml.safe_load(path.read_text()))
+
+
+def _comparable(cfg: ExperimentConfig) -> dict[str, Any]:
+    d = cfg.to_dict()
+    d.pop("progress", None)
+    return d
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def resolve_taxonomy(cfg: ExperimentConfig, data_taxonomy: Taxonomy) -> Taxonomy:
+    """The data set's taxonomy, or ``loss.taxonomy`` when it names the same classes in the same order."""
+    if cfg.loss.taxonomy is None:
+        return data_taxonomy
+    tax = load_taxonomy(cfg.loss.taxonomy)
+    if tax.classes != data_taxonomy.classes:
+        raise ConfigError(f"`loss.taxonomy` = {cfg.loss.taxonomy!r} has classes {list(tax.classes)}, but the data "
+                          f"set '{cfg.data.name}' has {list(data_taxonomy.classes)} (same names, same order expected)")
+    return tax
+
+
+def build_data(cfg: ExperimentConfig, progress: bool) -> SplitData:
+    d = cfg.data
+    return create_datasets(d.name, d.root, image_size=d.image_size, val_fraction=d.val_fraction,
+                           test_fraction=d.test_fraction, seed=d.split_seed, fold=d.fold, num_folds=d.num_folds,
+                           on_bad_image=d.on_bad_image, duplicates=d.duplicates, cache_dir=d.cache_dir,
+                           progress=progress, **d.options)
+
+
+def _loader(dataset, batch_size: int, shuffle: bool, seed: int, workers: int):
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=g,
+                                       num_workers=workers, drop_last=False,
+                                       pin_memory=torch.cuda.is_available(),
+                                       persistent_workers=False)
+
+
+def _write_splits(run_dir: Path, data: SplitData) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["id", "split", "group", "label", "path"])
+    for split, ds in data.datasets.items():
+        for i in range(len(ds)):
+            w.writerow([ds.ids[i], split, ds.groups[i], int(ds.targets[i]), ds.paths[i]])
+    atomic_write_text(run_dir / "splits.csv", buf.getvalue())
+    info = {k: v for k, v in data.info.items() if k != "duplicate_groups"}
+    info["duplicate_groups"] = data.info.get("duplicate_groups", [])
+    atomic_write_json(run_dir / "data.json", info)
+    if data.info.get("skipped"):
+        atomic_write_text(run_dir / "skipped_images.txt",
+                          "".join(f"{p}\t{r}\n" for p, r in sorted(data.info["skipped"].items())))
+
+
+def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    if not history:
+        return
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(history)
+    atomic_write_text(run_dir / "history.csv", buf.getvalue())
+
+
+def _score(report: dict[str, Any], metric: str) -> tuple[float, float]:
+    """Sort key, smaller is better: the selection metric, then -F1 to break ties."""
+    v = report[metric]
+    v = math.inf if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+    primary = v if SELECT_METRICS[metric] == "min" else -v
+    return primary, -float(report["f1_macro"])
+
+
+def _save_predictions(path: Path, logits: torch.Tensor, target: torch.Tensor, ds) -> None:
+    atomic_write_npz(path, logits=logits.numpy().astype(np.float32), target=target.numpy().astype(np.int64),
+                     ids=np.asarray(ds.ids, dtype=str), groups=np.asarray(ds.groups, dtype=str))
+
+
+def _save_weights(path: Path, model: torch.nn.Module) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_with(path, lambda tmp: save_file(state, tmp))
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(path)))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read ``last.pt`` with ``weights_only=True``: a checkpoint carrying arbitrary pickled objects is refused."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise RunFailed(f"{path}: refused or unreadable checkpoint ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def _mark(run_dir: Path, state: str, **extra: Any) -> None:
+    atomic_write_json(run_dir / "status.json", {"state": state, **extra})
+
+
+def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, progress: bool | None = None) -> dict[str, Any]:
+    """Train, select, evaluate and write the run folder; returns ``metrics.json``'s content.
+
+    Raises :class:`RunFailed` (folder marked failed) on a numerical fault; :class:`ConfigError` when the folder
+    holds a run of another config.
+    """
+    progress = cfg.progress if progress is None else progress
+    run_dir = Path(out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        cfg_path = run_dir / "config.yaml"
+        if cfg_path.is_file():
+            old = read_config(run_dir)
+            if _comparable(old) != _comparable(cfg):
+                raise ConfigError(f"{run_dir} holds a run of a different config; choose another --out folder")
+        if read_status(run_dir).get("state") == "finished" and (run_dir / "metrics.json").is_file():
+            return json.loads((run_dir / "metrics.json").read_text())
+        atomic_write_text(cfg_path, save_config(cfg))
+        _mark(run_dir, "running")
+        try:
+            return _train_and_evaluate(cfg, run_dir, progress)
+        except NonFiniteError as exc:
+            _mark(run_dir, "failed", error=str(exc))
+            raise RunFailed(f"{run_dir}: {exc}; the last good checkpoint is kept") from None
+        except KeyboardInterrupt:
+            _mark(run_dir, "interrupted")
+            raise
+        except Exception as exc:
+            _mark(run_dir, "failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+            raise
+
+
+def _train_and_evaluate(cfg: ExperimentConfig, run_dir: Path, progress: bool) -> dict[str, Any]:
+    start = time.time()
+    _seed_everything(cfg.seed, cfg.deterministic)
+    device = resolve_device(cfg.device)
+    data = build_data(cfg, progress)
+    train_ds, val_ds, test_ds = (data.datasets[s] for s in ("train", "val", "test"))
+    for name, ds in (("train", train_ds), ("val", val_ds), ("test", test_ds)):
+        if len(ds) == 0:
+            raise ValueError(f"The '{name}' split of '{cfg.data.name}' is empty; check the data and split fractions")
+    taxonomy = resolve_taxonomy(cfg, train_ds.taxonomy)
+    _write_splits(run_dir, data)
+
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model.name, taxonomy.num_classes, pretrained=cfg.model.pretrained,
+                         weights_path=cfg.model.weights_path, drop_rate=cfg.model.drop_rate)
+    weights_source = getattr(model, "riskcl_weights", "unknown")
+    model.to(device)
+    if cfg.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = create_loss(cfg.loss.name, taxonomy=taxonomy, class_counts=train_ds.class_counts,
+                          **cfg.loss.params).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+
+    history: list[dict[str, Any]] = []
+    best: list[float] | None = None
+    first_epoch = 0
+    ckpt_path = run_dir / "last.pt"
+    if ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        first_epoch, history, best = int(state["epoch"]), list(state["history"]), state["best"]
+        log.info("resuming %s from epoch %d", run_dir, first_epoch)
+
+    val_loader = _loader(val_ds, cfg.optim.eval_batch_size, False, 0, cfg.data.num_workers)
+    common = dict(device=device, amp=cfg.amp, channels_last=cfg.channels_last, progress=progress)
+    for epoch in range(first_epoch, cfg.epochs):
+        t0 = time.time()
+        epoch_seed = cfg.seed * 100003 + epoch
+        torch.manual_seed(epoch_seed)  # augmentation randomness of this epoch
+        train_loader = _loader(train_ds, cfg.optim.batch_size, True, epoch_seed, cfg.data.num_workers)
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss = train_one_epoch(model, train_loader, loss_fn, optimizer, epoch=epoch,
+                                     grad_clip=cfg.optim.grad_clip, max_steps=cfg.max_steps_per_epoch, **common)
+        scheduler.step()
+        logits, target = predict_logits(model, val_loader, desc="val", **common)
+        report = safety_report(torch.softmax(logits, 1), target, taxonomy)
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
+               **{f"val_{k}": report[k] for k in HISTORY_KEYS}, "epoch_time_s": round(time.time() - t0, 3)}
+        history.append(row)
+        score = list(_score(report, cfg.select_metric))
+        if best is None or score < best:
+            best = score
+            _save_weights(run_dir / "model.safetensors", model)
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history, "best": best}
+        atomic_write_with(ckpt_path, lambda tmp: torch.save(state, tmp))
+        _write_history(run_dir, history)
+        if progress:
+            print(f"  epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}  val CER {report['cer']:.4f}  "
+                  f"F1 {report['f1_macro']:.4f}  acc {report['accuracy']:.4f}  "
+                  f"typeII {report['type_ii']}  ({row['epoch_time_s']:.1f}s)", flush=True)
+
+    load_weights(model, run_dir / "model.safetensors")
+    results = {}
+    for split, ds in (("val", val_ds), ("test", test_ds)):
+        loader = _loader(ds, cfg.optim.eval_batch_size, False, 0, cfg.data.num_workers)
+        logits, target = predict_logits(model, loader, desc=split, **common)
+        _save_predictions(run_dir / ("predictions.npz" if split == "test" else "val_predictions.npz"),
+                          logits, target, ds)
+        results[split] = safety_report(torch.softmax(logits, 1), target, taxonomy)
+    best_epoch = 1 + min(range(len(history)),
+                         key=lambda i: _score({k: history[i][f"val_{k}"] for k in HISTORY_KEYS}, cfg.select_metric))
+    metrics = {
+        **results["test"],
+        "val": results["val"],
+        "run": {"name": cfg.name, "dataset": cfg.data.name, "model": cfg.model.name, "loss": cfg.loss.name,
+                "loss_params": cfg.loss.params, "seed": cfg.seed, "epochs": cfg.epochs, "best_epoch": best_epoch,
+                "select_metric": cfg.select_metric, "device": str(device), "weights": weights_source,
+                "classes": list(taxonomy.classes), "superclass": taxonomy.superclass.tolist(),
+                "n_train": len(train_ds), "n_val": len(val_ds), "n_test": len(test_ds),
+                "torch": torch.__version__, "python": platform.python_version()},
+        "wall_time_s": round(time.time() - start, 2),
+    }
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    _mark(run_dir, "finished")
+    return metrics
+
+
+def load_run_predictions(run_dir: str | Path, split: str = "test") -> dict[str, np.ndarray]:
+    """``logits``, ``target``, ``ids``, ``groups`` of a finished run (``split``: ``test`` or ``val``)."""
+    name = {"test": "predictions.npz", "val": "val_predictions.npz"}.get(split)
+    if name is None:
+        raise ValueError(f"Expected split 'test' or 'val', but got {split!r}")
+    path = Path(run_dir) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a finished run?")
+    return load_npz(path)

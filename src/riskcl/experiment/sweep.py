@@ -1,0 +1,124 @@
+"""Sweeps: a YAML grid over any config keys, expanded into runs, sharded without coordination.
+
+Sweep file::
+
+    base: ../brain_mri_cpu.yaml        # the experiment config every run starts from (relative to this file)
+    overrides:                         # dotted keys applied to every run
+      data.root: ../shared/data/brain_tumor_mri
+    grid:                              # the cartesian product of these values gives the runs
+      loss.name: [ce, rcl-proposed]
+      seed: [0, 1, 2]
+
+Each run's folder name is built from its grid values (``loss.name-ce__seed-0``), so every machine computes the
+same names; ``--shard I/N`` takes the runs whose position in the sorted list is ``I mod N``. Finished runs are
+skipped, unfinished ones resume, a failed run is recorded and the sweep goes on.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from ..config import ConfigError, ExperimentConfig, _read_yaml, config_from_dict
+from .io import atomic_write_json
+from .lock import RunLocked
+from .run import RunFailed, read_status, run_experiment
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    run_id: str
+    values: dict[str, Any]
+    config: ExperimentConfig
+
+
+def _slug(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "x"
+
+
+def run_id(values: Mapping[str, Any]) -> str:
+    return "__".join(f"{k}-{_slug(v)}" for k, v in values.items()) or "run"
+
+
+def load_sweep(path: str | Path, extra_overrides: Mapping[str, Any] | None = None) -> list[PlannedRun]:
+    """Expand a sweep file into validated runs (all configs are checked before any run starts)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Sweep file {path} does not exist")
+    spec = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}: expected a mapping with `base`, `overrides` and `grid`")
+    unknown = set(spec) - {"base", "overrides", "grid"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown sweep keys {sorted(unknown)}; expected base, overrides, grid")
+    base = _read_yaml(path.parent / spec["base"]) if spec.get("base") else {}
+    overrides = {**(spec.get("overrides") or {}), **(extra_overrides or {})}
+    grid = spec.get("grid") or {}
+    if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
+        raise ConfigError(f"{path}: `grid` must map dotted keys to non-empty lists of values")
+    keys = list(grid)
+    runs = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        values = dict(zip(keys, combo))
+        rid = run_id(values)
+        try:
+            cfg = config_from_dict(base, {**overrides, **values, "name": rid})
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: run {rid}: {exc}") from None
+        runs.append(PlannedRun(rid, values, cfg))
+    ids = [r.run_id for r in runs]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{path}: two grid points give the same run name; make the grid values distinct")
+    return sorted(runs, key=lambda r: r.run_id)
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``; ``None`` -> ``(0, 1)``."""
+    if text is None:
+        return 0, 1
+    m = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
+        raise ValueError(f"Expected --shard I/N with 0 <= I < N, but got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def shard_runs(runs: list[PlannedRun], shard: tuple[int, int]) -> list[PlannedRun]:
+    i, n = shard
+    return [r for k, r in enumerate(runs) if k % n == i]
+
+
+def run_sweep(path: str | Path, out: str | Path, shard: str | None = None,
+              extra_overrides: Mapping[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) this shard's unfinished runs; returns ``{run_id: state}`` and writes a shard summary."""
+    runs = shard_runs(load_sweep(path, extra_overrides), parse_shard(shard))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {}
+    for k, run in enumerate(runs, 1):
+        folder = out / run.run_id
+        before = read_status(folder).get("state")
+        if before == "finished":
+            summary[run.run_id] = "skipped (finished)"
+            continue
+        print(f"[{k}/{len(runs)}] {run.run_id}", flush=True)
+        t0 = time.time()
+        try:
+            run_experiment(run.config, folder, progress=progress)
+            summary[run.run_id] = f"finished in {time.time() - t0:.0f}s"
+        except RunLocked as exc:
+            summary[run.run_id] = f"skipped (locked: {exc})"
+        except (RunFailed, ValueError, RuntimeError, OSError) as exc:
+            summary[run.run_id] = f"failed: {exc}"
+            print(f"  FAILED {run.run_id}: {exc}", flush=True)
+            (folder / "error.txt").write_text(traceback.format_exc()) if folder.is_dir() else None
+    i, n = parse_shard(shard)
+    atomic_write_json(out / f"sweep-shard-{i}-of-{n}.json", {"sweep": str(path), "runs": summary})
+    return summary

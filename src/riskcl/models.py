@@ -1,0 +1,86 @@
+"""Models through timm: ``create_model(name, num_classes, pretrained=..., weights_path=...)``.
+
+``pretrained`` is ``"auto"`` (hub weights when reachable, else random init with a warning), ``True`` (weights
+required: from ``weights_path`` or the hub, else a clear error) or ``False`` (random init). A local weights
+file is read only through safetensors; its classifier is dropped when the class count differs.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+PRETRAINED_CHOICES = ("auto", True, False)
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights were required but could not be loaded."""
+
+
+def _load_local(model: nn.Module, weights_path: str | Path) -> list[str]:
+    from safetensors.torch import load_file
+
+    path = Path(weights_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights_path {path} does not exist; expected a .safetensors file")
+    if path.suffix != ".safetensors":
+        raise ValueError(f"weights_path {path}: expected a .safetensors file (pickled checkpoints are refused)")
+    state = load_file(str(path))
+    own = model.state_dict()
+    dropped = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
+    kept = {k: v for k, v in state.items() if k not in dropped}
+    missing = [k for k in own if k not in kept]
+    if not kept:
+        raise ValueError(f"weights_path {path}: no tensor matches the model's parameters; wrong architecture?")
+    model.load_state_dict(kept, strict=False)
+    return missing
+
+
+def create_model(name: str, num_classes: int, pretrained: Any = "auto", weights_path: str | Path | None = None,
+                 **kwargs: Any) -> nn.Module:
+    """A timm model with a ``num_classes``-way head.
+
+    Args:
+        name: any timm architecture (``resnet50``, ``vit_base_patch16_224``, ``resnet18``, ...).
+        num_classes: output classes. pretrained: ``"auto"``, ``True`` or ``False`` (see module docstring).
+        weights_path: a local ``.safetensors`` file with (ImageNet or own) weights.
+        **kwargs: passed to ``timm.create_model`` (``drop_rate``, ``img_size``, ...).
+
+    The attribute ``model.riskcl_weights`` records where the weights came from.
+    """
+    import timm
+
+    if pretrained not in PRETRAINED_CHOICES:
+        raise ValueError(f"Expected `pretrained` in ('auto', true, false), but got {pretrained!r}")
+    if name not in timm.list_models() and not timm.is_model(name):
+        raise ValueError(f"Unknown timm model '{name}'; see timm.list_models()")
+    if weights_path is not None:
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+        missing = _load_local(model, weights_path)
+        model.riskcl_weights = f"file:{weights_path}" + (f" (new head: {len(missing)} tensors)" if missing else "")
+        return model
+    if pretrained is False:
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+        model.riskcl_weights = "random"
+        return model
+    try:
+        model = timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
+        model.riskcl_weights = "hub"
+        return model
+    except Exception as exc:  # network errors come in many types (OSError, HTTP errors, hub errors)
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if pretrained is True:
+        raise WeightsUnavailableError(
+            f"Could not load pretrained weights for '{name}' ({reason}). Run where the model hub is reachable, "
+            f"pass model.weights_path=<file.safetensors>, or set model.pretrained=false for random init."
+        )
+    warnings.warn(f"Pretrained weights for '{name}' unreachable ({reason}); using RANDOM initialisation",
+                  UserWarning, stacklevel=2)
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    model.riskcl_weights = "random (pretrained weights unreachable)"
+    return model

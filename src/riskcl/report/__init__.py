@@ -1,0 +1,1 @@
+"""Reports and plots built only from run folders."""
