@@ -50,8 +50,19 @@ def _units(p_mal: np.ndarray, is_mal: np.ndarray, groups: Any) -> tuple[list[np.
     return [scores[g == u] for u in np.unique(g)], "group"
 
 
+def _risk_curve(units: list[np.ndarray], thresholds: np.ndarray) -> np.ndarray:
+    """Mean over units of the fraction of the unit's scores strictly below each threshold."""
+    if all(u.size == 1 for u in units):
+        scores = np.sort(np.concatenate(units))
+        return np.searchsorted(scores, thresholds, side="left") / scores.size
+    total = np.zeros(len(thresholds))
+    for u in units:
+        total += np.searchsorted(np.sort(u), thresholds, side="left") / u.size
+    return total / len(units)
+
+
 def _risk(units: list[np.ndarray], t: float) -> float:
-    return float(np.mean([np.mean(u < t) for u in units]))
+    return float(_risk_curve(units, np.array([t]))[0])
 
 
 def _prepare(probs: Any, target: Any, taxonomy: Taxonomy, alpha: float, groups: Any):
@@ -85,21 +96,23 @@ def conformal_risk_control(probs: Any, target: Any, taxonomy: Taxonomy, alpha: f
     """Threshold with ``E[CER] <= alpha`` (conformal risk control, loss bound B = 1)."""
     p_mal, is_mal, units, unit, cands = _prepare(probs, target, taxonomy, alpha, groups)
     n = len(units)
-    ok = [t for t in cands if n / (n + 1) * _risk(units, t) + 1 / (n + 1) <= alpha]
-    t = max(ok) if ok else 0.0
-    note = "" if ok else " (calibration set too small for this alpha: every case is flagged malignant)"
+    ok = n / (n + 1) * _risk_curve(units, cands) + 1 / (n + 1) <= alpha
+    t = float(cands[ok].max()) if ok.any() else 0.0
+    note = "" if ok.any() else " (calibration set too small for this alpha: every case is flagged malignant)"
     return _result("crc", t, alpha, None, units, unit, p_mal, is_mal,
                    f"expected miss rate of malignant {unit}s <= {alpha} (conformal risk control, n={n}){note}")
 
 
-def _pvalue(units: list[np.ndarray], t: float, alpha: float, unit: str) -> float:
+def _pvalues(units: list[np.ndarray], thresholds: np.ndarray, alpha: float, unit: str) -> np.ndarray:
+    """p-values of ``H0: risk(t) > alpha``: exact binomial tail for samples, Hoeffding for group averages."""
     n = len(units)
+    risk = _risk_curve(units, thresholds)
     if unit == "sample":
         from scipy.stats import binom
 
-        return float(binom.cdf(int(round(_risk(units, t) * n)), n, alpha))
-    gap = max(alpha - _risk(units, t), 0.0)
-    return float(np.exp(-2 * n * gap * gap))
+        return binom.cdf(np.round(risk * n).astype(int), n, alpha)
+    gap = np.maximum(alpha - risk, 0.0)
+    return np.exp(-2 * n * gap * gap)
 
 
 def learn_then_test(probs: Any, target: Any, taxonomy: Taxonomy, alpha: float, delta: float = 0.1,
@@ -108,11 +121,11 @@ def learn_then_test(probs: Any, target: Any, taxonomy: Taxonomy, alpha: float, d
     if not 0 < delta < 1:
         raise ValueError(f"Expected `delta` in (0, 1), but got {delta}")
     p_mal, is_mal, units, unit, cands = _prepare(probs, target, taxonomy, alpha, groups)
-    t_hat, found = 0.0, False
-    for t in cands:  # increasing risk: stop at the first hypothesis not rejected
-        if _pvalue(units, t, alpha, unit) > delta:
-            break
-        t_hat, found = float(t), True
+    # Fixed sequence in increasing risk: reject until the first hypothesis that cannot be rejected.
+    rejected = _pvalues(units, cands, alpha, unit) <= delta
+    n_rejected = int(np.argmin(rejected)) if not rejected.all() else len(cands)
+    found = n_rejected > 0
+    t_hat = float(cands[n_rejected - 1]) if found else 0.0
     note = "" if found else " (no threshold could be certified: every case is flagged malignant)"
     return _result("ltt", t_hat, alpha, delta, units, unit, p_mal, is_mal,
                    f"miss rate of malignant {unit}s <= {alpha} with probability >= {1 - delta} "

@@ -30,8 +30,12 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
     check_inputs(logits, target)
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"Expected `label_smoothing` in [0, 1), but got {label_smoothing}")
-    w = None if weight is None else weight.to(device=logits.device, dtype=as_float32(logits).dtype)
-    return F.cross_entropy(as_float32(logits), target, weight=w, label_smoothing=label_smoothing)
+    x = as_float32(logits)
+    w = None if weight is None else weight.to(device=x.device, dtype=x.dtype)
+    # Per-sample losses reduced here, the same way as every other riskcl loss, so that RCL with unit
+    # penalties equals this CE bit for bit.
+    per_sample = F.cross_entropy(x, target, weight=w, label_smoothing=label_smoothing, reduction="none")
+    return per_sample.mean() if w is None else per_sample.sum() / w[target].sum()
 
 
 def class_weights_from_counts(class_counts: Sequence[int] | torch.Tensor) -> torch.Tensor:
