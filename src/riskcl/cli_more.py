@@ -31,3 +31,31 @@ def _run_sweep(a: argparse.Namespace) -> int:
 
 
 COMMANDS["sweep"] = ("run (or resume) every unfinished run of a YAML grid", _add_sweep, _run_sweep)
+
+
+def _add_data(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    c = sub.add_parser("check", help="validate a data folder: counts, groups, duplicates, bad files")
+    c.add_argument("name", help="dataset registry name (brain_mri, isic2018, breakhis, sicapv2, medmnist, ...)")
+    c.add_argument("--root", default=None, help="the data folder")
+    c.add_argument("--option", nargs="*", default=[], metavar="KEY=VALUE", help="adapter options")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    sub.add_parser("list", help="list the registered datasets and their options")
+
+
+def _run_data(a: argparse.Namespace) -> int:
+    import json
+
+    from .data.check import check_dataset, format_report
+    from .data.registry import dataset_options, list_datasets
+
+    if a.data_command == "list":
+        for name in list_datasets():
+            print(f"{name}: options {dataset_options(name)}")
+        return 0
+    report = check_dataset(a.name, a.root, **parse_overrides(a.option))
+    print(json.dumps(report, indent=2) if a.json else format_report(report))
+    return 0 if report["usable"] else 1
+
+
+COMMANDS["data"] = ("check a data folder (`riskcl data check NAME --root PATH`)", _add_data, _run_data)

@@ -16,7 +16,12 @@ import pandas as pd
 
 from .base import SPLITS, DataIndex, ImageDataset
 from .brain_mri import index_brain_mri
+from .breakhis import index_breakhis
 from .demo import index_demo
+from .isic import index_isic2018
+from .medmnist import index_medmnist
+from .sicapv2 import index_sicapv2
+from .tabular import index_csv, index_folder
 from .duplicates import DUPLICATE_POLICIES, content_hashes, duplicate_groups, summarize_duplicates
 from .images import cached_images
 from .paths import cache_root
@@ -26,6 +31,12 @@ from .transforms import build_transform
 DATASETS: dict[str, Callable[..., DataIndex]] = {
     "demo": index_demo,
     "brain_mri": index_brain_mri,
+    "isic2018": index_isic2018,
+    "breakhis": index_breakhis,
+    "sicapv2": index_sicapv2,
+    "medmnist": index_medmnist,
+    "folder": index_folder,
+    "csv": index_csv,
 }
 BAD_IMAGE_POLICIES = ("error", "skip")
 
@@ -46,17 +57,11 @@ def dataset_options(name: str) -> dict[str, Any]:
 
 
 def _lookup(name: str) -> Callable[..., DataIndex]:
-    _load_optional_adapters()
     if name not in DATASETS:
         close = difflib.get_close_matches(str(name), DATASETS, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ValueError(f"Unknown dataset '{name}'{hint}; expected one of {list_datasets()}")
     return DATASETS[name]
-
-
-def _load_optional_adapters() -> None:
-    # Imported on first use so that a missing optional dependency only affects its own adapter.
-    pass
 
 
 @dataclass

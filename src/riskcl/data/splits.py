@@ -17,11 +17,17 @@ def group_kfold_assignments(labels: np.ndarray, groups: np.ndarray, n_splits: in
     # StratifiedGroupKFold warns when a class has fewer members than folds; it still assigns every group.
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-        for k, (_, held) in enumerate(cv.split(np.zeros(len(labels)), labels, groups)):
-            folds[held] = k
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+            for k, (_, held) in enumerate(cv.split(np.zeros(len(labels)), labels, groups)):
+                folds[held] = k
+    except ValueError:
+        # Too few samples per class to stratify (tiny data): seeded folds of whole groups, unstratified.
+        uniq = np.random.default_rng(seed).permutation(np.unique(groups))
+        fold_of = {g: k % n_splits for k, g in enumerate(uniq)}
+        folds = np.array([fold_of[g] for g in groups], dtype=np.int64)
     return folds
 
 

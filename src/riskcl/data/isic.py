@@ -1,0 +1,95 @@
+"""ISIC 2018 Task 3 (HAM10000) in its official layout.
+
+``ISIC2018_Task3_Training_Input/ISIC_xxxxxxx.jpg`` with the one-hot
+``ISIC2018_Task3_Training_GroundTruth/ISIC2018_Task3_Training_GroundTruth.csv`` (columns image, MEL, NV, BCC,
+AKIEC, BKL, DF, VASC). When ``HAM10000_metadata.csv`` (lesion_id, image_id, dx, ...) is present, images of one
+lesion form one group, so splits never put a lesion on both sides. Official ``Validation`` / ``Test`` inputs
+and ground truth, when present, are used as those splits; otherwise validation and test are carved by lesion.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..taxonomy import get_taxonomy
+from .base import IMAGE_EXTENSIONS, DataIndex, make_table
+from .paths import safe_join
+
+PREFIX = "ISIC2018_Task3"
+OFFICIAL_SPLITS = {"Training": "train", "Validation": "val", "Test": "test"}
+
+
+def read_one_hot_csv(path: Path, classes: tuple[str, ...], id_column: str = "image") -> pd.DataFrame:
+    """``(image, label)`` rows from a one-hot CSV; errors name the file, row and what was expected."""
+    try:
+        df = pd.read_csv(path, dtype={id_column: str})
+    except Exception as exc:  # pandas raises many parser errors
+        raise ValueError(f"{path}: unreadable CSV ({type(exc).__name__}: {exc})") from None
+    expected = [id_column, *classes]
+    missing = [c for c in expected if c not in df.columns]
+    extra = [c for c in df.columns if c not in expected]
+    if missing or extra:
+        raise ValueError(f"{path}: expected columns {expected}, but missing {missing} and unexpected {extra}")
+    onehot = df[list(classes)].apply(pd.to_numeric, errors="coerce")
+    rows = []
+    for i, (name, vals) in enumerate(zip(df[id_column], onehot.to_numpy())):
+        line = i + 2  # header is line 1
+        if pd.isna(name) or not str(name).strip():
+            raise ValueError(f"{path}, line {line}: empty `{id_column}`")
+        ones = [c for c, v in zip(classes, vals) if v == 1]
+        bad = [c for c, v in zip(classes, vals) if not (v == 0 or v == 1)]
+        if bad or len(ones) != 1:
+            raise ValueError(f"{path}, line {line} ({name}): expected exactly one 1 among {list(classes)} and 0 "
+                             f"elsewhere, but got {dict(zip(classes, vals.tolist()))}")
+        rows.append((str(name).strip(), classes.index(ones[0])))
+    return pd.DataFrame(rows, columns=["image", "label"])
+
+
+def _lesions(root: Path) -> dict[str, str]:
+    meta = root / "HAM10000_metadata.csv"
+    if not meta.is_file():
+        return {}
+    df = pd.read_csv(meta, dtype=str)
+    for col in ("lesion_id", "image_id"):
+        if col not in df.columns:
+            raise ValueError(f"{meta}: expected a column '{col}' (columns: {list(df.columns)})")
+    return dict(zip(df["image_id"], df["lesion_id"]))
+
+
+def index_isic2018(root: str | Path, allow_outside_root: bool = False) -> DataIndex:
+    root = Path(root)
+    taxonomy = get_taxonomy("isic2018")
+    lesions = _lesions(root)
+    rows, problems = [], []
+    for part, split in OFFICIAL_SPLITS.items():
+        inputs = root / f"{PREFIX}_{part}_Input"
+        truth = root / f"{PREFIX}_{part}_GroundTruth" / f"{PREFIX}_{part}_GroundTruth.csv"
+        if part != "Training" and not inputs.is_dir() and not truth.is_file():
+            continue
+        if not inputs.is_dir():
+            raise FileNotFoundError(f"Expected the folder {inputs} (ISIC 2018 Task 3 images)")
+        if not truth.is_file():
+            raise FileNotFoundError(f"Expected the ground-truth file {truth}")
+        labels = read_one_hot_csv(truth, taxonomy.classes)
+        if labels["image"].duplicated().any():
+            dup = labels.loc[labels["image"].duplicated(), "image"].iloc[0]
+            raise ValueError(f"{truth}: image '{dup}' is listed twice")
+        files = {p.stem: p for p in inputs.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS}
+        others = [p.name for p in inputs.iterdir() if p.suffix.lower() not in IMAGE_EXTENSIONS]
+        problems += [f"{inputs / o}: not an image (ignored)" for o in sorted(others)]
+        unlabeled = sorted(set(files) - set(labels["image"]))
+        if unlabeled:
+            raise ValueError(f"{inputs}: {len(unlabeled)} image(s) without a label in {truth.name}, e.g. "
+                             f"{files[unlabeled[0]].name}")
+        for name, label in zip(labels["image"], labels["label"]):
+            path = files.get(name)
+            if path is None:
+                candidate = safe_join(inputs, f"{name}.jpg", allow_outside_root, source=str(truth))
+                raise FileNotFoundError(f"{truth}: row '{name}' names a missing image (expected {candidate})")
+            rows.append({"path": str(path), "label": int(label), "group": lesions.get(name), "id": name,
+                         "split": split})
+    if not lesions:
+        problems.append("HAM10000_metadata.csv not found: no lesion ids, so images of one lesion may fall on "
+                        "both sides of a carved split")
+    return DataIndex(make_table(rows), taxonomy, problems=problems)

@@ -1,0 +1,73 @@
+"""A user's own data: an image folder (``root/<class>/*`` or ``root/{train,val,test}/<class>/*``) or a CSV
+(``path, label`` and optional ``group`` and ``split`` columns), each with a taxonomy (YAML file, mapping or
+built-in name). Paths in a CSV are relative to ``root`` and may not leave it unless ``allow_outside_root``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..taxonomy import load_taxonomy
+from .base import SPLITS, DataIndex, make_table, scan_class_folders
+from .paths import safe_join
+
+
+def _taxonomy(taxonomy: Any, name: str):
+    if taxonomy is None:
+        raise ValueError(f"Dataset '{name}' needs the option `taxonomy` (a YAML file, a mapping or a built-in name)")
+    return load_taxonomy(taxonomy)
+
+
+def index_folder(root: str | Path, taxonomy: Any = None) -> DataIndex:
+    root = Path(root)
+    tax = _taxonomy(taxonomy, "folder")
+    if not root.is_dir():
+        raise FileNotFoundError(f"Expected the image folder {root}")
+    split_dirs = [s for s in SPLITS if (root / s).is_dir()]
+    rows, problems = [], []
+    if split_dirs:
+        for split in split_dirs:
+            r, p = scan_class_folders(root / split, tax, split)
+            rows += r
+            problems += p
+    else:
+        rows, problems = scan_class_folders(root, tax, "")
+    return DataIndex(make_table(rows), tax, problems=problems)
+
+
+def index_csv(root: str | Path, csv: str = "labels.csv", taxonomy: Any = None,
+              allow_outside_root: bool = False) -> DataIndex:
+    root = Path(root)
+    tax = _taxonomy(taxonomy, "csv")
+    path = safe_join(root, csv, allow_outside_root, source="data.options.csv")
+    if not path.is_file():
+        raise FileNotFoundError(f"Expected the label file {path}")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise ValueError(f"{path}: unreadable CSV ({type(exc).__name__}: {exc})") from None
+    for col in ("path", "label"):
+        if col not in df.columns:
+            raise ValueError(f"{path}: missing column '{col}'; expected path,label[,group][,split] "
+                             f"(found {list(df.columns)})")
+    rows = []
+    for i, rec in enumerate(df.to_dict("records")):
+        where = f"{path}, line {i + 2}"
+        if rec["label"] not in tax.classes:
+            raise ValueError(f"{where}: unknown class '{rec['label']}'; expected one of {list(tax.classes)}")
+        split = rec.get("split", "") or ""
+        if split not in ("", *SPLITS):
+            raise ValueError(f"{where}: unknown split '{split}'; expected one of {SPLITS} or empty")
+        file = safe_join(root, rec["path"], allow_outside_root, source=where)
+        if not file.is_file():
+            raise FileNotFoundError(f"{where}: names a missing image {file}")
+        rows.append({"path": str(file), "label": tax.index(rec["label"]), "group": rec.get("group") or None,
+                     "id": Path(rec["path"]).stem, "split": split})
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    labels = {r["label"] for r in rows}
+    empty = [c for k, c in enumerate(tax.classes) if k not in labels]
+    if empty:
+        raise ValueError(f"{path}: empty class(es) {empty}: no row has that label")
+    return DataIndex(make_table(rows), tax)
