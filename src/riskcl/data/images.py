@@ -112,3 +112,13 @@ def cached_images(name: str, paths: Sequence[str], size: int, cache_dir: Path,
     meta_tmp.write_text(json.dumps({"name": name, "size": size, "n": len(paths), "bad": bad}))
     os.replace(meta_tmp, meta_path)
     return np.load(arr_path, mmap_mode="r"), bad
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """In-memory ``(N, H, W, 3)`` images resized to ``(N, size, size, 3)`` (returned as is when already so)."""
+    if images.shape[1:3] == (size, size):
+        return images
+    out = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    for i, img in enumerate(images):
+        out[i] = np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+    return out

@@ -23,7 +23,7 @@ from .medmnist import index_medmnist
 from .sicapv2 import index_sicapv2
 from .tabular import index_csv, index_folder
 from .duplicates import DUPLICATE_POLICIES, content_hashes, duplicate_groups, summarize_duplicates
-from .images import cached_images
+from .images import cached_images, resize_images
 from .paths import cache_root
 from .splits import check_no_group_leak, group_holdout, group_kfold_assignments
 from .transforms import build_transform
@@ -159,7 +159,7 @@ def create_datasets(name: str, root: str | Path | None = None, image_size: int =
         table = table.loc[~table["path"].isin(bad)]
         table["hash"] = content_hashes(table["path"].tolist())
     else:
-        images = index.images
+        images = resize_images(index.images, image_size)
         import hashlib
 
         table["hash"] = [hashlib.md5(images[r].tobytes()).hexdigest() for r in table["row"]]

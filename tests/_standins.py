@@ -1,0 +1,92 @@
+"""Generators of small stand-in data sets in the official layouts (for adapters whose real data is absent)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+ISIC_CLASSES = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+
+
+def write_image(path: Path, seed: int, size: int = 24, mode: str = "RGB", fmt: str | None = None) -> Path:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).convert(mode).save(path, format=fmt or ("PNG" if path.suffix == ".png" else "JPEG"))
+    return path
+
+
+def make_isic(root: Path, n_lesions: int = 28, per_lesion: int = 2, metadata: bool = True,
+              official_val: bool = False) -> Path:
+    """Training input + one-hot ground truth (+ HAM10000_metadata.csv, + official validation split)."""
+    rows, meta = [], []
+    k = 0
+    for lesion in range(n_lesions):
+        cls = ISIC_CLASSES[lesion % 7]
+        for _ in range(per_lesion):
+            name = f"ISIC_{24306 + k:07d}"
+            write_image(root / "ISIC2018_Task3_Training_Input" / f"{name}.jpg", k)
+            rows.append({"image": name, **{c: float(c == cls) for c in ISIC_CLASSES}})
+            meta.append({"lesion_id": f"HAM_{lesion:07d}", "image_id": name, "dx": cls.lower()})
+            k += 1
+    gt = root / "ISIC2018_Task3_Training_GroundTruth"
+    gt.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(gt / "ISIC2018_Task3_Training_GroundTruth.csv", index=False)
+    (root / "ISIC2018_Task3_Training_Input" / "LICENSE.txt").write_text("stand-in")
+    if metadata:
+        pd.DataFrame(meta).to_csv(root / "HAM10000_metadata.csv", index=False)
+    if official_val:
+        vrows = []
+        for j in range(7):
+            name = f"ISIC_{34321 + j:07d}"
+            write_image(root / "ISIC2018_Task3_Validation_Input" / f"{name}.jpg", 1000 + j)
+            vrows.append({"image": name, **{c: float(c == ISIC_CLASSES[j]) for c in ISIC_CLASSES}})
+        vgt = root / "ISIC2018_Task3_Validation_GroundTruth"
+        vgt.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(vrows).to_csv(vgt / "ISIC2018_Task3_Validation_GroundTruth.csv", index=False)
+    return root
+
+
+def make_sicapv2_images(partition_root: Path, images_root: Path, limit: int | None = None) -> list[str]:
+    """Stand-in patches under images_root/images for the names listed in the official Test partition."""
+    names = []
+    for f in ("Train.xlsx", "Test.xlsx"):
+        names += pd.read_excel(partition_root / "partition" / "Test" / f)["image_name"].astype(str).tolist()
+    if limit:
+        names = names[:limit]
+    for i, n in enumerate(names):
+        write_image(images_root / "images" / n, i, size=8)
+    return names
+
+
+def make_sicapv2_small(root: Path, n_slides: int = 12, patches: int = 3) -> Path:
+    """A complete small SICAPv2 tree (partition files + images), 4 classes, slides split train/test."""
+    cls_cols = ["NC", "G3", "G4", "G5"]
+    def rows(slides):
+        out = []
+        for s in slides:
+            for p in range(patches):
+                c = cls_cols[(s + p) % 4]
+                name = f"17B00{s:05d}_Block_Region_{p}_0_0_xini_{p}_yini_{s}.jpg"
+                write_image(root / "images" / name, s * 10 + p, size=8)
+                out.append({"image_name": name, **{k: int(k == c) for k in cls_cols}, "G4C": 0})
+        return pd.DataFrame(out)
+    part = root / "partition" / "Test"
+    part.mkdir(parents=True, exist_ok=True)
+    rows(range(0, n_slides - 3)).to_excel(part / "Train.xlsx", index=False)
+    rows(range(n_slides - 3, n_slides)).to_excel(part / "Test.xlsx", index=False)
+    return root
+
+
+def make_medmnist(root: Path, flag: str = "dermamnist", k: int = 7, n: int = 40, rgb: bool = True) -> Path:
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, m in (("train", n), ("val", n // 4), ("test", n // 2)):
+        shape = (m, 28, 28, 3) if rgb else (m, 28, 28)
+        arrays[f"{split}_images"] = rng.integers(0, 255, shape, dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(m) % k).reshape(-1, 1).astype(np.uint8)
+    root.mkdir(parents=True, exist_ok=True)
+    np.savez(root / f"{flag}.npz", **arrays)
+    return root
