@@ -152,5 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m riskcl.cli`: use the importable module so that every command registers
+    from riskcl.cli import main as _main
+
+    sys.exit(_main())

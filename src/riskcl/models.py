@@ -41,6 +41,25 @@ def _load_local(model: nn.Module, weights_path: str | Path) -> list[str]:
     return missing
 
 
+def hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
+    """Whether the Hugging Face hub can be reached now; ``HF_HUB_OFFLINE=1`` or ``RISKCL_OFFLINE=1`` say no.
+
+    A quick probe first, so that an offline machine fails in seconds instead of minutes of download retries.
+    """
+    import os
+    import socket
+
+    for var in ("HF_HUB_OFFLINE", "RISKCL_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes"):
+            return False, f"{var} is set"
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True, ""
+    except OSError as exc:
+        return False, f"{host} unreachable ({exc})"
+
+
 def create_model(name: str, num_classes: int, pretrained: Any = "auto", weights_path: str | Path | None = None,
                  **kwargs: Any) -> nn.Module:
     """A timm model with a ``num_classes``-way head.
@@ -68,12 +87,14 @@ def create_model(name: str, num_classes: int, pretrained: Any = "auto", weights_
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
         model.riskcl_weights = "random"
         return model
-    try:
-        model = timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
-        model.riskcl_weights = "hub"
-        return model
-    except Exception as exc:  # network errors come in many types (OSError, HTTP errors, hub errors)
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    reachable, reason = hub_reachable()
+    if reachable:
+        try:
+            model = timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
+            model.riskcl_weights = "hub"
+            return model
+        except Exception as exc:  # network errors come in many types (OSError, HTTP errors, hub errors)
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     if pretrained is True:
         raise WeightsUnavailableError(
             f"Could not load pretrained weights for '{name}' ({reason}). Run where the model hub is reachable, "

@@ -157,7 +157,10 @@ class Taxonomy:
             levels = [0] * len(benign) + [1] * len(malignant)
         else:
             raise ValueError(f"Taxonomy '{name}': expected `classes` or both `benign` and `malignant`")
-        return cls(name, tuple(names), tuple(levels), dict(data.get("display_names") or {}))
+        display = data.get("display_names") or {}
+        if not isinstance(display, Mapping):
+            raise ValueError(f"Taxonomy '{name}': expected `display_names` to be a mapping class -> name")
+        return cls(name, tuple(names), tuple(levels), dict(display))
 
 
 _BUILTIN: dict[str, dict[str, Any]] = {

@@ -34,9 +34,19 @@ class RunLock:
 
     def acquire(self) -> None:
         me = {"host": socket.gethostname(), "pid": os.getpid()}
+        # The lock appears with its content in one step (hard link of a written temp file), so another
+        # process never reads an empty lock and mistakes it for a stale one.
+        tmp = self.path.with_name(f".lock.{me['host']}.{me['pid']}")
+        tmp.write_text(json.dumps(me))
+        try:
+            self._acquire(me, tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _acquire(self, me: dict, tmp: Path) -> None:
         for _ in range(2):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                os.link(tmp, self.path)
             except FileExistsError:
                 try:
                     owner = json.loads(self.path.read_text() or "{}")
@@ -51,8 +61,6 @@ class RunLock:
                                     f"process is gone")
                 self.path.unlink(missing_ok=True)  # stale: its process is dead (or the file is unreadable)
                 continue
-            with os.fdopen(fd, "w") as fh:
-                json.dump(me, fh)
             self.held = True
             return
         raise RunLocked(f"could not lock {self.path.parent}")
