@@ -59,3 +59,26 @@ def _run_data(a: argparse.Namespace) -> int:
 
 
 COMMANDS["data"] = ("check a data folder (`riskcl data check NAME --root PATH`)", _add_data, _run_data)
+
+
+def _add_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs_dir", help="folder holding run folders (a sweep's --out)")
+    p.add_argument("--out", default=None, help="report folder (default: RUNS_DIR/report)")
+    p.add_argument("--baseline", default="focal", help="baseline of the Table III comparison")
+    p.add_argument("--method", default="rcl-proposed", help="method of the Table III comparison")
+    p.add_argument("--reference", default="ce", help="model whose post-hoc threshold is compared")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CER CI")
+
+
+def _run_report(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .report.build import build_report
+
+    out = Path(a.out) if a.out else Path(a.runs_dir) / "report"
+    path = build_report(a.runs_dir, out, a.baseline, a.method, a.reference, a.bootstrap)
+    print(f"wrote {path} and {out / 'report.html'}")
+    return 0
+
+
+COMMANDS["report"] = ("tables, Pareto and CER plots from finished run folders", _add_report, _run_report)

@@ -31,3 +31,79 @@ def plot_error_taxonomy(runs: Mapping[str, Mapping[str, Any]], path: str | Path)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_pareto(summary, front, curves: Mapping[str, Any], path: str | Path, title: str = "") -> Path:
+    """CER (x, lower is safer) vs F1-macro (y) per method with seed std bars, the frontier, and post-hoc
+    threshold curves of trained models (dashed)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for name, curve in curves.items():
+        ax.plot(100 * curve["cer"], curve["f1_macro"], "--", lw=1, alpha=0.7, label=f"{name} + threshold")
+    ax.errorbar(100 * summary["cer_mean"], summary["f1_mean"], xerr=100 * summary["cer_std"].fillna(0),
+                yerr=summary["f1_std"].fillna(0), fmt="o", color="k", ms=5, capsize=2, lw=0.8, zorder=3)
+    for _, r in summary.iterrows():
+        ax.annotate(r["method"], (100 * r["cer_mean"], r["f1_mean"]), textcoords="offset points", xytext=(4, 4),
+                    fontsize=7)
+    ax.step(100 * front["cer_mean"], front["f1_mean"], where="post", color="#d7301f", lw=1.5,
+            label="Pareto frontier (trained)", zorder=2)
+    ax.set_xlabel("Critical Error Rate (%)  [lower is safer]")
+    ax.set_ylabel("F1-macro")
+    ax.set_title(title or "Safety-accuracy trade-off")
+    ax.legend(fontsize=7, frameon=False, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def plot_cer_curves(histories: Mapping[str, Any], path: str | Path, title: str = "") -> Path:
+    """Validation CER per epoch, mean over seeds, one line per method (the paper's Figure 3)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, hist in histories.items():
+        ax.plot(hist["epoch"], 100 * hist["val_cer"], marker="o", ms=3, label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation CER (%)")
+    ax.set_title(title or "Critical Error Rate during training")
+    ax.legend(fontsize=7, frameon=False)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def plot_severity_confusions(confusions: Mapping[str, np.ndarray], classes, superclass, path: str | Path) -> Path:
+    """Confusion matrices (counts summed over seeds) with cells shaded by severity: correct, visual
+    ambiguity, Type I, Type II."""
+    from matplotlib.colors import ListedColormap
+
+    sup = np.asarray(superclass)
+    kind = np.where(sup[:, None] == sup[None, :], 1, np.where(sup[:, None] == 1, 3, 2))
+    np.fill_diagonal(kind, 0)
+    cmap = ListedColormap(["#e5f5e0", "#deebf7", "#fee6ce", "#fcbba1"])
+    n = len(confusions)
+    cols = min(n, 4)
+    rows = (n + cols - 1) // cols
+    k = len(classes)
+    fig, axes = plt.subplots(rows, cols, figsize=(0.55 * k * cols + 1.5, 0.55 * k * rows + 1.2), squeeze=False)
+    for ax, (name, cm) in zip(axes.flat, confusions.items()):
+        ax.imshow(kind, cmap=cmap, vmin=0, vmax=3)
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                        fontweight="bold" if kind[i, j] == 3 and cm[i, j] else "normal")
+        ax.set_xticks(range(k), classes, rotation=60, fontsize=6)
+        ax.set_yticks(range(k), classes, fontsize=6)
+        ax.set_title(name, fontsize=8)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.supxlabel("predicted (green correct, blue ambiguity, orange Type I, red Type II)", fontsize=7)
+    fig.supylabel("true", fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path

@@ -1,0 +1,146 @@
+"""``riskcl report``: REPORT.md, report.html, runs.csv and figures from run folders only."""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..experiment.io import atomic_write_text
+from . import plots
+from .collect import find_runs, runs_table
+from .tables import (matched_sensitivity_table, paired_table, pareto_front, pooled_cer_ci, summary_table,
+                     threshold_curve)
+
+PCT = {"cer", "accuracy", "acc", "sensitivity", "specificity", "improvement", "change"}
+
+
+def _fmt(col: str, v: Any) -> str:
+    if isinstance(v, (float, np.floating)):
+        if np.isnan(v):
+            return "-"
+        if any(k in col.lower() for k in PCT) and "std" not in col:
+            return f"{100 * v:.2f}%"
+        return f"{v:.4f}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)
+
+
+def md_table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "_(no rows)_\n"
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(_fmt(c, r[c]) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def html_table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "<p><em>(no rows)</em></p>"
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c, r[c]))}</td>" for c in df.columns) + "</tr>"
+                   for _, r in df.iterrows())
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _methods_table(summary: pd.DataFrame, ci: dict) -> pd.DataFrame:
+    rows = []
+    for _, r in summary.iterrows():
+        lo, hi = ci.get((r.dataset, r.model, r.method), (np.nan, np.nan, np.nan))[1:]
+        rows.append({"dataset": r.dataset, "model": r.model, "method": r.method, "seeds": r.seeds,
+                     "CER mean": r.cer_mean, "CER std": r.cer_std, "CER 95% CI low": lo, "CER 95% CI high": hi,
+                     "F1 mean": r.f1_mean, "F1 std": r.f1_std, "acc mean": r.acc_mean, "acc std": r.acc_std,
+                     "specificity": r.specificity, "AUROC": r.auroc})
+    return pd.DataFrame(rows)
+
+
+def build_report(runs_dir: str | Path, out_dir: str | Path, baseline: str = "focal", method: str = "rcl-proposed",
+                 reference: str = "ce", n_boot: int = 1000) -> Path:
+    """Write the report; returns the path of ``REPORT.md``."""
+    runs_dir, out = Path(runs_dir), Path(out_dir)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    records, notes = find_runs(runs_dir)
+    runs = runs_table(records, runs_dir)
+    summary = summary_table(runs)
+    ci = pooled_cer_ci(records, n_resamples=n_boot)
+    methods = _methods_table(summary, ci)
+    taxonomy_tbl = summary[["dataset", "model", "method", "visual_ambiguity", "type_i", "type_ii"]].rename(
+        columns={"visual_ambiguity": "visual ambiguity (mean)", "type_i": "Type I (mean)",
+                 "type_ii": "Type II (mean)"})
+    paired = paired_table(summary, baseline, method)
+    matched = matched_sensitivity_table(records, reference)
+    figures: list[tuple[str, str]] = []
+    for (ds, model), part in summary.groupby(["dataset", "model"]):
+        tag = f"{ds}_{model}"
+        recs = [r for r in records if r.run["dataset"] == ds and r.run["model"] == model]
+        curves = {}
+        for name in sorted({r.method for r in recs}):
+            seed_recs = sorted((r for r in recs if r.method == name), key=lambda r: r.run["seed"])
+            if name in (reference, baseline):
+                curves[name] = pd.concat([threshold_curve(r) for r in seed_recs]).groupby("threshold").mean()
+        front = pareto_front(part.reset_index(drop=True))
+        figures.append((f"Safety-accuracy Pareto plot, {ds} / {model}",
+                        plots.plot_pareto(part, front, curves, out / "figures" / f"pareto_{tag}.png",
+                                          f"{ds} / {model}").name))
+        hist = {}
+        for name in sorted({r.method for r in recs}):
+            frames = [r.history for r in recs if r.method == name and not r.history.empty]
+            if frames:
+                hist[name] = pd.concat(frames).groupby("epoch", as_index=False)["val_cer"].mean()
+        figures.append((f"Validation CER per epoch, {ds} / {model}",
+                        plots.plot_cer_curves(hist, out / "figures" / f"cer_curves_{tag}.png", f"{ds} / {model}").name))
+        conf = {}
+        tax = recs[0].taxonomy
+        for name in sorted({r.method for r in recs}):
+            cm = np.zeros((tax.num_classes,) * 2, dtype=np.int64)
+            for r in (r for r in recs if r.method == name):
+                p = r.predictions()
+                np.add.at(cm, (p["target"], p["logits"].argmax(1)), 1)
+            conf[name] = cm
+        figures.append((f"Confusion matrices shaded by severity (summed over seeds), {ds} / {model}",
+                        plots.plot_severity_confusions(conf, tax.classes, tax.superclass,
+                                                       out / "figures" / f"confusions_{tag}.png").name))
+    runs_csv = runs.copy()
+    atomic_write_text(out / "runs.csv", runs_csv.to_csv(index=False))
+    atomic_write_text(out / "report.json", json.dumps({
+        "runs_dir": str(runs_dir), "baseline": baseline, "method": method, "reference": reference,
+        "runs": runs.to_dict("records"), "methods": methods.to_dict("records"), "paired": paired.to_dict("records"),
+        "matched_sensitivity": matched.to_dict("records"), "not_included": notes}, indent=1, default=str))
+    sections = [
+        ("Table III style: baseline vs method", f"Baseline `{baseline}` vs `{method}`, means over seeds. "
+         "Relative CER improvement = (CER_baseline - CER_method) / CER_baseline.", paired),
+        ("Table V style: every method", "Mean and std over seeds; CER 95% CI: percentile bootstrap over test "
+         f"images ({n_boot} resamples) of the seed-averaged CER.", methods),
+        ("Error taxonomy", "Mean counts over seeds on the test split.", taxonomy_tbl),
+        (f"Retraining vs a post-hoc threshold on `{reference}`",
+         f"For each method and seed, `{reference}` with its p(malignant) threshold lowered until its test sensitivity "
+         "reaches the method's; columns are means over seeds.", matched),
+        ("Runs", "Every number above comes from these run folders (paths relative to the runs folder).",
+         runs[["dataset", "model", "method", "seed", "cer", "f1_macro", "accuracy", "type_ii", "wall_time_s",
+               "folder"]]),
+    ]
+    md = [f"# riskcl report\n\nRuns folder: `{runs_dir}` ({len(records)} finished runs; total training wall time "
+          f"{runs['wall_time_s'].sum() / 60:.1f} min).\n"]
+    if notes:
+        md.append("Not included (unfinished or failed): " + "; ".join(notes) + "\n")
+    for title, text, df in sections:
+        md += [f"\n## {title}\n\n{text}\n\n", md_table(df)]
+    md.append("\n## Figures\n")
+    for caption, name in figures:
+        md.append(f"\n**{caption}**\n\n![{caption}](figures/{name})\n")
+    atomic_write_text(out / "REPORT.md", "".join(md))
+    body = [f"<h1>riskcl report</h1><p>Runs folder: <code>{html.escape(str(runs_dir))}</code>, "
+            f"{len(records)} finished runs.</p>"]
+    for title, text, df in sections:
+        body.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(text)}</p>{html_table(df)}")
+    for caption, name in figures:
+        body.append(f"<h3>{html.escape(caption)}</h3><img src='figures/{name}' style='max-width:100%'>")
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;"
+             "font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}")
+    atomic_write_text(out / "report.html", f"<!doctype html><html><head><meta charset='utf-8'><title>riskcl "
+                      f"report</title><style>{style}</style></head><body>{''.join(body)}</body></html>")
+    return out / "REPORT.md"

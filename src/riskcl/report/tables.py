@@ -1,0 +1,134 @@
+"""Aggregations behind the report's tables: Table III / V style summaries, error taxonomy, post-hoc thresholds."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..decision import threshold_decision
+from ..metrics import bootstrap_ci, critical_error_rate, f1_macro, sensitivity_specificity
+from .collect import RunRecord
+
+GROUP = ["dataset", "model", "method"]
+
+
+def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds of every headline metric, per (dataset, model, method)."""
+    agg = runs.groupby(GROUP).agg(
+        seeds=("seed", "count"),
+        cer_mean=("cer", "mean"), cer_std=("cer", "std"),
+        f1_mean=("f1_macro", "mean"), f1_std=("f1_macro", "std"),
+        acc_mean=("accuracy", "mean"), acc_std=("accuracy", "std"),
+        visual_ambiguity=("visual_ambiguity", "mean"), type_i=("type_i", "mean"), type_ii=("type_ii", "mean"),
+        specificity=("specificity", "mean"), auroc=("auroc", "mean"),
+        wall_time_s=("wall_time_s", "sum"),
+    )
+    return agg.reset_index()
+
+
+def pooled_cer_ci(records: list[RunRecord], n_resamples: int = 1000, seed: int = 0) -> dict[tuple, tuple]:
+    """Bootstrap 95% CI of the seed-averaged CER per (dataset, model, method).
+
+    The test images are resampled (each image keeps its predictions from every seed), so the interval covers
+    the sampling of the test set; the seed spread is the table's std.
+    """
+    by_key: dict[tuple, list[RunRecord]] = {}
+    for r in records:
+        by_key.setdefault((r.run["dataset"], r.run["model"], r.method), []).append(r)
+    out = {}
+    for key, group in by_key.items():
+        tax = group[0].taxonomy
+        preds = [r.predictions() for r in group]
+        labels = np.stack([p["logits"].argmax(1) for p in preds], 1)  # (N, seeds)
+        target = preds[0]["target"]
+
+        def mean_cer(lab: np.ndarray, tgt: np.ndarray) -> float:
+            return float(np.mean([critical_error_rate(lab[:, s], tgt, tax) for s in range(lab.shape[1])]))
+
+        out[key] = bootstrap_ci(mean_cer, labels, target, n_resamples=n_resamples, seed=seed)
+    return out
+
+
+def paired_table(summary: pd.DataFrame, baseline: str, method: str) -> pd.DataFrame:
+    """Table III style: baseline vs method CER / F1 / accuracy with absolute and relative CER change."""
+    rows = []
+    for (ds, model), part in summary.groupby(["dataset", "model"]):
+        b, m = part[part["method"] == baseline], part[part["method"] == method]
+        if b.empty or m.empty:
+            continue
+        b, m = b.iloc[0], m.iloc[0]
+        rel = (b.cer_mean - m.cer_mean) / b.cer_mean if b.cer_mean > 0 else float("nan")
+        rows.append({"dataset": ds, "model": model, f"{baseline} CER": b.cer_mean, f"{baseline} F1": b.f1_mean,
+                     f"{baseline} acc": b.acc_mean, f"{method} CER": m.cer_mean, f"{method} F1": m.f1_mean,
+                     f"{method} acc": m.acc_mean, "abs. CER change": m.cer_mean - b.cer_mean,
+                     "rel. CER improvement": rel})
+    return pd.DataFrame(rows)
+
+
+def pareto_front(points: pd.DataFrame, x: str = "cer_mean", y: str = "f1_mean") -> pd.DataFrame:
+    """Rows not dominated by another (lower-or-equal CER and higher-or-equal F1, one strictly), sorted by CER."""
+    keep = []
+    for i, p in points.iterrows():
+        dominated = ((points[x] <= p[x]) & (points[y] >= p[y]) & ((points[x] < p[x]) | (points[y] > p[y]))).any()
+        if not dominated:
+            keep.append(i)
+    return points.loc[keep].sort_values(x)
+
+
+def threshold_curve(record: RunRecord, thresholds: np.ndarray | None = None) -> pd.DataFrame:
+    """Test CER, F1-macro, sensitivity and specificity of one run as the p(malignant) threshold varies."""
+    tax = record.taxonomy
+    p = record.predictions()
+    probs = _softmax(p["logits"])
+    ts = np.linspace(0.02, 0.98, 49) if thresholds is None else thresholds
+    rows = []
+    for t in ts:
+        lab = threshold_decision(probs, tax, float(t))
+        sens, spec = sensitivity_specificity(lab, p["target"], tax)
+        rows.append({"threshold": float(t), "cer": critical_error_rate(lab, p["target"], tax),
+                     "f1_macro": f1_macro(lab, p["target"]), "sensitivity": sens, "specificity": spec})
+    return pd.DataFrame(rows)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z.astype(np.float64) - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def matched_sensitivity_table(records: list[RunRecord], reference: str = "ce") -> pd.DataFrame:
+    """Each non-reference method against ``reference`` + a threshold moved to reach at least the same test
+    sensitivity (per seed, same dataset and model). Shows what retraining buys over a post-hoc threshold."""
+    by = {}
+    for r in records:
+        by.setdefault((r.run["dataset"], r.run["model"], r.run["seed"]), {})[r.method] = r
+    rows = []
+    for (ds, model, seed), methods in by.items():
+        ref = methods.get(reference)
+        if ref is None:
+            continue
+        ref_probs, ref_p = _softmax(ref.predictions()["logits"]), ref.predictions()
+        tax = ref.taxonomy
+        for name, rec in methods.items():
+            if name == reference:
+                continue
+            target_sens = rec.metrics["sensitivity"]
+            best = None
+            for t in np.linspace(0.99, 0.0, 199):  # the highest threshold reaching the sensitivity
+                lab = threshold_decision(ref_probs, tax, float(t))
+                sens, spec = sensitivity_specificity(lab, ref_p["target"], tax)
+                if sens >= target_sens - 1e-12:
+                    best = (float(t), {"sensitivity": sens, "specificity": spec,
+                                       "f1_macro": f1_macro(lab, ref_p["target"])})
+                    break
+            if best is None:
+                continue
+            t, rep = best
+            rows.append({"dataset": ds, "model": model, "seed": seed, "method": name,
+                         "sensitivity": target_sens, "method F1": rec.metrics["f1_macro"],
+                         "method specificity": rec.metrics["specificity"], f"{reference}+t threshold": t,
+                         f"{reference}+t sensitivity": rep["sensitivity"], f"{reference}+t F1": rep["f1_macro"],
+                         f"{reference}+t specificity": rep["specificity"]})
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    return df.groupby(["dataset", "model", "method"]).mean(numeric_only=True).drop(columns="seed").reset_index()
