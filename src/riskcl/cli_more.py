@@ -82,3 +82,53 @@ def _run_report(a: argparse.Namespace) -> int:
 
 
 COMMANDS["report"] = ("tables, Pareto and CER plots from finished run folders", _add_report, _run_report)
+
+
+def _add_calibrate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir")
+    p.add_argument("--alpha", type=float, required=True, help="target bound on the Critical Error Rate")
+    p.add_argument("--delta", type=float, default=0.1, help="failure probability of the ltt guarantee")
+    p.add_argument("--method", choices=["ltt", "crc"], default="ltt",
+                   help="ltt: CER <= alpha with prob. >= 1 - delta; crc: expected CER <= alpha")
+    p.add_argument("--temperature", action="store_true", help="fit temperature scaling on validation first")
+
+
+def _run_calibrate(a: argparse.Namespace) -> int:
+    from .experiment.calibrate import calibrate_run
+
+    r = calibrate_run(a.run_dir, a.alpha, a.delta, a.method, a.temperature)
+    t = r["test"]
+    print(f"threshold p(malignant) >= {r['threshold']:.4f} ({r['method']}, {r['n_calibration']} malignant "
+          f"calibration {r['unit']}s)\n  guarantee: {r['guarantee']}\n  test: CER {100 * t['cer']:.2f}%  "
+          f"sensitivity {100 * t['sensitivity']:.2f}%  specificity {100 * t['specificity']:.2f}%  "
+          f"F1-macro {t['f1_macro']:.4f}\n  (argmax: CER {100 * r['test_argmax']['cer']:.2f}%, specificity "
+          f"{100 * r['test_argmax']['specificity']:.2f}%)\nwrote {a.run_dir}/calibration.json; use it with "
+          f"`riskcl predict {a.run_dir} ... --calibrated`")
+    return 0
+
+
+def _add_tune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="experiment YAML (its loss is replaced by rcl)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides")
+    p.add_argument("--lambda2", type=float, required=True, help="Type II penalty, fixed from clinical severity")
+    p.add_argument("--lambda1", type=float, nargs="+", default=[1, 2, 5, 10], help="grid of Type I penalties")
+    p.add_argument("--max-fpr", type=float, required=True, help="bound on the validation false-positive rate")
+    p.add_argument("--out", required=True)
+    p.add_argument("--quiet", action="store_true")
+
+
+def _run_tune(a: argparse.Namespace) -> int:
+    from .config import load_config
+    from .experiment.tune import tune_lambda1
+
+    r = tune_lambda1(load_config(a.config, a.overrides), a.lambda2, a.lambda1, a.max_fpr, a.out, not a.quiet)
+    for row in r["grid"]:
+        print(f"lambda1 {row['lambda1']:6g}  val CER {100 * row['val_cer']:6.2f}%  val FPR {100 * row['val_fpr']:6.2f}%"
+              f"  test CER {100 * row['test_cer']:6.2f}%")
+    print(f"best: {r['best']}" if r["best"] else r["note"])
+    return 0 if r["best"] else 1
+
+
+COMMANDS["calibrate"] = ("choose a decision threshold that bounds the fatal error rate", _add_calibrate,
+                         _run_calibrate)
+COMMANDS["tune-lambda"] = ("the paper's lambda1 search under a false-positive bound", _add_tune, _run_tune)

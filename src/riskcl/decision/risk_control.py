@@ -1,15 +1,16 @@
 """Distribution-free control of the Critical Error Rate by choosing the threshold on ``p(malignant)``.
 
 A malignant case is missed at threshold ``t`` when ``p(malignant) < t``; the miss rate grows with ``t``, so the
-largest admissible ``t`` keeps the most specificity. Only the calibration set's malignant samples enter
-(grouped by patient where groups are given: the unit is then a patient and its loss the fraction of its
-malignant images missed, so the guarantee is on the patient-averaged miss rate).
+largest admissible ``t`` keeps the most specificity. Only the calibration set's malignant samples enter,
+grouped by patient where groups are given: the unit is then a patient, missed when any of its malignant images
+is missed, so the guarantee bounds the share of malignant patients with a missed image (and hence the
+patient-averaged image miss rate).
 
 * Conformal risk control (Angelopoulos et al., 2022): the largest ``t`` with
   ``n/(n+1) * R_hat(t) + 1/(n+1) <= alpha`` gives ``E[miss rate on a new case] <= alpha``
   (in expectation over calibration and test data, for exchangeable data).
-* Learn-then-Test (Angelopoulos et al., 2021): for each grid threshold, test ``H0: R(t) > alpha`` with the
-  exact binomial tail p-value ``P(Binom(n, alpha) <= misses)`` (Hoeffding's bound for grouped losses); thresholds
+* Learn-then-Test (Angelopoulos et al., 2021): for each threshold of a fixed grid (0, 0.001, ..., 1), test ``H0: R(t) > alpha`` with the
+  exact binomial tail p-value ``P(Binom(n, alpha) <= misses)``; thresholds
   are tested in increasing order (fixed-sequence testing, family-wise error <= delta) and the last rejected one
   is kept: ``P(R(t_hat) <= alpha) >= 1 - delta`` over the draw of the calibration set.
 """
@@ -47,7 +48,14 @@ def _units(p_mal: np.ndarray, is_mal: np.ndarray, groups: Any) -> tuple[list[np.
     if groups is None:
         return [scores[i : i + 1] for i in range(scores.shape[0])], "sample"
     g = to_numpy(groups)[is_mal]
-    return [scores[g == u] for u in np.unique(g)], "group"
+    uniq, inv, counts = np.unique(g, return_inverse=True, return_counts=True)
+    if counts.max() == 1:  # one malignant image per group: the groups add nothing
+        return [scores[i : i + 1] for i in range(scores.shape[0])], "sample"
+    # A group (patient) counts as missed when any of its malignant images is missed: its loss is binary and
+    # bounds the fraction of its images missed, so the exact binomial test stays valid.
+    minima = np.full(len(uniq), np.inf)
+    np.minimum.at(minima, inv, scores)
+    return [minima[k : k + 1] for k in range(len(uniq))], "group"
 
 
 def _risk_curve(units: list[np.ndarray], thresholds: np.ndarray) -> np.ndarray:
@@ -103,26 +111,25 @@ def conformal_risk_control(probs: Any, target: Any, taxonomy: Taxonomy, alpha: f
                    f"expected miss rate of malignant {unit}s <= {alpha} (conformal risk control, n={n}){note}")
 
 
-def _pvalues(units: list[np.ndarray], thresholds: np.ndarray, alpha: float, unit: str) -> np.ndarray:
-    """p-values of ``H0: risk(t) > alpha``: exact binomial tail for samples, Hoeffding for group averages."""
-    n = len(units)
-    risk = _risk_curve(units, thresholds)
-    if unit == "sample":
-        from scipy.stats import binom
+def _pvalues(units: list[np.ndarray], thresholds: np.ndarray, alpha: float) -> np.ndarray:
+    """Exact binomial p-values of ``H0: risk(t) > alpha`` (every unit's loss is 0 or 1)."""
+    from scipy.stats import binom
 
-        return binom.cdf(np.round(risk * n).astype(int), n, alpha)
-    gap = np.maximum(alpha - risk, 0.0)
-    return np.exp(-2 * n * gap * gap)
+    n = len(units)
+    misses = np.round(_risk_curve(units, thresholds) * n).astype(int)
+    return binom.cdf(misses, n, alpha)
 
 
 def learn_then_test(probs: Any, target: Any, taxonomy: Taxonomy, alpha: float, delta: float = 0.1,
-                    groups: Any = None) -> RiskControlResult:
+                    groups: Any = None, grid_size: int = 1001) -> RiskControlResult:
     """Threshold with ``P(CER <= alpha) >= 1 - delta`` (Learn-then-Test, fixed-sequence testing)."""
     if not 0 < delta < 1:
         raise ValueError(f"Expected `delta` in (0, 1), but got {delta}")
-    p_mal, is_mal, units, unit, cands = _prepare(probs, target, taxonomy, alpha, groups)
+    p_mal, is_mal, units, unit, _ = _prepare(probs, target, taxonomy, alpha, groups)
+    # The hypotheses must be fixed before seeing the data: a grid of thresholds, not the calibration scores.
+    cands = np.linspace(0.0, 1.0, grid_size)
     # Fixed sequence in increasing risk: reject until the first hypothesis that cannot be rejected.
-    rejected = _pvalues(units, cands, alpha, unit) <= delta
+    rejected = _pvalues(units, cands, alpha) <= delta
     n_rejected = int(np.argmin(rejected)) if not rejected.all() else len(cands)
     found = n_rejected > 0
     t_hat = float(cands[n_rejected - 1]) if found else 0.0
