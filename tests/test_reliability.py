@@ -273,3 +273,20 @@ def test_random_label_files_give_typed_error_or_valid(tmp_path, text):
         index_csv(root, taxonomy={"name": "t", "benign": ["a"], "malignant": ["b"]})
     except (ValueError, FileNotFoundError):
         return
+
+
+def test_every_shipped_config_and_sweep_validates():
+    from pathlib import Path
+
+    from riskcl.experiment.sweep import load_sweep
+    from riskcl.taxonomy import load_taxonomy
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    experiments = sorted(root.glob("*.yaml")) + sorted((root / "paper").glob("*.yaml"))
+    assert len(experiments) >= 8
+    for path in experiments:
+        load_config(path, ["data.root=/data"])
+    for path in sorted((root / "sweeps").glob("*.yaml")):
+        assert load_sweep(path), path
+    for path in sorted((root / "taxonomies").glob("*.yaml")):
+        load_taxonomy(str(path))

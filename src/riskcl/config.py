@@ -152,7 +152,11 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"Override '{dotted}': '{part}' is not a section")
         node = child
-    node[parts[-1]] = value
+    last = parts[-1]
+    if isinstance(value, Mapping) and isinstance(node.get(last), dict):
+        node[last] = deep_merge(node[last], value)  # a section given as a mapping updates, not replaces
+    else:
+        node[last] = value
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

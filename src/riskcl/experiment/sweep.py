@@ -40,7 +40,9 @@ class PlannedRun:
 
 
 def _slug(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else value
+    if isinstance(value, Mapping) and "name" in value:  # a whole section (e.g. data): named by its `name`
+        value = value["name"]
+    text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "x"
 
 
