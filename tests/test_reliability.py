@@ -290,3 +290,21 @@ def test_every_shipped_config_and_sweep_validates():
         assert load_sweep(path), path
     for path in sorted((root / "taxonomies").glob("*.yaml")):
         load_taxonomy(str(path))
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(tmp_path):
+    """DDP through torchrun with the Gloo backend: rank 0 writes a complete run folder."""
+    import shutil
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    if torchrun is None:
+        pytest.skip("torchrun not found beside the Python interpreter")
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([torchrun, "--nproc_per_node=2", "-m", "riskcl", "train", str(cfg), "--out",
+                           str(tmp_path / "ddp"), "--quiet"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert metrics["run"]["world_size"] == 2 and read_status(tmp_path / "ddp")["state"] == "finished"

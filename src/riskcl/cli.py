@@ -46,6 +46,8 @@ def _run_train(a: argparse.Namespace) -> int:
 
     cfg = load_config(a.config, a.overrides)
     metrics = run_experiment(cfg, a.out, progress=not a.quiet)
+    if not metrics:  # a non-zero rank under torchrun: rank 0 reports
+        return 0
     _print_table([summary_row(cfg.loss.name, metrics)], SUMMARY_COLUMNS)
     print(f"run folder: {a.out}")
     return 0

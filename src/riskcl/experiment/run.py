@@ -33,6 +33,7 @@ import yaml
 
 from ..config import SELECT_METRICS, ConfigError, ExperimentConfig, config_from_dict, save_config
 from ..data import SplitData, create_datasets
+from ..distributed import DistInfo, barrier, device_for, init_distributed, wrap_model
 from ..engine import NonFiniteError, predict_logits, resolve_device, train_one_epoch
 from ..losses import create_loss
 from ..metrics import safety_report
@@ -99,13 +100,16 @@ def build_data(cfg: ExperimentConfig, progress: bool) -> SplitData:
                            progress=progress, **d.options)
 
 
-def _loader(dataset, batch_size: int, shuffle: bool, seed: int, workers: int):
+def _loader(dataset, batch_size: int, shuffle: bool, seed: int, workers: int, info: DistInfo = DistInfo()):
     g = torch.Generator()
     g.manual_seed(seed)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=g,
-                                       num_workers=workers, drop_last=False,
-                                       pin_memory=torch.cuda.is_available(),
-                                       persistent_workers=False)
+    sampler = None
+    if info.enabled and shuffle:  # each process trains on its own share of the epoch
+        sampler = torch.utils.data.DistributedSampler(dataset, info.world_size, info.rank, shuffle=True, seed=seed)
+        shuffle = False
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
+                                       generator=g, num_workers=workers, drop_last=False,
+                                       pin_memory=torch.cuda.is_available(), persistent_workers=False)
 
 
 def _write_splits(run_dir: Path, data: SplitData) -> None:
@@ -181,6 +185,12 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, progress: bool | 
     """
     progress = cfg.progress if progress is None else progress
     run_dir = Path(out_dir)
+    info = init_distributed()
+    if not info.is_main:  # rank 0 owns the folder; the others follow its decision
+        barrier(info)
+        if read_status(run_dir).get("state") == "finished":
+            return {}
+        return _train_and_evaluate(cfg, run_dir, False, info)
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
         cfg_path = run_dir / "config.yaml"
@@ -189,11 +199,13 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, progress: bool | 
             if _comparable(old) != _comparable(cfg):
                 raise ConfigError(f"{run_dir} holds a run of a different config; choose another --out folder")
         if read_status(run_dir).get("state") == "finished" and (run_dir / "metrics.json").is_file():
+            barrier(info)
             return json.loads((run_dir / "metrics.json").read_text())
         atomic_write_text(cfg_path, save_config(cfg))
         _mark(run_dir, "running")
+        barrier(info)
         try:
-            return _train_and_evaluate(cfg, run_dir, progress)
+            return _train_and_evaluate(cfg, run_dir, progress, info)
         except NonFiniteError as exc:
             _mark(run_dir, "failed", error=str(exc))
             raise RunFailed(f"{run_dir}: {exc}; the last good checkpoint is kept") from None
@@ -205,17 +217,23 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, progress: bool | 
             raise
 
 
-def _train_and_evaluate(cfg: ExperimentConfig, run_dir: Path, progress: bool) -> dict[str, Any]:
+def _train_and_evaluate(cfg: ExperimentConfig, run_dir: Path, progress: bool,
+                        info: DistInfo = DistInfo()) -> dict[str, Any]:
     start = time.time()
     _seed_everything(cfg.seed, cfg.deterministic)
-    device = resolve_device(cfg.device)
+    device = device_for(info, resolve_device(cfg.device))
+    if not info.is_main:
+        barrier(info)  # let rank 0 build the image cache first
     data = build_data(cfg, progress)
+    if info.is_main:
+        barrier(info)
     train_ds, val_ds, test_ds = (data.datasets[s] for s in ("train", "val", "test"))
     for name, ds in (("train", train_ds), ("val", val_ds), ("test", test_ds)):
         if len(ds) == 0:
             raise ValueError(f"The '{name}' split of '{cfg.data.name}' is empty; check the data and split fractions")
     taxonomy = resolve_taxonomy(cfg, train_ds.taxonomy)
-    _write_splits(run_dir, data)
+    if info.is_main:
+        _write_splits(run_dir, data)
 
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model.name, taxonomy.num_classes, pretrained=cfg.model.pretrained,
@@ -227,6 +245,7 @@ def _train_and_evaluate(cfg: ExperimentConfig, run_dir: Path, progress: bool) ->
     loss_fn = create_loss(cfg.loss.name, taxonomy=taxonomy, class_counts=train_ds.class_counts,
                           **cfg.loss.params).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    raw_model, model = model, wrap_model(model, info, device)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
 
     history: list[dict[str, Any]] = []
@@ -235,7 +254,7 @@ def _train_and_evaluate(cfg: ExperimentConfig, run_dir: Path, progress: bool) ->
     ckpt_path = run_dir / "last.pt"
     if ckpt_path.is_file():
         state = load_checkpoint(ckpt_path)
-        model.load_state_dict(state["model"])
+        raw_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         first_epoch, history, best = int(state["epoch"]), list(state["history"]), state["best"]
@@ -247,12 +266,15 @@ def _train_and_evaluate(cfg: ExperimentConfig, run_dir: Path, progress: bool) ->
         t0 = time.time()
         epoch_seed = cfg.seed * 100003 + epoch
         torch.manual_seed(epoch_seed)  # augmentation randomness of this epoch
-        train_loader = _loader(train_ds, cfg.optim.batch_size, True, epoch_seed, cfg.data.num_workers)
+        train_loader = _loader(train_ds, cfg.optim.batch_size, True, epoch_seed, cfg.data.num_workers, info)
         lr = optimizer.param_groups[0]["lr"]
         train_loss = train_one_epoch(model, train_loader, loss_fn, optimizer, epoch=epoch,
                                      grad_clip=cfg.optim.grad_clip, max_steps=cfg.max_steps_per_epoch, **common)
         scheduler.step()
-        logits, target = predict_logits(model, val_loader, desc="val", **common)
+        if not info.is_main:  # rank 0 evaluates, selects and writes; the others wait for the next epoch
+            barrier(info)
+            continue
+        logits, target = predict_logits(raw_model, val_loader, desc="val", **common)
         report = safety_report(torch.softmax(logits, 1), target, taxonomy)
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
                **{f"val_{k}": report[k] for k in HISTORY_KEYS}, "epoch_time_s": round(time.time() - t0, 3)}
@@ -260,8 +282,8 @@ def _train_and_evaluate(cfg: ExperimentConfig, run_dir: Path, progress: bool) ->
         score = list(_score(report, cfg.select_metric))
         if best is None or score < best:
             best = score
-            _save_weights(run_dir / "model.safetensors", model)
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            _save_weights(run_dir / "model.safetensors", raw_model)
+        state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history, "best": best}
         atomic_write_with(ckpt_path, lambda tmp: torch.save(state, tmp))
         _write_history(run_dir, history)
@@ -269,7 +291,11 @@ def _train_and_evaluate(cfg: ExperimentConfig, run_dir: Path, progress: bool) ->
             print(f"  epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}  val CER {report['cer']:.4f}  "
                   f"F1 {report['f1_macro']:.4f}  acc {report['accuracy']:.4f}  "
                   f"typeII {report['type_ii']}  ({row['epoch_time_s']:.1f}s)", flush=True)
+        barrier(info)
 
+    if not info.is_main:
+        return {}
+    model = raw_model
     load_weights(model, run_dir / "model.safetensors")
     results = {}
     for split, ds in (("val", val_ds), ("test", test_ds)):
@@ -286,6 +312,7 @@ def _train_and_evaluate(cfg: ExperimentConfig, run_dir: Path, progress: bool) ->
         "run": {"name": cfg.name, "dataset": cfg.data.name, "model": cfg.model.name, "loss": cfg.loss.name,
                 "loss_params": cfg.loss.params, "seed": cfg.seed, "epochs": cfg.epochs, "best_epoch": best_epoch,
                 "select_metric": cfg.select_metric, "device": str(device), "weights": weights_source,
+                "world_size": info.world_size,
                 "classes": list(taxonomy.classes), "superclass": taxonomy.superclass.tolist(),
                 "n_train": len(train_ds), "n_val": len(val_ds), "n_test": len(test_ds),
                 "torch": torch.__version__, "python": platform.python_version()},
