@@ -115,8 +115,10 @@ def run_sweep(path: str | Path, out: str | Path, shard: str | None = None,
         try:
             run_experiment(run.config, folder, progress=progress)
             summary[run.run_id] = f"finished in {time.time() - t0:.0f}s"
+            print(f"  {run.run_id}: {summary[run.run_id]}", flush=True)
         except RunLocked as exc:
             summary[run.run_id] = f"skipped (locked: {exc})"
+            print(f"  {run.run_id}: {summary[run.run_id]}", flush=True)
         except (RunFailed, ValueError, RuntimeError, OSError) as exc:
             summary[run.run_id] = f"failed: {exc}"
             print(f"  FAILED {run.run_id}: {exc}", flush=True)
