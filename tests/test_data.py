@@ -323,3 +323,25 @@ def test_data_check_on_shared_folders_and_damaged_copy(tmp_path):
 def test_data_check_sicapv2_partitions_without_images():
     r = check_dataset("sicapv2", SICAPV2)
     assert not r["usable"] and "images" in r["problems"][0]
+
+
+def test_kfold_validation_folds_partition_train_by_group(tmp_path):
+    root = make_isic(tmp_path / "isic", n_lesions=35, per_lesion=2)
+    vals = []
+    for fold in range(3):
+        data = create_datasets("isic2018", root, image_size=8, fold=fold, num_folds=3, progress=False)
+        _assert_no_group_leak(data)
+        vals.append(set(data.datasets["val"].ids))
+    assert not (vals[0] & vals[1]) and not (vals[1] & vals[2]) and not (vals[0] & vals[2])
+    train_ids = set(data.datasets["train"].ids) | vals[2]
+    assert vals[0] | vals[1] | vals[2] == train_ids
+    with pytest.raises(ValueError, match="fold"):
+        create_datasets("isic2018", root, image_size=8, fold=3, num_folds=3, progress=False)
+
+
+def test_empty_class_folder_is_named(tmp_path):
+    tax = {"name": "t", "benign": ["calm"], "malignant": ["angry"]}
+    write_image(tmp_path / "f" / "calm" / "a.png", 1)
+    (tmp_path / "f" / "angry").mkdir(parents=True)
+    with pytest.raises(ValueError, match="empty class 'angry'"):
+        create_datasets("folder", tmp_path / "f", taxonomy=tax, progress=False)

@@ -205,3 +205,27 @@ def test_engine_few_steps_reduces_loss():
     assert last < first
     logits, target = predict_logits(model, loader, torch.device("cpu"), progress=False)
     assert logits.shape == (64, 2) and torch.equal(target, y)
+
+
+def test_skipped_bad_images_are_listed_in_the_run_folder(tmp_path):
+    from _standins import write_image
+
+    from riskcl.config import config_from_dict
+    from _tiny import TINY
+
+    root = tmp_path / "data"
+    for c in ("calm", "angry"):
+        for i in range(12):
+            write_image(root / c / f"{c}{i}.png", hash((c, i)) % 997, size=12)
+    (root / "angry" / "angry3.png").write_bytes(b"")
+    (tmp_path / "tax.yaml").write_text("name: t\nbenign: [calm]\nmalignant: [angry]\n")
+    cfg = {**TINY, "epochs": 1, "data": {"name": "folder", "root": str(root), "image_size": 12,
+                                         "val_fraction": 0.25, "test_fraction": 0.25,
+                                         "options": {"taxonomy": str(tmp_path / "tax.yaml")}}}
+    with pytest.raises(ValueError, match="angry3.png"):
+        run_experiment(config_from_dict(cfg), tmp_path / "strict")
+    cfg["data"]["on_bad_image"] = "skip"
+    metrics = run_experiment(config_from_dict(cfg), tmp_path / "run")
+    listed = (tmp_path / "run" / "skipped_images.txt").read_text()
+    assert "angry3.png" in listed and "zero-byte" in listed
+    assert metrics["run"]["n_train"] + metrics["run"]["n_val"] + metrics["n"] == 23

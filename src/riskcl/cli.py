@@ -129,7 +129,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
 
 
 def _register_extra() -> None:
-    from . import cli_more  # noqa: F401  (sweep, report, calibrate, tune-lambda, data)
+    from . import cli_study  # noqa: F401  (registers sweep, report, calibrate, tune-lambda, data)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -78,10 +78,9 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, baseline: str = "foc
         tag = f"{ds}_{model}"
         recs = [r for r in records if r.run["dataset"] == ds and r.run["model"] == model]
         curves = {}
-        for name in sorted({r.method for r in recs}):
-            seed_recs = sorted((r for r in recs if r.method == name), key=lambda r: r.run["seed"])
-            if name in (reference, baseline):
-                curves[name] = pd.concat([threshold_curve(r) for r in seed_recs]).groupby("threshold").mean()
+        for name in sorted({r.method for r in recs}):  # every trained model's post-hoc threshold curve
+            seed_recs = [r for r in recs if r.method == name]
+            curves[name] = pd.concat([threshold_curve(r) for r in seed_recs]).groupby("threshold").mean()
         front = pareto_front(part.reset_index(drop=True))
         figures.append((f"Safety-accuracy Pareto plot, {ds} / {model}",
                         plots.plot_pareto(part, front, curves, out / "figures" / f"pareto_{tag}.png",

@@ -38,7 +38,7 @@ def plot_pareto(summary, front, curves: Mapping[str, Any], path: str | Path, tit
     threshold curves of trained models (dashed)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     for name, curve in curves.items():
-        ax.plot(100 * curve["cer"], curve["f1_macro"], "--", lw=1, alpha=0.7, label=f"{name} + threshold")
+        ax.plot(100 * curve["cer"], curve["f1_macro"], "--", lw=0.9, alpha=0.6, label=f"{name} + threshold")
     ax.errorbar(100 * summary["cer_mean"], summary["f1_mean"], xerr=100 * summary["cer_std"].fillna(0),
                 yerr=summary["f1_std"].fillna(0), fmt="o", color="k", ms=5, capsize=2, lw=0.8, zorder=3)
     for _, r in summary.iterrows():

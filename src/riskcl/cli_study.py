@@ -1,4 +1,4 @@
-"""More sub-commands (filled in below)."""
+"""Sub-commands for studies and operating points: sweep, report, calibrate, tune-lambda, data."""
 from __future__ import annotations
 
 import argparse
