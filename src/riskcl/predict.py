@@ -30,7 +30,7 @@ def load_run_model(run_dir: str | Path) -> tuple[Any, torch.nn.Module, Taxonomy]
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
     classes = metrics.get("run", {}).get("classes")
     if classes is not None:
-        levels = [int(s) for s in metrics["run"]["superclass"]]
+        levels = [int(s) for s in metrics["run"].get("levels", metrics["run"]["superclass"])]
         taxonomy = Taxonomy(cfg.data.name, tuple(classes), tuple(levels))
         if cfg.loss.taxonomy is not None:
             taxonomy = resolve_taxonomy(cfg, taxonomy)

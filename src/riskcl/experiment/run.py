@@ -227,100 +227,119 @@ def _train_and_evaluate(cfg: ExperimentConfig, run_dir: Path, progress: bool,
     data = build_data(cfg, progress)
     if info.is_main:
         barrier(info)
-    train_ds, val_ds, test_ds = (data.datasets[s] for s in ("train", "val", "test"))
-    for name, ds in (("train", train_ds), ("val", val_ds), ("test", test_ds)):
+    for name, ds in data.datasets.items():
         if len(ds) == 0:
             raise ValueError(f"The '{name}' split of '{cfg.data.name}' is empty; check the data and split fractions")
-    taxonomy = resolve_taxonomy(cfg, train_ds.taxonomy)
+    taxonomy = resolve_taxonomy(cfg, data.datasets["train"].taxonomy)
     if info.is_main:
         _write_splits(run_dir, data)
-
-    torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model.name, taxonomy.num_classes, pretrained=cfg.model.pretrained,
-                         weights_path=cfg.model.weights_path, drop_rate=cfg.model.drop_rate)
-    weights_source = getattr(model, "riskcl_weights", "unknown")
-    model.to(device)
-    if cfg.channels_last and device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    loss_fn = create_loss(cfg.loss.name, taxonomy=taxonomy, class_counts=train_ds.class_counts,
-                          **cfg.loss.params).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    raw_model, model = model, wrap_model(model, info, device)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-
-    history: list[dict[str, Any]] = []
-    best: list[float] | None = None
-    first_epoch = 0
-    ckpt_path = run_dir / "last.pt"
-    if ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path)
-        raw_model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        first_epoch, history, best = int(state["epoch"]), list(state["history"]), state["best"]
-        log.info("resuming %s from epoch %d", run_dir, first_epoch)
-
-    val_loader = _loader(val_ds, cfg.optim.eval_batch_size, False, 0, cfg.data.num_workers)
-    common = dict(device=device, amp=cfg.amp, channels_last=cfg.channels_last, progress=progress)
-    for epoch in range(first_epoch, cfg.epochs):
-        t0 = time.time()
-        epoch_seed = cfg.seed * 100003 + epoch
-        torch.manual_seed(epoch_seed)  # augmentation randomness of this epoch
-        train_loader = _loader(train_ds, cfg.optim.batch_size, True, epoch_seed, cfg.data.num_workers, info)
-        lr = optimizer.param_groups[0]["lr"]
-        train_loss = train_one_epoch(model, train_loader, loss_fn, optimizer, epoch=epoch,
-                                     grad_clip=cfg.optim.grad_clip, max_steps=cfg.max_steps_per_epoch, **common)
-        scheduler.step()
-        if not info.is_main:  # rank 0 evaluates, selects and writes; the others wait for the next epoch
-            barrier(info)
-            continue
-        logits, target = predict_logits(raw_model, val_loader, desc="val", **common)
-        report = safety_report(torch.softmax(logits, 1), target, taxonomy)
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
-               **{f"val_{k}": report[k] for k in HISTORY_KEYS}, "epoch_time_s": round(time.time() - t0, 3)}
-        history.append(row)
-        score = list(_score(report, cfg.select_metric))
-        if best is None or score < best:
-            best = score
-            _save_weights(run_dir / "model.safetensors", raw_model)
-        state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history, "best": best}
-        atomic_write_with(ckpt_path, lambda tmp: torch.save(state, tmp))
-        _write_history(run_dir, history)
-        if progress:
-            print(f"  epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}  val CER {report['cer']:.4f}  "
-                  f"F1 {report['f1_macro']:.4f}  acc {report['accuracy']:.4f}  "
-                  f"typeII {report['type_ii']}  ({row['epoch_time_s']:.1f}s)", flush=True)
-        barrier(info)
-
+    trainer = _Trainer(cfg, run_dir, info, device, taxonomy, data, progress)
+    trainer.resume()
+    for epoch in range(trainer.first_epoch, cfg.epochs):
+        trainer.fit_epoch(epoch)
     if not info.is_main:
         return {}
-    model = raw_model
-    load_weights(model, run_dir / "model.safetensors")
-    results = {}
-    for split, ds in (("val", val_ds), ("test", test_ds)):
-        loader = _loader(ds, cfg.optim.eval_batch_size, False, 0, cfg.data.num_workers)
-        logits, target = predict_logits(model, loader, desc=split, **common)
-        _save_predictions(run_dir / ("predictions.npz" if split == "test" else "val_predictions.npz"),
-                          logits, target, ds)
-        results[split] = safety_report(torch.softmax(logits, 1), target, taxonomy)
-    best_epoch = 1 + min(range(len(history)),
-                         key=lambda i: _score({k: history[i][f"val_{k}"] for k in HISTORY_KEYS}, cfg.select_metric))
-    metrics = {
-        **results["test"],
-        "val": results["val"],
-        "run": {"name": cfg.name, "dataset": cfg.data.name, "model": cfg.model.name, "loss": cfg.loss.name,
-                "loss_params": cfg.loss.params, "seed": cfg.seed, "epochs": cfg.epochs, "best_epoch": best_epoch,
-                "select_metric": cfg.select_metric, "device": str(device), "weights": weights_source,
-                "world_size": info.world_size,
-                "classes": list(taxonomy.classes), "superclass": taxonomy.superclass.tolist(),
-                "n_train": len(train_ds), "n_val": len(val_ds), "n_test": len(test_ds),
-                "torch": torch.__version__, "python": platform.python_version()},
-        "wall_time_s": round(time.time() - start, 2),
-    }
+    metrics = trainer.final_metrics()
+    metrics["wall_time_s"] = round(time.time() - start, 2)
     atomic_write_json(run_dir / "metrics.json", metrics)
     _mark(run_dir, "finished")
     return metrics
+
+
+class _Trainer:
+    """The model, loss, optimizer and schedule of one run, and what happens at each epoch boundary."""
+
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path, info: DistInfo, device: torch.device,
+                 taxonomy: Taxonomy, data: SplitData, progress: bool) -> None:
+        self.cfg, self.run_dir, self.info, self.device, self.taxonomy = cfg, run_dir, info, device, taxonomy
+        self.train_ds, self.val_ds, self.test_ds = (data.datasets[s] for s in ("train", "val", "test"))
+        torch.manual_seed(cfg.seed)
+        model = create_model(cfg.model.name, taxonomy.num_classes, pretrained=cfg.model.pretrained,
+                             weights_path=cfg.model.weights_path, drop_rate=cfg.model.drop_rate)
+        self.weights_source = getattr(model, "riskcl_weights", "unknown")
+        model.to(device)
+        if cfg.channels_last and device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        self.loss_fn = create_loss(cfg.loss.name, taxonomy=taxonomy, class_counts=self.train_ds.class_counts,
+                                   **cfg.loss.params).to(device)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.raw_model, self.model = model, wrap_model(model, info, device)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
+        self.history: list[dict[str, Any]] = []
+        self.best: list[float] | None = None
+        self.first_epoch = 0
+        self.common = dict(device=device, amp=cfg.amp, channels_last=cfg.channels_last, progress=progress)
+        self.val_loader = _loader(self.val_ds, cfg.optim.eval_batch_size, False, 0, cfg.data.num_workers)
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.run_dir / "last.pt"
+
+    def resume(self) -> None:
+        if not self.ckpt_path.is_file():
+            return
+        state = load_checkpoint(self.ckpt_path)
+        self.raw_model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.first_epoch, self.history, self.best = int(state["epoch"]), list(state["history"]), state["best"]
+        log.info("resuming %s from epoch %d", self.run_dir, self.first_epoch)
+
+    def fit_epoch(self, epoch: int) -> None:
+        """Train one epoch (seeded from ``(seed, epoch)``), then on rank 0 validate, select and checkpoint."""
+        cfg, t0 = self.cfg, time.time()
+        epoch_seed = cfg.seed * 100003 + epoch
+        torch.manual_seed(epoch_seed)  # augmentation randomness of this epoch
+        loader = _loader(self.train_ds, cfg.optim.batch_size, True, epoch_seed, cfg.data.num_workers, self.info)
+        lr = self.optimizer.param_groups[0]["lr"]
+        train_loss = train_one_epoch(self.model, loader, self.loss_fn, self.optimizer, epoch=epoch,
+                                     grad_clip=cfg.optim.grad_clip, max_steps=cfg.max_steps_per_epoch,
+                                     **self.common)
+        self.scheduler.step()
+        if self.info.is_main:  # rank 0 evaluates, selects and writes; the others wait at the barrier
+            self._validate_and_checkpoint(epoch, lr, train_loss, t0)
+        barrier(self.info)
+
+    def _validate_and_checkpoint(self, epoch: int, lr: float, train_loss: float, t0: float) -> None:
+        logits, target = predict_logits(self.raw_model, self.val_loader, desc="val", **self.common)
+        report = safety_report(torch.softmax(logits, 1), target, self.taxonomy)
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
+               **{f"val_{k}": report[k] for k in HISTORY_KEYS}, "epoch_time_s": round(time.time() - t0, 3)}
+        self.history.append(row)
+        score = list(_score(report, self.cfg.select_metric))
+        if self.best is None or score < self.best:
+            self.best = score
+            _save_weights(self.run_dir / "model.safetensors", self.raw_model)
+        state = {"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "epoch": epoch + 1, "history": self.history,
+                 "best": self.best}
+        atomic_write_with(self.ckpt_path, lambda tmp: torch.save(state, tmp))
+        _write_history(self.run_dir, self.history)
+        if self.common["progress"]:
+            print(f"  epoch {epoch + 1}/{self.cfg.epochs}  loss {train_loss:.4f}  val CER {report['cer']:.4f}  "
+                  f"F1 {report['f1_macro']:.4f}  acc {report['accuracy']:.4f}  "
+                  f"typeII {report['type_ii']}  ({row['epoch_time_s']:.1f}s)", flush=True)
+
+    def final_metrics(self) -> dict[str, Any]:
+        """Best weights on validation and test: prediction files and the ``metrics.json`` content."""
+        cfg, tax = self.cfg, self.taxonomy
+        load_weights(self.raw_model, self.run_dir / "model.safetensors")
+        results = {}
+        for split, ds in (("val", self.val_ds), ("test", self.test_ds)):
+            loader = _loader(ds, cfg.optim.eval_batch_size, False, 0, cfg.data.num_workers)
+            logits, target = predict_logits(self.raw_model, loader, desc=split, **self.common)
+            _save_predictions(self.run_dir / ("predictions.npz" if split == "test" else "val_predictions.npz"),
+                              logits, target, ds)
+            results[split] = safety_report(torch.softmax(logits, 1), target, tax)
+        best_epoch = 1 + min(range(len(self.history)), key=lambda i: _score(
+            {k: self.history[i][f"val_{k}"] for k in HISTORY_KEYS}, cfg.select_metric))
+        run = {"name": cfg.name, "dataset": cfg.data.name, "model": cfg.model.name, "loss": cfg.loss.name,
+               "loss_params": cfg.loss.params, "seed": cfg.seed, "epochs": cfg.epochs, "best_epoch": best_epoch,
+               "select_metric": cfg.select_metric, "device": str(self.device), "weights": self.weights_source,
+               "world_size": self.info.world_size, "classes": list(tax.classes), "levels": list(tax.levels),
+               "superclass": tax.superclass.tolist(), "n_train": len(self.train_ds), "n_val": len(self.val_ds),
+               "n_test": len(self.test_ds), "torch": torch.__version__, "python": platform.python_version()}
+        return {**results["test"], "val": results["val"], "run": run}
 
 
 def load_run_predictions(run_dir: str | Path, split: str = "test") -> dict[str, np.ndarray]:

@@ -33,7 +33,8 @@ class RunRecord:
 
     @property
     def taxonomy(self) -> Taxonomy:
-        return Taxonomy(self.run["dataset"], tuple(self.run["classes"]), tuple(self.run["superclass"]))
+        levels = self.run.get("levels", self.run["superclass"])
+        return Taxonomy(self.run["dataset"], tuple(self.run["classes"]), tuple(int(v) for v in levels))
 
     def predictions(self, split: str = "test") -> dict[str, np.ndarray]:
         return load_npz(self.path / ("predictions.npz" if split == "test" else "val_predictions.npz"))
