@@ -245,7 +245,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
     _check(o.grad_clip is None or o.grad_clip > 0, "optim.grad_clip", o.grad_clip, "None or > 0")
     d = cfg.data
     _check(d.name in list_datasets(), "data.name", d.name, f"one of {list_datasets()}")
-    _check(d.name == "demo" or d.root is not None, "data.root", d.root, "the data folder (required)")
+    _check(d.root is not None or not _root_required(d.name), "data.root", d.root, "the data folder (required)")
     _check(8 <= d.image_size <= 2048, "data.image_size", d.image_size, "an integer in [8, 2048]")
     _check(0 < d.val_fraction < 1, "data.val_fraction", d.val_fraction, "in (0, 1)")
     _check(0 < d.test_fraction < 1, "data.test_fraction", d.test_fraction, "in (0, 1)")
@@ -271,6 +271,14 @@ def validate_config(cfg: ExperimentConfig) -> None:
                         **cfg.loss.params)
     except ValueError as exc:
         raise ConfigError(f"`loss`: {exc}") from None
+
+
+def _root_required(dataset: str) -> bool:
+    import inspect
+
+    from .data.registry import DATASETS
+
+    return inspect.signature(DATASETS[dataset]).parameters["root"].default is inspect.Parameter.empty
 
 
 def config_taxonomy(cfg: ExperimentConfig):

@@ -61,7 +61,8 @@ def generate_lesions(labels: np.ndarray, size: int, rng: np.random.Generator) ->
 
 
 def index_demo(root: object = None, size: int = 32, seed: int = 0, scale: float = 1.0) -> DataIndex:
-    """The demo data set with fixed train / val / test splits (``scale`` multiplies the split sizes)."""
+    """The demo data set with fixed train / val / test splits, generated at ``size`` px (resized to the
+    model's ``image_size`` when that differs); ``scale`` multiplies the split sizes."""
     if not 0 < scale <= 10:
         raise ValueError(f"Expected demo `scale` in (0, 10], but got {scale}")
     taxonomy = get_taxonomy("demo")

@@ -5,6 +5,7 @@ Adding a data set means one adapter file (``index_<name>(root, **options) -> Dat
 from __future__ import annotations
 
 import difflib
+import hashlib
 import inspect
 import warnings
 from dataclasses import dataclass, field
@@ -114,6 +115,24 @@ def _apply_duplicate_policy(table: pd.DataFrame, policy: str, info: dict[str, An
     return table.loc[~drop]
 
 
+def _images_and_hashes(name: str, index: DataIndex, table: pd.DataFrame, image_size: int, on_bad_image: str,
+                       cache_dir: str | Path | None, progress: bool, info: dict[str, Any]):
+    """The image array (cached memory map, or resized in-memory images) and the table with a content hash per
+    row; unreadable files raise (``error``) or are dropped and recorded in ``info["skipped"]`` (``skip``)."""
+    if index.images is not None:
+        images = resize_images(index.images, image_size)
+        table["hash"] = [hashlib.md5(index.images[r].tobytes()).hexdigest() for r in table["row"]]
+        return images, table
+    images, bad = cached_images(name, table["path"].tolist(), image_size, cache_root(cache_dir), progress=progress)
+    if bad and on_bad_image == "error":
+        lines = "\n".join(f"  {p}: {r}" for p, r in sorted(bad.items()))
+        raise ValueError(f"{len(bad)} unreadable image(s) (on_bad_image: error):\n{lines}")
+    info["skipped"] = bad
+    table = table.loc[~table["path"].isin(bad)].copy()
+    table["hash"] = content_hashes(table["path"].tolist())
+    return images, table
+
+
 def create_datasets(name: str, root: str | Path | None = None, image_size: int = 224, val_fraction: float = 0.15,
                     test_fraction: float = 0.2, seed: int = 0, fold: int | None = None,
                     num_folds: int | None = None, on_bad_image: str = "error", duplicates: str = "warn",
@@ -142,27 +161,15 @@ def create_datasets(name: str, root: str | Path | None = None, image_size: int =
     for key in options:
         if key not in allowed:
             raise ValueError(f"Dataset '{name}' has no option '{key}'; expected some of {sorted(allowed)}")
-    if name != "demo" and root is None:
+    root_param = inspect.signature(adapter).parameters["root"]
+    if root is None and root_param.default is inspect.Parameter.empty:
         raise ValueError(f"Dataset '{name}' needs `root` (the data folder)")
-    index = adapter(root, **options) if name != "demo" else adapter(root, size=image_size, **options)
+    index = adapter(root, **options)
     table = index.table.copy()
     table["row"] = np.arange(len(table))
     info: dict[str, Any] = {"dataset": name, "root": None if root is None else str(root),
                             "problems": list(index.problems), "skipped": {}}
-    if index.images is None:
-        images, bad = cached_images(name, table["path"].tolist(), image_size, cache_root(cache_dir),
-                                    progress=progress)
-        if bad and on_bad_image == "error":
-            lines = "\n".join(f"  {p}: {r}" for p, r in sorted(bad.items()))
-            raise ValueError(f"{len(bad)} unreadable image(s) (on_bad_image: error):\n{lines}")
-        info["skipped"] = bad
-        table = table.loc[~table["path"].isin(bad)]
-        table["hash"] = content_hashes(table["path"].tolist())
-    else:
-        images = resize_images(index.images, image_size)
-        import hashlib
-
-        table["hash"] = [hashlib.md5(images[r].tobytes()).hexdigest() for r in table["row"]]
+    images, table = _images_and_hashes(name, index, table, image_size, on_bad_image, cache_dir, progress, info)
     # Without a patient / lesion id, the content hash is the group: copies of one image stay together.
     real_groups = table["group"].notna()
     table["group"] = table["group"].where(real_groups, table["hash"])

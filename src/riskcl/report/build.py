@@ -58,6 +58,32 @@ def _methods_table(summary: pd.DataFrame, ci: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _figures(recs: list, part: pd.DataFrame, folder: Path, tag: str, title: str) -> list[tuple[str, str]]:
+    """Pareto plot with every method's post-hoc threshold curve, CER per epoch, severity-shaded confusions."""
+    methods = sorted({r.method for r in recs})
+    curves = {m: pd.concat([threshold_curve(r) for r in recs if r.method == m]).groupby("threshold").mean()
+              for m in methods}
+    pareto = plots.plot_pareto(part, pareto_front(part), curves, folder / f"pareto_{tag}.png", title)
+    hist = {}
+    for m in methods:
+        frames = [r.history for r in recs if r.method == m and not r.history.empty]
+        if frames:
+            hist[m] = pd.concat(frames).groupby("epoch", as_index=False)["val_cer"].mean()
+    cer = plots.plot_cer_curves(hist, folder / f"cer_curves_{tag}.png", title)
+    tax = recs[0].taxonomy
+    conf = {}
+    for m in methods:
+        cm = np.zeros((tax.num_classes,) * 2, dtype=np.int64)
+        for r in (r for r in recs if r.method == m):
+            p = r.predictions()
+            np.add.at(cm, (p["target"], p["logits"].argmax(1)), 1)
+        conf[m] = cm
+    confusions = plots.plot_severity_confusions(conf, tax.classes, tax.superclass, folder / f"confusions_{tag}.png")
+    return [(f"Safety-accuracy Pareto plot, {title}", pareto.name),
+            (f"Validation CER per epoch, {title}", cer.name),
+            (f"Confusion matrices shaded by severity (summed over seeds), {title}", confusions.name)]
+
+
 def build_report(runs_dir: str | Path, out_dir: str | Path, baseline: str = "focal", method: str = "rcl-proposed",
                  reference: str = "ce", n_boot: int = 1000) -> Path:
     """Write the report; returns the path of ``REPORT.md``."""
@@ -75,36 +101,9 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, baseline: str = "foc
     matched = matched_sensitivity_table(records, reference)
     figures: list[tuple[str, str]] = []
     for (ds, model), part in summary.groupby(["dataset", "model"]):
-        tag = f"{ds}_{model}"
         recs = [r for r in records if r.run["dataset"] == ds and r.run["model"] == model]
-        curves = {}
-        for name in sorted({r.method for r in recs}):  # every trained model's post-hoc threshold curve
-            seed_recs = [r for r in recs if r.method == name]
-            curves[name] = pd.concat([threshold_curve(r) for r in seed_recs]).groupby("threshold").mean()
-        front = pareto_front(part.reset_index(drop=True))
-        figures.append((f"Safety-accuracy Pareto plot, {ds} / {model}",
-                        plots.plot_pareto(part, front, curves, out / "figures" / f"pareto_{tag}.png",
-                                          f"{ds} / {model}").name))
-        hist = {}
-        for name in sorted({r.method for r in recs}):
-            frames = [r.history for r in recs if r.method == name and not r.history.empty]
-            if frames:
-                hist[name] = pd.concat(frames).groupby("epoch", as_index=False)["val_cer"].mean()
-        figures.append((f"Validation CER per epoch, {ds} / {model}",
-                        plots.plot_cer_curves(hist, out / "figures" / f"cer_curves_{tag}.png", f"{ds} / {model}").name))
-        conf = {}
-        tax = recs[0].taxonomy
-        for name in sorted({r.method for r in recs}):
-            cm = np.zeros((tax.num_classes,) * 2, dtype=np.int64)
-            for r in (r for r in recs if r.method == name):
-                p = r.predictions()
-                np.add.at(cm, (p["target"], p["logits"].argmax(1)), 1)
-            conf[name] = cm
-        figures.append((f"Confusion matrices shaded by severity (summed over seeds), {ds} / {model}",
-                        plots.plot_severity_confusions(conf, tax.classes, tax.superclass,
-                                                       out / "figures" / f"confusions_{tag}.png").name))
-    runs_csv = runs.copy()
-    atomic_write_text(out / "runs.csv", runs_csv.to_csv(index=False))
+        figures += _figures(recs, part.reset_index(drop=True), out / "figures", f"{ds}_{model}", f"{ds} / {model}")
+    atomic_write_text(out / "runs.csv", runs.to_csv(index=False))
     atomic_write_text(out / "report.json", json.dumps({
         "runs_dir": str(runs_dir), "baseline": baseline, "method": method, "reference": reference,
         "runs": runs.to_dict("records"), "methods": methods.to_dict("records"), "paired": paired.to_dict("records"),
