@@ -72,7 +72,7 @@ class ExperimentConfig:
     amp: bool = True                   # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True         # on CUDA
     deterministic: bool = True         # deterministic algorithms (bit-identical reruns on CPU)
-    select_metric: str = "cer"         # best checkpoint: "cer", "mean_cost" (lower) or "f1_macro", "accuracy"
+    select_metric: str = "mean_cost"   # best epoch: "mean_cost", "cer" (lower) or "f1_macro", "accuracy"
     max_steps_per_epoch: int | None = None  # cap for smoke tests
     progress: bool = True
     data: DataConfig = field(default_factory=DataConfig)

@@ -14,7 +14,7 @@ DEMO_CONFIG: dict[str, Any] = {
     "name": "demo",
     "seed": 0,
     "epochs": 8,
-    "select_metric": "f1_macro",
+    "select_metric": "mean_cost",
     "data": {"name": "demo", "image_size": 32},
     "model": {"name": "resnet18", "pretrained": False},
     "optim": {"lr": 2e-3, "weight_decay": 0.05, "batch_size": 64, "eval_batch_size": 256},

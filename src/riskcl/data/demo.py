@@ -5,8 +5,8 @@ Four classes on a skin-toned background with sensor noise:
 * ``nevus`` (benign, 40% of samples): a round brown blob with a smooth border;
 * ``keratosis`` (benign, 20%): a lighter, tan blob with a striped (waxy) texture;
 * ``melanoma`` (malignant, 20%): a brown blob like a nevus, plus an irregular border and dark spots whose
-  strength is drawn uniformly per image: weak ones look almost exactly like a nevus. This is the visual
-  ambiguity across the superclass boundary that makes CE trade melanomas for nevi (Type II errors);
+  strength is ``u**2`` with ``u`` uniform per image: many are weak and look almost exactly like a nevus. This
+  is the visual ambiguity across the superclass boundary that makes CE trade melanomas for nevi (Type II);
 * ``carcinoma`` (malignant, 20%): a pinkish blob with a bright (pearly) rim and a dark centre.
 
 Everything is generated with ``numpy.random.default_rng(seed)``; the same seed gives the same pixels.
@@ -31,7 +31,7 @@ def generate_lesions(labels: np.ndarray, size: int, rng: np.random.Generator) ->
     rho, theta = np.sqrt(dx**2 + dy**2), np.arctan2(dy, dx)
     radius = rng.uniform(0.22, 0.32, (n, 1, 1)).astype(np.float32)
     is_mel = (labels == 2)[:, None, None]
-    strength = np.where(is_mel, rng.uniform(0.0, 1.0, (n, 1, 1)), 0.0).astype(np.float32)
+    strength = np.where(is_mel, rng.uniform(0.0, 1.0, (n, 1, 1)) ** 2, 0.0).astype(np.float32)
     # Border irregularity: small for all, larger for melanoma in proportion to its strength.
     irregular = rng.uniform(0.0, 0.06, (n, 1, 1)) + 0.22 * strength
     phase = rng.uniform(0, 2 * np.pi, (n, 3, 1, 1))
