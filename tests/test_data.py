@@ -57,13 +57,16 @@ def test_brain_mri_counts_duplicates_and_modes():
 
 @needs_brain_mri
 def test_brain_mri_duplicate_policy_drop_and_error():
+    from riskcl.data.duplicates import file_md5
+
     data = create_datasets("brain_mri", BRAIN_MRI, image_size=32, duplicates="drop", progress=False)
-    assert len(data.info["dropped_duplicates"]) > 0
-    train_hashes = set()
-    assert len(data.datasets["test"]) < 1311
+    dropped = data.info["dropped_duplicates"]
+    assert dropped and len(data.datasets["test"]) + len(data.datasets["val"]) + len(dropped) == 1311 + 817
+    train_hashes = {file_md5(p) for p in data.datasets["train"].paths}
+    assert all(file_md5(p) in train_hashes for p in dropped)
+    assert not {file_md5(p) for p in data.datasets["test"].paths} & train_hashes
     with pytest.raises(ValueError, match="byte-identical"):
         create_datasets("brain_mri", BRAIN_MRI, image_size=32, duplicates="error", progress=False)
-    del train_hashes
 
 
 # --- BreaKHis (real sample) ----------------------------------------------------------------------------------

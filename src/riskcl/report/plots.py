@@ -11,6 +11,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _save(fig, path: str | Path, dpi: int = 130) -> Path:
+    path = Path(path)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_error_taxonomy(runs: Mapping[str, Mapping[str, Any]], path: str | Path) -> Path:
     """Grouped bars of visual-ambiguity, Type I and Type II counts per method."""
     kinds = [("visual_ambiguity", "visual ambiguity", "#8da0cb"), ("type_i", "Type I (false alarm)", "#fc8d62"),
@@ -26,11 +34,7 @@ def plot_error_taxonomy(runs: Mapping[str, Mapping[str, Any]], path: str | Path)
     ax.set_ylabel("errors on the test split")
     ax.set_title("Where the errors fall")
     ax.legend(fontsize=8, frameon=False)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=120)
 
 
 def plot_pareto(summary, front, curves: Mapping[str, Any], path: str | Path, title: str = "") -> Path:
@@ -51,11 +55,7 @@ def plot_pareto(summary, front, curves: Mapping[str, Any], path: str | Path, tit
     ax.set_title(title or "Safety-accuracy trade-off")
     ax.legend(fontsize=7, frameon=False, loc="lower right")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_cer_curves(histories: Mapping[str, Any], path: str | Path, title: str = "") -> Path:
@@ -68,11 +68,7 @@ def plot_cer_curves(histories: Mapping[str, Any], path: str | Path, title: str =
     ax.set_title(title or "Critical Error Rate during training")
     ax.legend(fontsize=7, frameon=False)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_severity_confusions(confusions: Mapping[str, np.ndarray], classes, superclass, path: str | Path) -> Path:
@@ -102,8 +98,4 @@ def plot_severity_confusions(confusions: Mapping[str, np.ndarray], classes, supe
         ax.axis("off")
     fig.supxlabel("predicted (green correct, blue ambiguity, orange Type I, red Type II)", fontsize=7)
     fig.supylabel("true", fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
