@@ -348,3 +348,16 @@ def test_empty_class_folder_is_named(tmp_path):
     (tmp_path / "f" / "angry").mkdir(parents=True)
     with pytest.raises(ValueError, match="empty class 'angry'"):
         create_datasets("folder", tmp_path / "f", taxonomy=tax, progress=False)
+
+
+@needs_brain_mri
+def test_data_check_cli_on_brain_mri_reports_cross_split_duplicates(capsys):
+    import json
+
+    from riskcl.cli import main
+
+    assert main(["data", "check", "brain_mri", "--root", str(BRAIN_MRI), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["usable"] and report["splits"]["test"]["counts"]["notumor"] == 405
+    assert report["duplicates"]["across_splits"] == 79 and len(report["duplicate_groups"]) == 194
+    assert any(any(f.endswith("Te-me_0135.jpg") for f in g) for g in report["duplicate_groups"])
