@@ -58,10 +58,12 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tmp_path):
     out = tmp_path / "killed"
     rng = random.Random(0)
     kills = 0
-    for _ in range(5):
+    for _ in range(8):  # until three kills landed (each restart re-imports, so progress per try is small)
+        if kills >= 3:
+            break
         proc = subprocess.Popen(_train_cmd(cfg_path, out), env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.25, 0.75) * duration)
+        time.sleep(rng.uniform(0.15, 0.45) * duration)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
