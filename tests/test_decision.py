@@ -4,7 +4,7 @@ import pytest
 from riskcl.decision import (conformal_risk_control, control_risk, cost_minimizing_decision, fit_temperature,
                              learn_then_test, softmax, threshold_decision)
 from riskcl.metrics import critical_error_rate
-from riskcl.taxonomy import Taxonomy, get_taxonomy, severity_matrix
+from riskcl.taxonomy import get_taxonomy, severity_matrix
 
 TAX = get_taxonomy("brain_mri")  # glioma meningioma notumor pituitary; notumor benign
 

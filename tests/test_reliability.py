@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -20,7 +19,7 @@ from hypothesis import strategies as st
 from _tiny import TINY, tiny
 from riskcl.config import ConfigError, config_from_dict, load_config
 from riskcl.experiment import RunFailed, read_status, run_experiment
-from riskcl.experiment.lock import RunLock, RunLocked
+from riskcl.experiment.lock import RunLock
 from riskcl.experiment.run import load_checkpoint
 
 KILL_CFG = {**TINY, "epochs": 4, "data": {"name": "demo", "image_size": 16, "options": {"scale": 0.3}}}

@@ -9,8 +9,8 @@ patient-averaged image miss rate).
 * Conformal risk control (Angelopoulos et al., 2022): the largest ``t`` with
   ``n/(n+1) * R_hat(t) + 1/(n+1) <= alpha`` gives ``E[miss rate on a new case] <= alpha``
   (in expectation over calibration and test data, for exchangeable data).
-* Learn-then-Test (Angelopoulos et al., 2021): for each threshold of a fixed grid (0, 0.001, ..., 1), test ``H0: R(t) > alpha`` with the
-  exact binomial tail p-value ``P(Binom(n, alpha) <= misses)``; thresholds
+* Learn-then-Test (Angelopoulos et al., 2021): for each threshold of a fixed grid (0, 0.001, ..., 1), test
+  ``H0: R(t) > alpha`` with the exact binomial tail p-value ``P(Binom(n, alpha) <= misses)``; thresholds
   are tested in increasing order (fixed-sequence testing, family-wise error <= delta) and the last rejected one
   is kept: ``P(R(t_hat) <= alpha) >= 1 - delta`` over the draw of the calibration set.
 """

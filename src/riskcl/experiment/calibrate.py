@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from ..decision import control_risk, fit_temperature, softmax, threshold_decision
 from ..metrics import safety_report

@@ -26,7 +26,8 @@ def to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def split_preds(preds: Any, target: Any, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+def split_preds(preds: Any, target: Any,
+                num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Validate ``(preds, target)`` and return ``(labels, probs or None, target)`` as numpy arrays."""
     p, t = to_numpy(preds), to_numpy(target)
     if t.ndim != 1 or (t.size and not np.issubdtype(t.dtype, np.integer)):
