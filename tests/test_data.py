@@ -244,6 +244,7 @@ def test_medmnist_npz(tmp_path):
     root = make_medmnist(tmp_path / "mm")
     data = create_datasets("medmnist", root, image_size=16, flag="dermamnist", progress=False)
     assert [len(data.datasets[s]) for s in ("train", "val", "test")] == [40, 10, 20]
+    assert data.info["problems"] and "no patient" in data.info["problems"][0]
     assert data.datasets["train"].taxonomy.name == "dermamnist"
     make_medmnist(tmp_path / "bm", flag="breastmnist", k=2, rgb=False)
     x, _ = create_dataset("medmnist", tmp_path / "bm", flag="breastmnist", image_size=16, progress=False)[0]
@@ -266,6 +267,8 @@ def test_folder_and_csv_datasets(tmp_path):
                 write_image(tmp_path / "f" / split / c / f"{split}{c}{i}.png", hash((split, c, i)) % 1000)
     data = create_datasets("folder", tmp_path / "f", image_size=8, taxonomy=str(tax), progress=False)
     assert len(data.datasets["test"]) == 12 and data.datasets["train"].classes == ("calm", "angry")
+    tr, va = set(data.datasets["train"].groups), set(data.datasets["val"].groups)
+    assert not tr & va  # carved validation: no image (or byte-identical copy) on both sides
     rows = [{"path": f"train/{c}/train{c}{i}.png", "label": c, "group": f"p{i}"}
             for c in ("calm", "angry") for i in range(6)]
     pd.DataFrame(rows).to_csv(tmp_path / "f" / "labels.csv", index=False)
