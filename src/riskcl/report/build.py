@@ -22,8 +22,10 @@ def _fmt(col: str, v: Any) -> str:
     if isinstance(v, (float, np.floating)):
         if np.isnan(v):
             return "-"
-        if any(k in col.lower() for k in PCT) and "std" not in col:
+        if any(k in col.lower() for k in PCT):
             return f"{100 * v:.2f}%"
+        if "(mean)" in col:  # mean error counts
+            return f"{v:.1f}"
         return f"{v:.4f}" if abs(v) < 100 else f"{v:.0f}"
     return str(v)
 
