@@ -65,7 +65,7 @@ def _run_evaluate(a: argparse.Namespace) -> int:
     import torch
 
     from .data import create_datasets
-    from .engine import predict_logits
+    from .engine import predict_logits, resolve_device
     from .experiment.io import atomic_write_json
     from .metrics import safety_report
     from .predict import load_run_model
@@ -78,7 +78,8 @@ def _run_evaluate(a: argparse.Namespace) -> int:
                            augment=False, **d.options)
     ds = data.datasets[a.split]
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg.optim.eval_batch_size)
-    logits, target = predict_logits(model, loader, torch.device("cpu"), progress=True)
+    device = resolve_device(cfg.device)
+    logits, target = predict_logits(model.to(device), loader, device, amp=cfg.amp, progress=True)
     report = safety_report(torch.softmax(logits, 1), target, taxonomy)
     atomic_write_json(Path(a.run_dir) / f"eval_{a.split}.json", {**report, "data_root": a.data_root or d.root})
     if a.json:
