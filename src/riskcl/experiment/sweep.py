@@ -122,7 +122,8 @@ def run_sweep(path: str | Path, out: str | Path, shard: str | None = None,
         except (RunFailed, ValueError, RuntimeError, OSError) as exc:
             summary[run.run_id] = f"failed: {exc}"
             print(f"  FAILED {run.run_id}: {exc}", flush=True)
-            (folder / "error.txt").write_text(traceback.format_exc()) if folder.is_dir() else None
+            if folder.is_dir():
+                (folder / "error.txt").write_text(traceback.format_exc())
     i, n = parse_shard(shard)
     atomic_write_json(out / f"sweep-shard-{i}-of-{n}.json", {"sweep": str(path), "runs": summary})
     return summary

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ class RunRecord:
     path: Path
     metrics: dict[str, Any]
     history: pd.DataFrame
+    _predictions: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
 
     @property
     def run(self) -> dict[str, Any]:
@@ -37,7 +38,11 @@ class RunRecord:
         return Taxonomy(self.run["dataset"], tuple(self.run["classes"]), tuple(int(v) for v in levels))
 
     def predictions(self, split: str = "test") -> dict[str, np.ndarray]:
-        return load_npz(self.path / ("predictions.npz" if split == "test" else "val_predictions.npz"))
+        """The run's saved predictions, read once per report."""
+        if split not in self._predictions:
+            name = "predictions.npz" if split == "test" else "val_predictions.npz"
+            self._predictions[split] = load_npz(self.path / name)
+        return self._predictions[split]
 
 
 def find_runs(root: str | Path) -> tuple[list[RunRecord], list[str]]:

@@ -106,7 +106,8 @@ def matched_sensitivity_table(records: list[RunRecord], reference: str = "ce") -
         ref = methods.get(reference)
         if ref is None:
             continue
-        ref_probs, ref_p = _softmax(ref.predictions()["logits"]), ref.predictions()
+        ref_p = ref.predictions()
+        ref_probs = _softmax(ref_p["logits"])
         tax = ref.taxonomy
         for name, rec in methods.items():
             if name == reference:
