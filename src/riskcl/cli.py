@@ -64,24 +64,19 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
 def _run_evaluate(a: argparse.Namespace) -> int:
     import torch
 
-    from .data import create_datasets
     from .engine import predict_logits, resolve_device
     from .experiment.io import atomic_write_json
+    from .experiment.run import build_data
     from .metrics import safety_report
     from .predict import load_run_model
 
     cfg, model, taxonomy = load_run_model(a.run_dir)
-    d = cfg.data
-    data = create_datasets(d.name, a.data_root or d.root, image_size=d.image_size, val_fraction=d.val_fraction,
-                           test_fraction=d.test_fraction, seed=d.split_seed, fold=d.fold, num_folds=d.num_folds,
-                           on_bad_image=d.on_bad_image, duplicates=d.duplicates, cache_dir=d.cache_dir,
-                           augment=False, **d.options)
-    ds = data.datasets[a.split]
+    ds = build_data(cfg, progress=True, root=a.data_root, augment=False).datasets[a.split]
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg.optim.eval_batch_size)
     device = resolve_device(cfg.device)
     logits, target = predict_logits(model.to(device), loader, device, amp=cfg.amp, progress=True)
     report = safety_report(torch.softmax(logits, 1), target, taxonomy)
-    atomic_write_json(Path(a.run_dir) / f"eval_{a.split}.json", {**report, "data_root": a.data_root or d.root})
+    atomic_write_json(Path(a.run_dir) / f"eval_{a.split}.json", {**report, "data_root": a.data_root or cfg.data.root})
     if a.json:
         print(json.dumps(report, indent=2))
     else:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from typing import Sequence
 
 import pandas as pd
 
@@ -16,17 +15,6 @@ def file_md5(path: str) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def content_hashes(paths: Sequence[str]) -> list[str]:
-    """MD5 of every file (missing or unreadable files get ``"missing:<path>"``, unique by construction)."""
-    out = []
-    for p in paths:
-        try:
-            out.append(file_md5(p))
-        except OSError:
-            out.append(f"missing:{p}")
-    return out
 
 
 def duplicate_groups(table: pd.DataFrame) -> list[dict]:

@@ -4,7 +4,8 @@ Every image is decoded once, converted to RGB (the public sets mix RGB, L, RGBA 
 named ``.jpg``: Pillow reads by content, not by extension) and resized to ``size x size``. The result is kept
 as a memory-mapped ``uint8`` array ``(N, size, size, 3)`` under the user cache folder, keyed by the data set
 name, the size and a fingerprint of every source file (path, byte size, modification time), so later runs and
-sweeps read no JPEG, and any change to the sources builds a new cache.
+sweeps read no JPEG, and any change to the sources builds a new cache. Each file's MD5 (for duplicate detection
+and content-hash groups) is computed once, when the cache is built, and kept beside it.
 """
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-CACHE_VERSION = 1
+from .duplicates import file_md5
+
+CACHE_VERSION = 2
 
 
 class BadImageError(ValueError):
@@ -47,11 +50,17 @@ def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
         raise BadImageError(p, f"cannot decode image ({type(exc).__name__}: {exc})") from None
 
 
-def _load_or_reason(args: tuple[str, int]) -> np.ndarray | str:
+def _load_or_reason(args: tuple[str, int]) -> tuple[str, np.ndarray | str]:
+    """``(md5 of the file, decoded array or the reason it failed)``; a missing file gets ``"missing:<path>"``."""
+    path, size = args
     try:
-        return load_image(*args)
+        digest = file_md5(path)
+    except OSError:
+        digest = f"missing:{path}"
+    try:
+        return digest, load_image(path, size)
     except BadImageError as exc:
-        return exc.reason
+        return digest, exc.reason
 
 
 def fingerprint(paths: Sequence[str], extra: str = "") -> str:
@@ -85,8 +94,9 @@ def decode_all(paths: Sequence[str], size: int, workers: int | None = None,
 
 
 def cached_images(name: str, paths: Sequence[str], size: int, cache_dir: Path,
-                  progress: bool = True) -> tuple[np.ndarray, dict[str, str]]:
-    """The memory-mapped ``(N, size, size, 3)`` array for ``paths`` and the ``{path: reason}`` of bad files.
+                  progress: bool = True) -> tuple[np.ndarray, dict[str, str], list[str]]:
+    """The memory-mapped ``(N, size, size, 3)`` array for ``paths``, the ``{path: reason}`` of bad files and
+    every file's MD5 (in ``paths`` order).
 
     Built on a miss, written to a temporary file and renamed into place, so a killed build leaves no torn cache.
     """
@@ -96,11 +106,13 @@ def cached_images(name: str, paths: Sequence[str], size: int, cache_dir: Path,
     arr_path, meta_path = folder / f"{name}-{size}px-{key}.npy", folder / f"{name}-{size}px-{key}.json"
     if arr_path.exists() and meta_path.exists():
         meta = json.loads(meta_path.read_text())
-        return np.load(arr_path, mmap_mode="r"), meta["bad"]
+        return np.load(arr_path, mmap_mode="r"), meta["bad"], meta["hashes"]
     tmp = arr_path.with_suffix(f".tmp{os.getpid()}.npy")
     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
     bad: dict[str, str] = {}
-    for i, res in decode_all(paths, size, progress=progress):
+    hashes = [""] * len(paths)
+    for i, (digest, res) in decode_all(paths, size, progress=progress):
+        hashes[i] = digest
         if isinstance(res, str):
             bad[paths[i]] = res
         else:
@@ -109,9 +121,10 @@ def cached_images(name: str, paths: Sequence[str], size: int, cache_dir: Path,
     del arr
     os.replace(tmp, arr_path)
     meta_tmp = meta_path.with_suffix(f".tmp{os.getpid()}")
-    meta_tmp.write_text(json.dumps({"name": name, "size": size, "n": len(paths), "bad": bad}))
+    meta_tmp.write_text(json.dumps({"name": name, "size": size, "n": len(paths), "bad": bad,
+                                    "hashes": hashes}))
     os.replace(meta_tmp, meta_path)
-    return np.load(arr_path, mmap_mode="r"), bad
+    return np.load(arr_path, mmap_mode="r"), bad, hashes
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:

@@ -23,7 +23,7 @@ from .isic import index_isic2018
 from .medmnist import index_medmnist
 from .sicapv2 import index_sicapv2
 from .tabular import index_csv, index_folder
-from .duplicates import DUPLICATE_POLICIES, content_hashes, duplicate_groups, summarize_duplicates
+from .duplicates import DUPLICATE_POLICIES, duplicate_groups, summarize_duplicates
 from .images import cached_images, resize_images
 from .paths import cache_root
 from .splits import check_no_group_leak, group_holdout, group_kfold_assignments
@@ -123,13 +123,14 @@ def _images_and_hashes(name: str, index: DataIndex, table: pd.DataFrame, image_s
         images = resize_images(index.images, image_size)
         table["hash"] = [hashlib.md5(index.images[r].tobytes()).hexdigest() for r in table["row"]]
         return images, table
-    images, bad = cached_images(name, table["path"].tolist(), image_size, cache_root(cache_dir), progress=progress)
+    paths = table["path"].tolist()
+    images, bad, hashes = cached_images(name, paths, image_size, cache_root(cache_dir), progress=progress)
     if bad and on_bad_image == "error":
         lines = "\n".join(f"  {p}: {r}" for p, r in sorted(bad.items()))
         raise ValueError(f"{len(bad)} unreadable image(s) (on_bad_image: error):\n{lines}")
     info["skipped"] = bad
+    table["hash"] = hashes  # computed once, when the cache was built
     table = table.loc[~table["path"].isin(bad)].copy()
-    table["hash"] = content_hashes(table["path"].tolist())
     return images, table
 
 

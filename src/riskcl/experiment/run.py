@@ -92,12 +92,13 @@ def resolve_taxonomy(cfg: ExperimentConfig, data_taxonomy: Taxonomy) -> Taxonomy
     return tax
 
 
-def build_data(cfg: ExperimentConfig, progress: bool) -> SplitData:
+def build_data(cfg: ExperimentConfig, progress: bool, root: str | None = None, augment: bool = True) -> SplitData:
+    """The config's data set, split as the run splits it (``root`` replaces ``data.root`` when given)."""
     d = cfg.data
-    return create_datasets(d.name, d.root, image_size=d.image_size, val_fraction=d.val_fraction,
+    return create_datasets(d.name, root or d.root, image_size=d.image_size, val_fraction=d.val_fraction,
                            test_fraction=d.test_fraction, seed=d.split_seed, fold=d.fold, num_folds=d.num_folds,
                            on_bad_image=d.on_bad_image, duplicates=d.duplicates, cache_dir=d.cache_dir,
-                           progress=progress, **d.options)
+                           augment=augment, progress=progress, **d.options)
 
 
 def _loader(dataset, batch_size: int, shuffle: bool, seed: int, workers: int, info: DistInfo = DistInfo()):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..decision import threshold_decision
+from ..decision import softmax, threshold_decision
 from ..metrics import bootstrap_ci, critical_error_rate, f1_macro, sensitivity_specificity
 from .collect import RunRecord
 
@@ -78,7 +78,7 @@ def threshold_curve(record: RunRecord, thresholds: np.ndarray | None = None) -> 
     """Test CER, F1-macro, sensitivity and specificity of one run as the p(malignant) threshold varies."""
     tax = record.taxonomy
     p = record.predictions()
-    probs = _softmax(p["logits"])
+    probs = softmax(p["logits"])
     ts = np.linspace(0.02, 0.98, 49) if thresholds is None else thresholds
     rows = []
     for t in ts:
@@ -87,12 +87,6 @@ def threshold_curve(record: RunRecord, thresholds: np.ndarray | None = None) -> 
         rows.append({"threshold": float(t), "cer": critical_error_rate(lab, p["target"], tax),
                      "f1_macro": f1_macro(lab, p["target"]), "sensitivity": sens, "specificity": spec})
     return pd.DataFrame(rows)
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z.astype(np.float64) - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
 
 
 def matched_sensitivity_table(records: list[RunRecord], reference: str = "ce") -> pd.DataFrame:
@@ -107,7 +101,7 @@ def matched_sensitivity_table(records: list[RunRecord], reference: str = "ce") -
         if ref is None:
             continue
         ref_p = ref.predictions()
-        ref_probs = _softmax(ref_p["logits"])
+        ref_probs = softmax(ref_p["logits"])
         tax = ref.taxonomy
         for name, rec in methods.items():
             if name == reference:
