@@ -1,7 +1,8 @@
-"""Shared fixtures: where the real data lives, and a per-test cache folder."""
+"""Shared fixtures: where the real data lives, a per-session image cache, and one trained tiny run."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ SHARED_DATA = Path(os.environ.get("RISKCL_SHARED_DATA", Path(__file__).resolve()
 BRAIN_MRI = SHARED_DATA / "brain_tumor_mri"
 BREAKHIS = SHARED_DATA / "breakhis_sample"
 SICAPV2 = SHARED_DATA / "sicapv2_partitions"
+ISIC_SAMPLE = SHARED_DATA / "isic2018_sample"
 
 
 def need(path: Path, what: str):
@@ -20,6 +22,7 @@ def need(path: Path, what: str):
 needs_brain_mri = need(BRAIN_MRI, "Brain Tumor MRI data")
 needs_breakhis = need(BREAKHIS, "BreaKHis sample")
 needs_sicapv2 = need(SICAPV2, "SICAPv2 partition files")
+needs_isic = need(ISIC_SAMPLE, "ISIC 2018 / HAM10000 sample")
 
 
 @pytest.fixture(autouse=True)
@@ -28,3 +31,36 @@ def _cache_dir(tmp_path_factory, monkeypatch):
     if "RISKCL_TEST_CACHE" not in os.environ:
         os.environ["RISKCL_TEST_CACHE"] = str(tmp_path_factory.getbasetemp() / "riskcl-cache")
     monkeypatch.setenv("RISKCL_CACHE_DIR", os.environ["RISKCL_TEST_CACHE"])
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """``(folder, metrics)`` of one finished tiny run (2 epochs of the demo data); read it, never write it."""
+    from _tiny import tiny
+    from riskcl.experiment import run_experiment
+
+    os.environ.setdefault("RISKCL_TEST_CACHE", str(tmp_path_factory.getbasetemp() / "riskcl-cache"))
+    os.environ["RISKCL_CACHE_DIR"] = os.environ["RISKCL_TEST_CACHE"]
+    out = tmp_path_factory.mktemp("runs") / "tiny-ce"
+    return out, run_experiment(tiny(), out)
+
+
+@pytest.fixture
+def tiny_copy(tiny_run, tmp_path):
+    """A private copy of the tiny run folder, for tests that write into it."""
+    dst = tmp_path / "run"
+    shutil.copytree(tiny_run[0], dst)
+    return dst
+
+
+def demo_png(tmp_path: Path, index: int = 0, split: str = "test") -> Path:
+    """A PNG of one demo image of the tiny run's data (16 px), for predict / export / serve."""
+    import numpy as np
+    from PIL import Image
+
+    from riskcl.data import create_dataset
+
+    ds = create_dataset("demo", split=split, image_size=16, scale=0.15, progress=False)
+    path = tmp_path / f"demo_{split}_{index}.png"
+    Image.fromarray(np.asarray(ds.images[ds.rows[index]])).save(path)
+    return path

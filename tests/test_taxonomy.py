@@ -1,4 +1,6 @@
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import pytest
 
 from riskcl.taxonomy import (Taxonomy, cost_matrix_from_mapping, get_taxonomy, list_taxonomies, load_taxonomy,
@@ -111,3 +113,22 @@ def test_cost_matrix_from_mapping_by_class_names():
     assert m[tax.index("notumor"), tax.index("glioma")] == 1
     with pytest.raises(ValueError, match="Unknown class 'gliomaa'"):
         cost_matrix_from_mapping({"gliomaa": {"notumor": 5}}, tax)
+
+
+_values = st.recursive(st.none() | st.booleans() | st.integers(-5, 50) | st.floats(allow_nan=True) |
+                       st.text(max_size=8), lambda c: st.lists(c, max_size=3) |
+                       st.dictionaries(st.sampled_from(["name", "lr", "root", "params", "lambda2", "x"]), c,
+                                       max_size=3), max_leaves=6)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.sampled_from(["name", "classes", "benign", "malignant", "display_names", "x"]),
+                       _values, max_size=4))
+def test_random_taxonomies_give_value_error_or_valid(data):
+    from riskcl.taxonomy import Taxonomy, severity_matrix
+
+    try:
+        tax = Taxonomy.from_dict(data)
+    except ValueError:
+        return
+    assert severity_matrix(tax, 2, 3).shape == (tax.num_classes,) * 2

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +16,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+
+from ._names import did_you_mean
+from .decision.rules import DECISION_RULES
+from .taxonomy import DEFAULT_LAMBDA1, DEFAULT_LAMBDA2
+
+MAX_SEED = 2**32 - 1
 
 
 class ConfigError(ValueError):
@@ -27,15 +33,16 @@ class DataConfig:
     name: str = "demo"                 # data-set registry name (riskcl.data.list_datasets())
     root: str | None = None            # data folder in its public layout (not needed for demo)
     image_size: int = 64               # square side fed to the model (paper: 224)
-    val_fraction: float = 0.15         # carved from train by whole groups when the data set has no val split
-    test_fraction: float = 0.2         # carved likewise when there is no official test split
+    val_fraction: float = 0.15         # share of the carving pool held out for validation (selection) by group
+    test_fraction: float = 0.2         # share carved for test when the data set has no official test split
+    calib_fraction: float = 0.1        # share carved for calibration (risk control only; 0 = none)
     split_seed: int = 0                # seed of the carved splits (kept apart from the training seed)
     fold: int | None = None            # use validation fold `fold` of `num_folds` group folds instead
     num_folds: int | None = None
     on_bad_image: str = "error"        # "error" or "skip" (skipped files are listed in the run folder)
-    duplicates: str = "warn"           # "warn", "drop" (from evaluation splits) or "error"
+    duplicates: str = "warn"           # "warn", "drop" (from later splits) or "error"
     cache_dir: str | None = None       # decoded-image cache (default ~/.cache/riskcl or $RISKCL_CACHE_DIR)
-    num_workers: int = 0               # DataLoader workers (0: main process; images come from a memory map)
+    num_workers: int = 1               # background threads gathering the next batches (0: in the training loop)
     options: dict = field(default_factory=dict)  # adapter options, e.g. magnifications for breakhis
 
 
@@ -52,6 +59,13 @@ class LossConfig:
     name: str = "ce"                   # loss registry name (riskcl.losses.list_losses())
     params: dict = field(default_factory=dict)  # e.g. {lambda1: 5, lambda2: 20}
     taxonomy: str | None = None        # a taxonomy YAML / built-in name overriding the data set's own
+
+
+@dataclass
+class CostConfig:
+    lambda1: float = DEFAULT_LAMBDA1   # clinical cost of a Type I error (benign called malignant)
+    lambda2: float = DEFAULT_LAMBDA2   # clinical cost of a Type II error (malignant called benign)
+    matrix: Any = None                 # or a full K x K matrix / {true: {predicted: cost}}; overrides the lambdas
 
 
 @dataclass
@@ -72,12 +86,16 @@ class ExperimentConfig:
     amp: bool = True                   # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True         # on CUDA
     deterministic: bool = True         # deterministic algorithms (bit-identical reruns on CPU)
-    select_metric: str = "mean_cost"   # best epoch: "mean_cost", "cer" (lower) or "f1_macro", "accuracy"
+    threads: int | None = None         # CPU threads; None: cores / riskcl trainings running on this machine
+    select_metric: str = "mean_cost"   # best epoch on validation: "mean_cost", "cer" (lower) or "f1_macro", "accuracy"
+    decision: str = "superclass"       # "superclass": malignant iff p(malignant) >= 0.5, then best class within; "argmax"
+    tta: str = "none"                  # test-time augmentation at evaluation: "none" or "flip" (mean of 4 flips)
     max_steps_per_epoch: int | None = None  # cap for smoke tests
     progress: bool = True
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,10 +103,25 @@ class ExperimentConfig:
 
 
 SELECT_METRICS = {"cer": "min", "mean_cost": "min", "f1_macro": "max", "accuracy": "max"}
+TTA_CHOICES = ("none", "flip")
 
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
+
+
+def _as_float(value: Any) -> float | None:
+    """A number, or a numeric string (YAML 1.1 reads ``1e-4`` as a string): the float; else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -114,8 +147,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        number = _as_float(value)
+        if number is not None:
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -134,10 +168,9 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     kwargs = {}
     for key, value in data.items():
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            hint = did_you_mean(key, names).replace("'", f"'{prefix}", 1)
             raise ConfigError(f"Unknown config key '{prefix}{key}'{hint}; expected one of {names}")
-        kwargs[key] = _coerce(value, hints[key], prefix + key)
+        kwargs[key] = _coerce(value, hints[key], prefix + str(key))
     return cls(**kwargs)
 
 
@@ -165,26 +198,44 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"Override '{item}': expected key=value")
         key, raw = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"Override '{item}': invalid YAML value ({str(exc).splitlines()[0]})") from None
     return out
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+def parse_yaml_text(text: str, source: str) -> Any:
+    """``yaml.safe_load`` with errors that name ``source``."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: invalid YAML ({' '.join(str(exc).split())})") from None
+
+
+def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file as a mapping, following ``base:`` chains; errors name the file and what was expected."""
+    if path.is_dir():
+        raise ConfigError(f"Config file {path} is a folder; expected a YAML file")
     if not path.is_file():
         raise FileNotFoundError(f"Config file {path} does not exist")
     if path.resolve() in seen:
         raise ConfigError(f"{path}: circular `base:` chain")
-    with open(path, encoding="utf-8") as fh:
-        try:
-            data = yaml.safe_load(fh) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file; expected a YAML config") from None
+    data = parse_yaml_text(text, str(path))
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty (or only comments); expected a YAML mapping of config keys")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, but got {type(data).__name__}")
     base = data.pop("base", None)
     if base is None:
         return data
-    merged = _read_yaml((path.parent / base), seen + (path.resolve(),))
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: `base` = {base!r}: expected the path of one YAML file (relative to {path.name})")
+    merged = read_yaml(path.parent / base, seen + (path.resolve(),))
     return deep_merge(merged, data)
 
 
@@ -212,7 +263,7 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | list[str] | Non
     """Load a YAML config (following ``base:``), apply overrides, validate. Errors name the file and key."""
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
-    data = _read_yaml(Path(path))
+    data = read_yaml(Path(path))
     try:
         return config_from_dict(data, overrides)
     except ConfigError as exc:
@@ -224,50 +275,83 @@ def _check(cond: bool, key: str, value: Any, expected: str) -> None:
         raise ConfigError(f"`{key}` = {value!r}: expected {expected}")
 
 
-def validate_config(cfg: ExperimentConfig) -> None:
-    """Value ranges and registry look-ups; raises :class:`ConfigError` naming the key and value."""
-    from .data.registry import BAD_IMAGE_POLICIES, dataset_options, list_datasets
-    from .data.duplicates import DUPLICATE_POLICIES
-    from .losses import check_loss_params, create_loss, list_losses
-
+def _check_top(cfg: ExperimentConfig) -> None:
     _check(cfg.epochs >= 1, "epochs", cfg.epochs, "an integer >= 1")
+    _check(0 <= cfg.seed <= MAX_SEED, "seed", cfg.seed, f"an integer in [0, {MAX_SEED}]")
     _check(cfg.select_metric in SELECT_METRICS, "select_metric", cfg.select_metric, f"one of {list(SELECT_METRICS)}")
+    _check(cfg.decision in DECISION_RULES, "decision", cfg.decision, f"one of {list(DECISION_RULES)}")
+    _check(cfg.tta in TTA_CHOICES, "tta", cfg.tta, f"one of {list(TTA_CHOICES)}")
     _check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"), "device", cfg.device,
            "'auto', 'cpu' or 'cuda[:N]'")
+    _check(cfg.threads is None or cfg.threads >= 1, "threads", cfg.threads, "None or an integer >= 1")
     _check(cfg.max_steps_per_epoch is None or cfg.max_steps_per_epoch >= 1, "max_steps_per_epoch",
            cfg.max_steps_per_epoch, "None or >= 1")
     o = cfg.optim
-    _check(o.lr > 0, "optim.lr", o.lr, "> 0")
-    _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, ">= 0")
+    _check(math.isfinite(o.lr) and o.lr > 0, "optim.lr", o.lr, "a finite number > 0")
+    _check(math.isfinite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, ">= 0")
     _check(o.batch_size >= 1, "optim.batch_size", o.batch_size, ">= 1")
     _check(o.eval_batch_size >= 1, "optim.eval_batch_size", o.eval_batch_size, ">= 1")
     _check(o.grad_clip is None or o.grad_clip > 0, "optim.grad_clip", o.grad_clip, "None or > 0")
-    d = cfg.data
-    _check(d.name in list_datasets(), "data.name", d.name, f"one of {list_datasets()}")
+    _check(cfg.model.pretrained in ("auto", True, False), "model.pretrained", cfg.model.pretrained,
+           "'auto', true or false")
+    _check(0 <= cfg.model.drop_rate < 1, "model.drop_rate", cfg.model.drop_rate, "in [0, 1)")
+    c = cfg.cost
+    for key, value in (("cost.lambda1", c.lambda1), ("cost.lambda2", c.lambda2)):
+        _check(math.isfinite(value) and value >= 0, key, value, "a finite number >= 0")
+
+
+def _check_data(d: DataConfig) -> None:
+    from .data.duplicates import DUPLICATE_POLICIES
+    from .data.registry import BAD_IMAGE_POLICIES, dataset_options, list_datasets
+
+    _check(d.name in list_datasets(), "data.name", d.name, f"one of {list_datasets()}{did_you_mean(d.name, list_datasets())}")
     _check(d.root is not None or not _root_required(d.name), "data.root", d.root, "the data folder (required)")
     _check(8 <= d.image_size <= 2048, "data.image_size", d.image_size, "an integer in [8, 2048]")
     _check(0 < d.val_fraction < 1, "data.val_fraction", d.val_fraction, "in (0, 1)")
     _check(0 < d.test_fraction < 1, "data.test_fraction", d.test_fraction, "in (0, 1)")
+    _check(0 <= d.calib_fraction < 1, "data.calib_fraction", d.calib_fraction, "in [0, 1) (0: no calibration split)")
+    _check(d.val_fraction + d.test_fraction + d.calib_fraction < 0.95, "data.val_fraction + test_fraction + "
+           "calib_fraction", d.val_fraction + d.test_fraction + d.calib_fraction, "< 0.95 (training needs data)")
+    _check(0 <= d.split_seed <= MAX_SEED, "data.split_seed", d.split_seed, f"an integer in [0, {MAX_SEED}]")
+    if d.num_folds is not None:
+        _check(d.num_folds >= 2, "data.num_folds", d.num_folds, "an integer >= 2")
+        _check(d.fold is not None, "data.num_folds", d.num_folds, "to come with `data.fold` (which fold validates)")
+    if d.fold is not None:
+        k = d.num_folds or 5
+        _check(0 <= d.fold < k, "data.fold", d.fold, f"an integer in [0, {k}) (num_folds = {k})")
     _check(d.on_bad_image in BAD_IMAGE_POLICIES, "data.on_bad_image", d.on_bad_image, f"one of {BAD_IMAGE_POLICIES}")
     _check(d.duplicates in DUPLICATE_POLICIES, "data.duplicates", d.duplicates, f"one of {DUPLICATE_POLICIES}")
     _check(d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0")
+    if d.cache_dir is not None:
+        _check(not Path(d.cache_dir).expanduser().is_file(), "data.cache_dir", d.cache_dir, "a folder, not a file")
     allowed = dataset_options(d.name)
     for key in d.options:
-        close = difflib.get_close_matches(key, allowed, n=1)
         _check(key in allowed, f"data.options.{key}", d.options[key],
-               f"a known option of '{d.name}' {sorted(allowed)}" + (f" (did you mean '{close[0]}'?)" if close else ""))
-    _check(cfg.model.pretrained in ("auto", True, False), "model.pretrained", cfg.model.pretrained,
-           "'auto', true or false")
-    _check(0 <= cfg.model.drop_rate < 1, "model.drop_rate", cfg.model.drop_rate, "in [0, 1)")
+               f"a known option of '{d.name}' {sorted(allowed)}{did_you_mean(key, allowed)}")
+
+
+def validate_config(cfg: ExperimentConfig) -> None:
+    """Value ranges and registry look-ups; raises :class:`ConfigError` naming the key and value."""
+    from .losses import check_loss_params, create_loss, list_losses
+
+    _check_top(cfg)
+    _check_data(cfg.data)
     _check(cfg.loss.name in list_losses(), "loss.name", cfg.loss.name,
-           f"one of {list_losses()}" + "".join(f" (did you mean '{m}'?)" for m in
-                                               difflib.get_close_matches(cfg.loss.name, list_losses(), n=1)))
+           f"one of {list_losses()}{did_you_mean(cfg.loss.name, list_losses())}")
     try:
         check_loss_params(cfg.loss.name, cfg.loss.params)
         taxonomy = config_taxonomy(cfg)
-        if taxonomy is not None:
-            create_loss(cfg.loss.name, taxonomy=taxonomy, class_counts=[1] * taxonomy.num_classes,
-                        **cfg.loss.params)
+    except ValueError as exc:
+        raise ConfigError(f"`loss`: {exc}") from None
+    if taxonomy is None:
+        return
+    try:
+        cost = run_cost_matrix(cfg, taxonomy)
+    except ValueError as exc:
+        raise ConfigError(f"`cost`: {exc}") from None
+    try:
+        create_loss(cfg.loss.name, taxonomy=taxonomy, class_counts=[1] * taxonomy.num_classes, cost=cost,
+                    **cfg.loss.params)
     except ValueError as exc:
         raise ConfigError(f"`loss`: {exc}") from None
 
@@ -281,14 +365,24 @@ def _root_required(dataset: str) -> bool:
 
 
 def config_taxonomy(cfg: ExperimentConfig):
-    """The taxonomy named by ``loss.taxonomy`` or the data set's built-in one (None if only the data knows)."""
+    """The taxonomy named by ``loss.taxonomy``, the data set's built-in one, or the ``taxonomy`` option of a user's
+    folder / CSV data (None when only the data knows it)."""
     from .taxonomy import list_taxonomies, load_taxonomy
 
     if cfg.loss.taxonomy is not None:
         return load_taxonomy(cfg.loss.taxonomy)
     if cfg.data.name in list_taxonomies():
         return load_taxonomy(cfg.data.name)
+    if cfg.data.options.get("taxonomy") is not None:
+        return load_taxonomy(cfg.data.options["taxonomy"])
     return None
+
+
+def run_cost_matrix(cfg: ExperimentConfig, taxonomy) -> Any:
+    """The run's clinical cost matrix (K x K numpy array) from the ``cost`` section."""
+    from .taxonomy import resolve_cost_matrix
+
+    return resolve_cost_matrix(taxonomy, cfg.cost.lambda1, cfg.cost.lambda2, cfg.cost.matrix)
 
 
 def save_config(cfg: ExperimentConfig) -> str:

@@ -59,6 +59,17 @@ def hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
         return False, f"{host} unreachable ({exc})"
 
 
+def check_model_name(name: str) -> None:
+    """``ValueError`` naming ``name`` (and a close timm name) unless timm knows the architecture."""
+    import timm
+
+    if not timm.is_model(name):
+        from ._names import did_you_mean
+
+        raise ValueError(f"Unknown timm model '{name}' (model.name){did_you_mean(name, timm.list_models())}; "
+                         f"see timm.list_models()")
+
+
 def create_model(name: str, num_classes: int, pretrained: Any = "auto", weights_path: str | Path | None = None,
                  **kwargs: Any) -> nn.Module:
     """A timm model with a ``num_classes``-way head.
@@ -75,8 +86,7 @@ def create_model(name: str, num_classes: int, pretrained: Any = "auto", weights_
 
     if pretrained not in PRETRAINED_CHOICES:
         raise ValueError(f"Expected `pretrained` in ('auto', true, false), but got {pretrained!r}")
-    if name not in timm.list_models() and not timm.is_model(name):
-        raise ValueError(f"Unknown timm model '{name}'; see timm.list_models()")
+    check_model_name(name)
     if weights_path is not None:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
         missing = _load_local(model, weights_path)

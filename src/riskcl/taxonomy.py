@@ -33,7 +33,14 @@ __all__ = [
     "severity_matrix",
     "validate_cost_matrix",
     "cost_matrix_from_mapping",
+    "resolve_cost_matrix",
+    "DEFAULT_LAMBDA1",
+    "DEFAULT_LAMBDA2",
 ]
+
+# The paper's proposed penalties (Type I, Type II): the default clinical cost wherever none is given.
+DEFAULT_LAMBDA1 = 5.0
+DEFAULT_LAMBDA2 = 20.0
 
 
 @dataclass(frozen=True)
@@ -244,7 +251,8 @@ def _check_lambda(name: str, value: float) -> float:
     return value
 
 
-def severity_matrix(taxonomy: Taxonomy, lambda1: float = 5.0, lambda2: float = 20.0) -> np.ndarray:
+def severity_matrix(taxonomy: Taxonomy, lambda1: float = DEFAULT_LAMBDA1,
+                    lambda2: float = DEFAULT_LAMBDA2) -> np.ndarray:
     """The K x K severity matrix of the taxonomy (rule in the module docstring).
 
     Args:
@@ -307,3 +315,22 @@ def cost_matrix_from_mapping(costs: Mapping[str, Mapping[str, float]], taxonomy:
         for pred_name, value in row.items():
             m[i, taxonomy.index(pred_name)] = _check_lambda(f"cost_matrix[{true_name}][{pred_name}]", value)
     return validate_cost_matrix(m, taxonomy)
+
+
+def resolve_cost_matrix(taxonomy: Taxonomy, lambda1: float = DEFAULT_LAMBDA1, lambda2: float = DEFAULT_LAMBDA2,
+                        matrix: Any = None) -> np.ndarray:
+    """The K x K cost matrix of a run: ``matrix`` when given (a K x K list or ``{true: {predicted: cost}}`` by
+    class names), else the severity matrix with ``lambda1`` / ``lambda2``.
+
+    Example:
+        >>> tax = Taxonomy("t", ("b", "m"), (0, 1))
+        >>> resolve_cost_matrix(tax, 2, 40).tolist()
+        [[1.0, 2.0], [40.0, 1.0]]
+        >>> resolve_cost_matrix(tax, matrix={"m": {"b": 100}}).tolist()
+        [[1.0, 1.0], [100.0, 1.0]]
+    """
+    if matrix is None:
+        return severity_matrix(taxonomy, lambda1, lambda2)
+    if isinstance(matrix, Mapping):
+        return cost_matrix_from_mapping(matrix, taxonomy)
+    return validate_cost_matrix(matrix, taxonomy)

@@ -1,8 +1,9 @@
-"""Data sets behind a registry: ``create_dataset(name, root, split, ...)``."""
-from .base import DataIndex, ImageDataset
-from .images import BadImageError, load_image
-from .registry import SplitData, create_dataset, create_datasets, dataset_options, list_datasets, register_dataset
-from .transforms import build_transform
+"""Data sets behind a registry: ``create_datasets(name, root, ...)``, images decoded once into a cache."""
+from .base import SPLITS, DataIndex, ImageDataset
+from .images import BadImageError, decode_rgb, load_image
+from .registry import (SplitData, create_dataset, create_datasets, create_eval_dataset, dataset_options,
+                       list_datasets, register_dataset)
 
-__all__ = ["BadImageError", "DataIndex", "ImageDataset", "SplitData", "build_transform", "create_dataset",
-           "create_datasets", "dataset_options", "list_datasets", "load_image", "register_dataset"]
+__all__ = ["SPLITS", "BadImageError", "DataIndex", "ImageDataset", "SplitData", "create_dataset", "create_datasets",
+           "create_eval_dataset", "dataset_options", "decode_rgb", "list_datasets", "load_image",
+           "register_dataset"]

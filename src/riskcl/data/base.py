@@ -2,9 +2,10 @@
 and the image cache turn it into one :class:`ImageDataset` per split."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,9 @@ from torch.utils.data import Dataset
 from ..taxonomy import Taxonomy
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-SPLITS = ("train", "val", "test")
+# train: fitting; val: model selection (best epoch); calib: risk control only; test: the final report.
+SPLITS = ("train", "val", "calib", "test")
+EVAL_SPLITS = SPLITS[1:]
 
 
 @dataclass
@@ -23,15 +26,18 @@ class DataIndex:
 
     ``table`` columns: ``path`` (absolute file path, or a stand-in name for in-memory data), ``label`` (int),
     ``group`` (patient / lesion / slide id; ``None`` when unknown), ``id`` (sample id, the file stem),
-    ``split`` (``"train"``, ``"val"``, ``"test"`` when the data set fixes it, else ``""``).
+    ``split`` (``"train"``, ``"val"``, ``"calib"``, ``"test"`` when the data set fixes it, else ``""``), plus the
+    per-image metadata columns named in ``metadata`` (age, sex, body site, magnification, ...).
     ``images``: an in-memory ``(N, H, W, 3)`` ``uint8`` array aligned with the table (generated or ``.npz``
-    data); ``None`` means files on disk. ``problems``: what the adapter found wrong but could go on with.
+    data); ``None`` means files on disk. ``problems``: what the adapter found wrong but could go on with
+    (each names the file and what happened to it).
     """
 
     table: pd.DataFrame
     taxonomy: Taxonomy
     images: np.ndarray | None = None
     problems: list[str] = field(default_factory=list)
+    metadata: list[str] = field(default_factory=list)
 
 
 def make_table(rows: Iterable[dict]) -> pd.DataFrame:
@@ -42,22 +48,52 @@ def make_table(rows: Iterable[dict]) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def list_images(folder: Path) -> tuple[list[Path], list[str]]:
-    """Image files directly in ``folder`` (sorted) and a problem line for each other file."""
+def _utf8_name(p: Path) -> bool:
+    try:
+        str(p).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def check_member(path: Path, root: Path | None, allow_outside_root: bool = False) -> str | None:
+    """Why ``path`` (found under ``root``) may not be used, or None: a dangling symlink, a link that leaves the
+    data root (unless allowed), a file name that is not UTF-8."""
+    shown = repr(os.fsencode(path))[2:-1] if not _utf8_name(path) else str(path)
+    if not _utf8_name(path):
+        return f"{shown}: file name is not valid UTF-8 (rename it); skipped"
+    if path.is_symlink() and not path.exists():
+        return f"{shown}: dangling symlink (its target {os.readlink(path)} does not exist); skipped"
+    if root is not None and not allow_outside_root:
+        resolved, base = path.resolve(), root.resolve()
+        if resolved != base and base not in resolved.parents:
+            return (f"{shown}: resolves to {resolved}, outside the data root {base} (a symlink?); skipped "
+                    f"(set data.options.allow_outside_root: true to use it)")
+    return None
+
+
+def list_images(folder: Path, root: Path | None = None,
+                allow_outside_root: bool = False) -> tuple[list[Path], list[str]]:
+    """Image files directly in ``folder`` (sorted) and a problem line for each file left out (not an image,
+    a dangling or out-of-root symlink, a non-UTF-8 name)."""
     images, problems = [], []
     for p in sorted(folder.iterdir()):
         if p.name.startswith("."):
             continue
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+        why = check_member(p, root, allow_outside_root)
+        if why:
+            problems.append(why)
+        elif p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
             images.append(p)
         elif p.is_file():
             problems.append(f"{p}: not an image file (expected one of {IMAGE_EXTENSIONS}); ignored")
     return images, problems
 
 
-def scan_class_folders(split_dir: Path, taxonomy: Taxonomy, split: str) -> tuple[list[dict], list[str]]:
+def scan_class_folders(split_dir: Path, taxonomy: Taxonomy, split: str, root: Path | None = None,
+                       allow_outside_root: bool = False) -> tuple[list[dict], list[str]]:
     """Rows for ``split_dir/<class>/*`` with the taxonomy's class names; errors name missing, unknown or empty
-    class folders."""
+    class folders. Files outside ``root`` (through symlinks) are left out unless allowed."""
     if not split_dir.is_dir():
         raise FileNotFoundError(f"Expected the folder {split_dir} (one sub-folder per class: "
                                 f"{list(taxonomy.classes)})")
@@ -70,10 +106,10 @@ def scan_class_folders(split_dir: Path, taxonomy: Taxonomy, split: str) -> tuple
         folder = split_dir / cls
         if not folder.is_dir():
             raise FileNotFoundError(f"{split_dir}: missing class folder '{cls}'")
-        files, probs = list_images(folder)
+        files, probs = list_images(folder, root or split_dir, allow_outside_root)
         problems += probs
         if not files:
-            raise ValueError(f"{folder}: empty class '{cls}' (no image files)")
+            raise ValueError(f"{folder}: empty class '{cls}' (no usable image files)")
         rows += [{"path": str(f), "label": label, "group": None, "id": f.stem, "split": split} for f in files]
     return rows, problems
 
@@ -81,22 +117,27 @@ def scan_class_folders(split_dir: Path, taxonomy: Taxonomy, split: str) -> tuple
 class ImageDataset(Dataset):
     """One split: images from the cache (or memory) and their labels.
 
-    Attributes: ``ids``, ``targets`` (np.int64), ``groups``, ``paths``, ``taxonomy``, ``classes``,
-    ``class_counts``. Items are ``(image, label)`` with ``image`` a transformed ``(3, H, W)`` tensor.
+    Attributes: ``ids``, ``targets`` (np.int64), ``groups``, ``paths``, ``meta`` (a DataFrame of the metadata
+    columns), ``taxonomy``, ``classes``, ``class_counts``. :meth:`gather` returns a ``uint8`` batch
+    ``(B, H, W, 3)`` in one indexing operation; items are ``(uint8 image (3, H, W), label)``.
     """
 
     def __init__(self, images: np.ndarray, rows: np.ndarray, table: pd.DataFrame, taxonomy: Taxonomy,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, split: str = "") -> None:
+                 split: str = "", metadata: list[str] | None = None) -> None:
         self.images = images
         self.rows = np.asarray(rows, dtype=np.int64)
         self.table = table.reset_index(drop=True)
         self.taxonomy = taxonomy
-        self.transform = transform
         self.split = split
+        self.metadata = list(metadata or [])
         self.ids: list[str] = self.table["id"].astype(str).tolist()
         self.targets = self.table["label"].to_numpy(dtype=np.int64)
         self.groups = self.table["group"].astype(str).to_numpy()
         self.paths: list[str] = self.table["path"].astype(str).tolist()
+
+    @property
+    def meta(self) -> pd.DataFrame:
+        return self.table[self.metadata].astype(str) if self.metadata else pd.DataFrame(index=self.table.index)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -106,11 +147,16 @@ class ImageDataset(Dataset):
     def class_counts(self) -> list[int]:
         return np.bincount(self.targets, minlength=self.taxonomy.num_classes).tolist()
 
+    def gather(self, index: np.ndarray) -> np.ndarray:
+        """``(B, H, W, 3)`` ``uint8`` images of positions ``index`` (one batched read of the cache)."""
+        rows = self.rows[np.asarray(index, dtype=np.int64)]
+        order = np.argsort(rows, kind="stable")  # read the memory map in file order
+        out = np.empty((len(rows), *self.images.shape[1:]), dtype=np.uint8)
+        out[order] = self.images[rows[order]]
+        return out
+
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x = torch.from_numpy(np.array(self.images[self.rows[i]])).permute(2, 0, 1)
-        if self.transform is not None:
-            x = self.transform(x)
-        return x, int(self.targets[i])
+        return torch.from_numpy(np.array(self.images[self.rows[i]])).permute(2, 0, 1), int(self.targets[i])

@@ -11,12 +11,12 @@ from ..taxonomy import get_taxonomy
 from .base import DataIndex, make_table, scan_class_folders
 
 
-def index_brain_mri(root: str | Path) -> DataIndex:
+def index_brain_mri(root: str | Path, allow_outside_root: bool = False) -> DataIndex:
     root = Path(root)
     taxonomy = get_taxonomy("brain_mri")
     rows, problems = [], []
     for folder, split in (("Training", "train"), ("Testing", "test")):
-        r, p = scan_class_folders(root / folder, taxonomy, split)
+        r, p = scan_class_folders(root / folder, taxonomy, split, root, allow_outside_root)
         rows += r
         problems += p
     return DataIndex(make_table(rows), taxonomy, problems=problems)

@@ -4,6 +4,7 @@ Class, patient id and magnification come from the file name, e.g. ``SOB_B_A-14-2
 ``B``/``M`` (benign / malignant), tumour type code (``A`` adenosis, ``F`` fibroadenoma, ``PT`` phyllodes tumour,
 ``TA`` tubular adenoma, ``DC`` ductal, ``LC`` lobular, ``MC`` mucinous, ``PC`` papillary carcinoma), patient
 (``14-22549AB``), magnification (40, 100, 200, 400) and image number. Splits group by patient.
+Metadata columns: ``magnification`` and ``subtype`` (the tumour type).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..taxonomy import get_taxonomy
-from .base import DataIndex, make_table
+from .base import DataIndex, check_member, make_table
 
 NAME = re.compile(r"^SOB_([BM])_([A-Z]+)-(\d+-[0-9A-Z]+)-(\d+)-(\d+)\.png$", re.IGNORECASE)
 TYPE_CODES = {"A": "adenosis", "F": "fibroadenoma", "PT": "phyllodes_tumor", "TA": "tubular_adenoma",
@@ -45,7 +46,8 @@ def _breast_dir(root: Path) -> Path:
     raise FileNotFoundError(f"{root}: expected BreaKHis_v1/histology_slides/breast/{{benign,malignant}}/SOB/...")
 
 
-def index_breakhis(root: str | Path, magnifications: Sequence[int] | str = "all") -> DataIndex:
+def index_breakhis(root: str | Path, magnifications: Sequence[int] | str = "all",
+                   allow_outside_root: bool = False) -> DataIndex:
     root = Path(root)
     mags = MAGNIFICATIONS if magnifications == "all" else tuple(int(m) for m in magnifications)
     bad = [m for m in mags if m not in MAGNIFICATIONS]
@@ -55,7 +57,11 @@ def index_breakhis(root: str | Path, magnifications: Sequence[int] | str = "all"
     breast = _breast_dir(root)
     rows, problems = [], []
     for path in sorted(breast.rglob("*")):
-        if not path.is_file() or path.name.startswith("."):
+        if path.name.startswith(".") or path.is_dir():
+            continue
+        why = check_member(path, root, allow_outside_root)
+        if why:
+            problems.append(why)
             continue
         if path.suffix.lower() != ".png":
             problems.append(f"{path}: not a BreaKHis image (ignored)")
@@ -67,7 +73,8 @@ def index_breakhis(root: str | Path, magnifications: Sequence[int] | str = "all"
         if info["magnification"] not in mags:
             continue
         rows.append({"path": str(path), "label": taxonomy.index(info["class"]), "group": info["patient"],
-                     "id": path.stem, "split": "", "magnification": info["magnification"]})
+                     "id": path.stem, "split": "", "magnification": str(info["magnification"]),
+                     "subtype": info["class"]})
     if not rows:
         raise ValueError(f"{breast}: no BreaKHis images at magnification(s) {list(mags)}")
-    return DataIndex(make_table(rows), taxonomy, problems=problems)
+    return DataIndex(make_table(rows), taxonomy, problems=problems, metadata=["magnification", "subtype"])

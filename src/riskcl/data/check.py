@@ -20,14 +20,16 @@ def check_dataset(name: str, root: str | Path | None, image_size: int = 32, **op
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             data = create_datasets(name, root, image_size=image_size, on_bad_image="skip", duplicates="warn",
-                                   augment=False, progress=False, **options)
-    except (ValueError, FileNotFoundError, OSError) as exc:
+                                   progress=False, **options)
+    except (ValueError, OSError) as exc:
         report["usable"] = False
         report["problems"].append(str(exc))
         return report
     info = data.info
     report["problems"] += list(info["problems"]) + [str(w.message) for w in caught
                                                     if issubclass(w.category, UserWarning)]
+    report["dropped"] = [p for p in info["problems"] if p.endswith("skipped") or "; skipped (" in p]
+    report["metadata"] = info.get("metadata", [])
     report["bad_images"] = dict(info["skipped"])
     if report["bad_images"]:
         report["usable"] = False
@@ -38,7 +40,7 @@ def check_dataset(name: str, root: str | Path | None, image_size: int = 32, **op
     report["duplicates"] = info["duplicates"]
     report["duplicate_groups"] = [g["files"] for g in info["duplicate_groups"]]
     report["duplicate_splits"] = [g["splits"] for g in info["duplicate_groups"]]
-    empty = [f"{s}/{c}" for s, d in info["counts"].items() for c, n in d.items() if n == 0 and s != "val"]
+    empty = [f"{s}/{c}" for s, d in info["counts"].items() for c, n in d.items() if n == 0 and s in ("train", "test")]
     if empty:
         report["problems"].append(f"classes with no image: {empty}")
     return report

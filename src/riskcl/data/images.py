@@ -1,27 +1,40 @@
-"""Image decoding and the prepared cache.
+"""Image decoding, the one resize, and the prepared cache.
 
-Every image is decoded once, converted to RGB (the public sets mix RGB, L, RGBA and P modes and some PNGs are
-named ``.jpg``: Pillow reads by content, not by extension) and resized to ``size x size``. The result is kept
-as a memory-mapped ``uint8`` array ``(N, size, size, 3)`` under the user cache folder, keyed by the data set
-name, the size and a fingerprint of every source file (path, byte size, modification time), so later runs and
-sweeps read no JPEG, and any change to the sources builds a new cache. Each file's MD5 (for duplicate detection
-and content-hash groups) is computed once, when the cache is built, and kept beside it.
+Every image is decoded once to 8-bit RGB (the public sets mix RGB, L, RGBA, P and CMYK modes and some PNGs are
+named ``.jpg``: Pillow reads by content, not by extension). 16-bit and 32-bit greyscale images (``I;16``,
+``I``, ``F``: MRI and microscopy exports) are scaled to 8 bits by the image's own range (its minimum maps to 0,
+its maximum to 255), not clipped. The square resize is :func:`resize_images`: antialiased bilinear
+interpolation in PyTorch, rounded back to ``uint8``; the exported models run the very same function in their
+graph, so a deployed model sees the pixels riskcl trained and evaluated on.
+
+The result is kept as a memory-mapped ``uint8`` array ``(N, size, size, 3)`` under the user cache folder, keyed
+by the data set name, the size and a fingerprint of every source file (path, byte size, modification time), so
+later runs and sweeps read no image twice, and any change to the sources builds a new cache. Each file's MD5
+(for duplicate detection and content-hash groups) is computed when the cache is built and kept beside it.
+Decoding workers die with their parent, and the temp files of a killed build are removed by the next one.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import signal
+import threading
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from ..io import remove_stale_temps
 from .duplicates import file_md5
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 class BadImageError(ValueError):
@@ -32,22 +45,59 @@ class BadImageError(ValueError):
         self.path, self.reason = path, reason
 
 
-def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    """Decode ``path`` to an RGB ``uint8`` array of shape ``(size, size, 3)``; ``BadImageError`` if unreadable."""
-    p = str(path)
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    if im.mode in WIDE_MODES:
+        a = np.asarray(im, dtype=np.float64)
+        finite = a[np.isfinite(a)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        scaled = np.zeros(a.shape) if hi <= lo else (np.nan_to_num(a, nan=lo) - lo) / (hi - lo) * 255.0
+        grey = np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    return np.array(im.convert("RGB"), dtype=np.uint8)
+
+
+def decode_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Decode ``path`` at its own size to a writable RGB ``uint8`` array ``(H, W, 3)``; ``BadImageError`` naming
+    the file when it is missing, empty, unreadable, truncated or a decompression bomb."""
+    p = os.fsdecode(path)
     try:
         if os.path.getsize(p) == 0:
             raise BadImageError(p, "empty (zero-byte) file; expected an image")
-        with Image.open(p) as im:
-            im.load()
-            rgb = im.convert("RGB").resize((size, size), Image.BILINEAR)
-            return np.asarray(rgb, dtype=np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                im.load()
+                return _to_rgb(im)
     except BadImageError:
         raise
     except FileNotFoundError:
         raise BadImageError(p, "file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise BadImageError(p, f"refused as a decompression bomb ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, MemoryError) as exc:
         raise BadImageError(p, f"cannot decode image ({type(exc).__name__}: {exc})") from None
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """``(N, 3, H, W)`` float pixels in [0, 255] -> ``(N, 3, size, size)``: antialiased bilinear, rounded.
+
+    The one resize of riskcl: the cache, ``predict`` and the exported models all call it.
+    """
+    out = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out.round().clamp(0, 255)
+
+
+def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
+    """One ``(H, W, 3)`` ``uint8`` image resized to ``(size, size, 3)`` by :func:`resize_images`."""
+    if image.shape[:2] == (size, size):
+        return np.ascontiguousarray(image)
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    return resize_images(x, size)[0].to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
+def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
+    """Decode ``path`` to an RGB ``uint8`` array of shape ``(size, size, 3)``; ``BadImageError`` if unreadable."""
+    return resize_uint8(decode_rgb(path), size)
 
 
 def _load_or_reason(args: tuple[str, int]) -> tuple[str, np.ndarray | str]:
@@ -63,18 +113,30 @@ def _load_or_reason(args: tuple[str, int]) -> tuple[str, np.ndarray | str]:
         return digest, exc.reason
 
 
-def fingerprint(paths: Sequence[str], extra: str = "") -> str:
-    """SHA-1 over (path, size, mtime) of every file: changes when any source file changes."""
-    h = hashlib.sha1(f"v{CACHE_VERSION}|{extra}".encode())
-    for p in paths:
-        st = os.stat(p)
-        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:20]
+def _die_with_parent(parent: int) -> None:
+    """Decoding worker set-up: one torch thread, and exit as soon as the parent process is gone."""
+    torch.set_num_threads(1)
+    try:  # Linux: the kernel kills this worker when its parent dies, even by SIGKILL
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:  # elsewhere (and as a second guard): poll the parent
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            threading.Event().wait(1.0)
+
+    threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def decode_all(paths: Sequence[str], size: int, workers: int | None = None,
-               progress: bool = True) -> Iterable[tuple[int, np.ndarray | str]]:
-    """Yield ``(index, array or failure reason)`` for every path, decoding in parallel processes."""
+               progress: bool = True) -> Iterable[tuple[int, tuple[str, np.ndarray | str]]]:
+    """Yield ``(index, (md5, array or failure reason))`` for every path, decoding in parallel processes."""
     from tqdm.auto import tqdm
 
     workers = workers or min(8, os.cpu_count() or 1)
@@ -86,11 +148,31 @@ def decode_all(paths: Sequence[str], size: int, workers: int | None = None,
             bar.update(1)
             yield i, _load_or_reason(job)
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             for i, res in enumerate(pool.map(_load_or_reason, jobs, chunksize=32)):
                 bar.update(1)
                 yield i, res
     bar.close()
+
+
+def fingerprint(paths: Sequence[str], extra: str = "") -> str:
+    """SHA-1 over (path, size, mtime) of every file: changes when any source file changes."""
+    h = hashlib.sha1(f"v{CACHE_VERSION}|{extra}".encode())
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:20]
+
+
+def _cache_folder(cache_dir: Path) -> Path:
+    folder = Path(cache_dir) / "images"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise NotADirectoryError(f"The image cache folder {cache_dir} (data.cache_dir or $RISKCL_CACHE_DIR) is "
+                                 f"a file or lies under one; expected a folder") from None
+    return folder
 
 
 def cached_images(name: str, paths: Sequence[str], size: int, cache_dir: Path,
@@ -101,37 +183,40 @@ def cached_images(name: str, paths: Sequence[str], size: int, cache_dir: Path,
     Built on a miss, written to a temporary file and renamed into place, so a killed build leaves no torn cache.
     """
     key = fingerprint(paths, f"{name}|{size}")
-    folder = Path(cache_dir) / "images"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _cache_folder(cache_dir)
+    remove_stale_temps(folder)
     arr_path, meta_path = folder / f"{name}-{size}px-{key}.npy", folder / f"{name}-{size}px-{key}.json"
     if arr_path.exists() and meta_path.exists():
         meta = json.loads(meta_path.read_text())
         return np.load(arr_path, mmap_mode="r"), meta["bad"], meta["hashes"]
     tmp = arr_path.with_suffix(f".tmp{os.getpid()}.npy")
-    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
-    bad: dict[str, str] = {}
-    hashes = [""] * len(paths)
-    for i, (digest, res) in decode_all(paths, size, progress=progress):
-        hashes[i] = digest
-        if isinstance(res, str):
-            bad[paths[i]] = res
-        else:
-            arr[i] = res
-    arr.flush()
-    del arr
-    os.replace(tmp, arr_path)
+    try:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+        bad: dict[str, str] = {}
+        hashes = [""] * len(paths)
+        for i, (digest, res) in decode_all(paths, size, progress=progress):
+            hashes[i] = digest
+            if isinstance(res, str):
+                bad[paths[i]] = res
+            else:
+                arr[i] = res
+        arr.flush()
+        del arr
+        os.replace(tmp, arr_path)
+    finally:
+        tmp.unlink(missing_ok=True)
     meta_tmp = meta_path.with_suffix(f".tmp{os.getpid()}")
-    meta_tmp.write_text(json.dumps({"name": name, "size": size, "n": len(paths), "bad": bad,
-                                    "hashes": hashes}))
+    meta_tmp.write_text(json.dumps({"name": name, "size": size, "n": len(paths), "bad": bad, "hashes": hashes}))
     os.replace(meta_tmp, meta_path)
     return np.load(arr_path, mmap_mode="r"), bad, hashes
 
 
-def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+def resize_array(images: np.ndarray, size: int) -> np.ndarray:
     """In-memory ``(N, H, W, 3)`` images resized to ``(N, size, size, 3)`` (returned as is when already so)."""
     if images.shape[1:3] == (size, size):
         return images
     out = np.empty((len(images), size, size, 3), dtype=np.uint8)
-    for i, img in enumerate(images):
-        out[i] = np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+    for start in range(0, len(images), 256):
+        x = torch.from_numpy(np.ascontiguousarray(images[start:start + 256])).permute(0, 3, 1, 2).float()
+        out[start:start + 256] = resize_images(x, size).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return out

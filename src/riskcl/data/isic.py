@@ -4,7 +4,11 @@
 ``ISIC2018_Task3_Training_GroundTruth/ISIC2018_Task3_Training_GroundTruth.csv`` (columns image, MEL, NV, BCC,
 AKIEC, BKL, DF, VASC). When ``HAM10000_metadata.csv`` (lesion_id, image_id, dx, ...) is present, images of one
 lesion form one group, so splits never put a lesion on both sides. Official ``Validation`` / ``Test`` inputs
-and ground truth, when present, are used as those splits; otherwise validation and test are carved by lesion.
+and ground truth, when present, are used as those splits; otherwise validation, calibration and test are carved
+by lesion (the HAM10000 download is exactly this: the Training layout plus the metadata file).
+
+Metadata columns (from ``HAM10000_metadata.csv``): ``age`` in bins (``<30``, ``30-44``, ``45-59``, ``60-74``,
+``75+``, ``unknown``), ``sex``, ``localization`` (body site) and ``dx_type`` (how the diagnosis was confirmed).
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..taxonomy import get_taxonomy
-from .base import IMAGE_EXTENSIONS, DataIndex, make_table
+from .base import IMAGE_EXTENSIONS, DataIndex, check_member, make_table
 from .paths import safe_join
 
 PREFIX = "ISIC2018_Task3"
@@ -46,21 +50,45 @@ def read_one_hot_csv(path: Path, classes: tuple[str, ...], id_column: str = "ima
     return pd.DataFrame(rows, columns=["image", "label"])
 
 
-def _lesions(root: Path) -> dict[str, str]:
+METADATA = ("age", "sex", "localization", "dx_type")
+AGE_BINS = ((30, "<30"), (45, "30-44"), (60, "45-59"), (75, "60-74"))
+
+
+def age_bin(value: object) -> str:
+    """``"45-59"`` for 52.0; ``"unknown"`` when missing or not a number."""
+    try:
+        age = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "unknown"
+    if age != age:
+        return "unknown"
+    return next((name for bound, name in AGE_BINS if age < bound), "75+")
+
+
+def _metadata(root: Path) -> pd.DataFrame | None:
+    """``HAM10000_metadata.csv`` indexed by image id (lesion_id and the metadata columns), or None."""
     meta = root / "HAM10000_metadata.csv"
     if not meta.is_file():
-        return {}
-    df = pd.read_csv(meta, dtype=str)
+        return None
+    try:
+        df = pd.read_csv(meta, dtype=str, keep_default_na=False)
+    except Exception as exc:  # pandas raises many parser errors
+        raise ValueError(f"{meta}: unreadable CSV ({type(exc).__name__}: {exc})") from None
     for col in ("lesion_id", "image_id"):
         if col not in df.columns:
             raise ValueError(f"{meta}: expected a column '{col}' (columns: {list(df.columns)})")
-    return dict(zip(df["image_id"], df["lesion_id"]))
+    out = pd.DataFrame({"lesion_id": df["lesion_id"].replace("", None)}, index=df["image_id"])
+    out["age"] = [age_bin(v) for v in df.get("age", pd.Series([""] * len(df)))]
+    for col in ("sex", "localization", "dx_type"):
+        out[col] = (df[col] if col in df.columns else pd.Series([""] * len(df))).replace("", "unknown").to_numpy()
+    return out[~out.index.duplicated()]
 
 
 def index_isic2018(root: str | Path, allow_outside_root: bool = False) -> DataIndex:
     root = Path(root)
     taxonomy = get_taxonomy("isic2018")
-    lesions = _lesions(root)
+    meta = _metadata(root)
+    meta_rows = {} if meta is None else meta.to_dict("index")
     rows, problems = [], []
     for part, split in OFFICIAL_SPLITS.items():
         inputs = root / f"{PREFIX}_{part}_Input"
@@ -75,9 +103,15 @@ def index_isic2018(root: str | Path, allow_outside_root: bool = False) -> DataIn
         if labels["image"].duplicated().any():
             dup = labels.loc[labels["image"].duplicated(), "image"].iloc[0]
             raise ValueError(f"{truth}: image '{dup}' is listed twice")
-        files = {p.stem: p for p in inputs.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS}
-        others = [p.name for p in inputs.iterdir() if p.suffix.lower() not in IMAGE_EXTENSIONS]
-        problems += [f"{inputs / o}: not an image (ignored)" for o in sorted(others)]
+        files = {}
+        for p in sorted(inputs.iterdir()):
+            why = check_member(p, root, allow_outside_root)
+            if why:
+                problems.append(why)
+            elif p.suffix.lower() in IMAGE_EXTENSIONS:
+                files[p.stem] = p
+            elif not p.name.startswith("."):
+                problems.append(f"{p}: not an image (ignored)")
         unlabeled = sorted(set(files) - set(labels["image"]))
         if unlabeled:
             raise ValueError(f"{inputs}: {len(unlabeled)} image(s) without a label in {truth.name}, e.g. "
@@ -87,9 +121,11 @@ def index_isic2018(root: str | Path, allow_outside_root: bool = False) -> DataIn
             if path is None:
                 candidate = safe_join(inputs, f"{name}.jpg", allow_outside_root, source=str(truth))
                 raise FileNotFoundError(f"{truth}: row '{name}' names a missing image (expected {candidate})")
-            rows.append({"path": str(path), "label": int(label), "group": lesions.get(name), "id": name,
-                         "split": split})
-    if not lesions:
+            info = meta_rows.get(name)
+            rows.append({"path": str(path), "label": int(label), "id": name, "split": split,
+                         "group": None if info is None else info["lesion_id"],
+                         **{c: "unknown" if info is None else info[c] for c in METADATA}})
+    if meta is None:
         problems.append("HAM10000_metadata.csv not found: no lesion ids, so images of one lesion may fall on "
                         "both sides of a carved split")
-    return DataIndex(make_table(rows), taxonomy, problems=problems)
+    return DataIndex(make_table(rows), taxonomy, problems=problems, metadata=list(METADATA))

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from ..taxonomy import get_taxonomy
-from .base import SPLITS, DataIndex, make_table
+from .base import DataIndex, make_table
+
+MEDMNIST_SPLITS = ("train", "val", "test")
 
 FLAGS = ("dermamnist", "breastmnist", "pathmnist")
 
@@ -52,7 +54,7 @@ def index_medmnist(root: str | Path, flag: str = "dermamnist", size: int | None 
         raise ValueError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc})") from None
     images, rows = [], []
     with archive:
-        for split in SPLITS:
+        for split in MEDMNIST_SPLITS:
             for key in (f"{split}_images", f"{split}_labels"):
                 if key not in archive.files:
                     raise ValueError(f"{path}: missing array '{key}' (found {sorted(archive.files)})")

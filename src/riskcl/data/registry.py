@@ -1,33 +1,38 @@
-"""The data-set registry and the split pipeline: ``create_dataset(name, root, split, ...)``.
+"""The data-set registry and the split pipeline: ``create_datasets(name, root, ...)``.
 
 Adding a data set means one adapter file (``index_<name>(root, **options) -> DataIndex``) and one line here.
+
+Splits. An adapter marks the splits its data fixes (official train / val / test); every split the data lacks is
+carved from the training pool by whole groups, stratified by class (:func:`carve_groups`): test
+(``test_fraction``), validation (``val_fraction``, or fold ``fold`` of ``num_folds`` group folds) and the
+calibration split (``calib_fraction``) that only risk control reads. Fractions are shares of the pool they
+are carved from (all images without an official evaluation split).
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import inspect
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
 
+from .._names import unknown_name
 from .base import SPLITS, DataIndex, ImageDataset
 from .brain_mri import index_brain_mri
 from .breakhis import index_breakhis
 from .demo import index_demo
+from .duplicates import DUPLICATE_POLICIES, duplicate_groups, summarize_duplicates
+from .images import cached_images, resize_array
 from .isic import index_isic2018
 from .medmnist import index_medmnist
-from .sicapv2 import index_sicapv2
-from .tabular import index_csv, index_folder
-from .duplicates import DUPLICATE_POLICIES, duplicate_groups, summarize_duplicates
-from .images import cached_images, resize_images
 from .paths import cache_root
-from .splits import check_no_group_leak, group_holdout, group_kfold_assignments
-from .transforms import build_transform
+from .sicapv2 import index_sicapv2
+from .splits import carve_groups, check_no_group_leak, group_kfold_assignments
+from .tabular import index_csv, index_folder
 
 DATASETS: dict[str, Callable[..., DataIndex]] = {
     "demo": index_demo,
@@ -40,6 +45,7 @@ DATASETS: dict[str, Callable[..., DataIndex]] = {
     "csv": index_csv,
 }
 BAD_IMAGE_POLICIES = ("error", "skip")
+RESERVED_COLUMNS = ("path", "label", "group", "id", "split", "row", "hash")
 
 
 def register_dataset(name: str, adapter: Callable[..., DataIndex]) -> None:
@@ -59,9 +65,7 @@ def dataset_options(name: str) -> dict[str, Any]:
 
 def _lookup(name: str) -> Callable[..., DataIndex]:
     if name not in DATASETS:
-        close = difflib.get_close_matches(str(name), DATASETS, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ValueError(f"Unknown dataset '{name}'{hint}; expected one of {list_datasets()}")
+        raise unknown_name("dataset", name, DATASETS)
     return DATASETS[name]
 
 
@@ -73,44 +77,55 @@ class SplitData:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _assign_splits(table: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int,
-                   fold: int | None, num_folds: int | None) -> pd.Series:
-    split = table["split"].fillna("").astype(str).copy()
-    labels, groups = table["label"].to_numpy(), table["group"].astype(str).to_numpy()
-    free = (split == "").to_numpy()
-    if free.any() and not (split == "test").any():
-        held = group_holdout(labels[free], groups[free], test_fraction, seed + 1)
-        split.iloc[np.flatnonzero(free)] = np.where(held, "test", "train")
-    split = split.where(split != "", "train")
-    if not (split == "val").any():
-        train = np.flatnonzero((split == "train").to_numpy())
-        if fold is not None:
-            k = num_folds or 5
-            if not 0 <= fold < k:
-                raise ValueError(f"Expected `fold` in [0, {k}), but got {fold}")
-            held = group_kfold_assignments(labels[train], groups[train], k, seed) == fold
-        else:
-            held = group_holdout(labels[train], groups[train], val_fraction, seed)
-        split.iloc[train[held]] = "val"
-    return split
+def assign_splits(labels: np.ndarray, groups: np.ndarray, official: np.ndarray, val_fraction: float = 0.15,
+                  test_fraction: float = 0.2, calib_fraction: float = 0.1, seed: int = 0, fold: int | None = None,
+                  num_folds: int | None = None) -> np.ndarray:
+    """The split of every sample: official splits kept, missing ones carved by group from the training pool.
+
+    Args:
+        labels, groups: ``(N,)`` per sample. official: ``(N,)`` split names fixed by the data (``""``: free).
+        val_fraction / test_fraction / calib_fraction: shares of the pool carved for the missing splits
+            (``calib_fraction`` 0: no calibration split).
+        seed: carving seed. fold / num_folds: validation = fold ``fold`` of ``num_folds`` group folds of
+            the training part instead of a carved share.
+    """
+    split = np.asarray(official, dtype=object).copy()
+    present = set(split) - {"", "train"}
+    if fold is not None and "val" in present:
+        raise ValueError("`fold` / `num_folds` do not apply: this data set has an official validation split")
+    if fold is not None and not 0 <= fold < (num_folds or 5):
+        raise ValueError(f"Expected `fold` in [0, {num_folds or 5}), but got {fold}")
+    wanted = {"test": test_fraction, "val": None if fold is not None else val_fraction, "calib": calib_fraction}
+    carve = {s: f for s, f in wanted.items() if s not in present and f}
+    pool = np.flatnonzero((split == "") | (split == "train"))
+    parts = carve_groups(labels[pool], groups[pool], carve, seed)
+    split[pool] = np.where(parts == "", "train", parts)
+    if fold is not None:
+        train = np.flatnonzero(split == "train")
+        held = group_kfold_assignments(labels[train], groups[train], num_folds or 5, seed) == fold
+        split[train[held]] = "val"
+    return split.astype(str)
 
 
 def _apply_duplicate_policy(table: pd.DataFrame, policy: str, info: dict[str, Any]) -> pd.DataFrame:
+    """Byte-identical images on two sides (only official splits can separate them): warn, error, or drop the
+    copies in the later split (order train, val, calib, test)."""
     groups = duplicate_groups(table)
     info["duplicates"] = summarize_duplicates(groups)
     info["duplicate_groups"] = groups
-    leaking = [g for g in groups if "train" in g["splits"] and len(g["splits"]) > 1]
-    if not leaking:
+    crossing = [g for g in groups if len(g["splits"]) > 1]
+    if not crossing:
         return table
-    msg = (f"{len(leaking)} group(s) of byte-identical images appear in 'train' and in an evaluation split, "
-           f"e.g. {leaking[0]['files'][:2]}")
+    msg = (f"{len(crossing)} group(s) of byte-identical images appear in two splits (e.g. "
+           f"{crossing[0]['files'][:2]} in {crossing[0]['splits']})")
     if policy == "error":
-        raise ValueError(msg + " (duplicates: error); set `data.duplicates: drop` to remove them from evaluation")
+        raise ValueError(msg + " (duplicates: error); set `data.duplicates: drop` to remove the later copies")
     if policy == "warn":
         warnings.warn(msg + " (duplicates: warn, kept)", UserWarning, stacklevel=3)
         return table
-    train_hashes = set(table.loc[table["split"] == "train", "hash"])
-    drop = (table["split"] != "train") & table["hash"].isin(train_hashes)
+    rank = table["split"].map({s: i for i, s in enumerate(SPLITS)})
+    first = rank.groupby(table["hash"]).transform("min")
+    drop = rank > first
     info["dropped_duplicates"] = table.loc[drop, "path"].tolist()
     return table.loc[~drop]
 
@@ -120,73 +135,124 @@ def _images_and_hashes(name: str, index: DataIndex, table: pd.DataFrame, image_s
     """The image array (cached memory map, or resized in-memory images) and the table with a content hash per
     row; unreadable files raise (``error``) or are dropped and recorded in ``info["skipped"]`` (``skip``)."""
     if index.images is not None:
-        images = resize_images(index.images, image_size)
+        images = resize_array(index.images, image_size)
         table["hash"] = [hashlib.md5(index.images[r].tobytes()).hexdigest() for r in table["row"]]
         return images, table
     paths = table["path"].tolist()
     images, bad, hashes = cached_images(name, paths, image_size, cache_root(cache_dir), progress=progress)
     if bad and on_bad_image == "error":
         lines = "\n".join(f"  {p}: {r}" for p, r in sorted(bad.items()))
-        raise ValueError(f"{len(bad)} unreadable image(s) (on_bad_image: error):\n{lines}")
+        raise ValueError(f"{len(bad)} unreadable image(s) (on_bad_image: error; set data.on_bad_image: skip to "
+                         f"leave them out):\n{lines}")
     info["skipped"] = bad
     table["hash"] = hashes  # computed once, when the cache was built
     table = table.loc[~table["path"].isin(bad)].copy()
     return images, table
 
 
+def _index(name: str, root: str | Path | None, options: dict[str, Any]) -> DataIndex:
+    adapter = _lookup(name)
+    allowed = dataset_options(name)
+    for key in options:
+        if key not in allowed:
+            raise ValueError(f"Dataset '{name}' has no option '{key}'; expected some of {sorted(allowed)}")
+    if root is None and inspect.signature(adapter).parameters["root"].default is inspect.Parameter.empty:
+        raise ValueError(f"Dataset '{name}' needs `root` (the data folder)")
+    if root is not None and not Path(root).exists() and name not in ("demo",):
+        raise FileNotFoundError(f"Data folder {root} (data.root) does not exist")
+    index = adapter(root, **options)
+    clash = [c for c in index.metadata if c in RESERVED_COLUMNS]
+    if clash:
+        raise ValueError(f"Dataset '{name}': metadata column(s) {clash} clash with riskcl's own columns "
+                         f"{list(RESERVED_COLUMNS)}; rename them")
+    return index
+
+
+def _prepare(name: str, root: str | Path | None, image_size: int, on_bad_image: str, cache_dir: Any,
+             progress: bool, options: dict[str, Any]):
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise ValueError(f"Expected `on_bad_image` in {BAD_IMAGE_POLICIES}, but got {on_bad_image!r}")
+    index = _index(name, root, options)
+    table = index.table.copy()
+    table["row"] = np.arange(len(table))
+    info: dict[str, Any] = {"dataset": name, "root": None if root is None else str(root),
+                            "problems": list(index.problems), "skipped": {}, "metadata": list(index.metadata)}
+    images, table = _images_and_hashes(name, index, table, image_size, on_bad_image, cache_dir, progress, info)
+    # Without a patient / lesion id, the content hash is the group: copies of one image stay together.
+    table["real_group"] = table["group"].notna()
+    table["group"] = table["group"].where(table["real_group"], table["hash"])
+    return index, table, images, info
+
+
+def _fixed(table: pd.DataFrame, fixed_splits: Mapping[str, str]) -> pd.Series:
+    split = table["path"].astype(str).map(fixed_splits)
+    missing = set(fixed_splits) - set(table["path"].astype(str))
+    if missing:
+        raise ValueError(f"{len(missing)} image(s) of the run's splits.csv are no longer in the data folder, e.g. "
+                         f"{sorted(missing)[0]}; the data changed since the run was trained")
+    return split.fillna("")
+
+
 def create_datasets(name: str, root: str | Path | None = None, image_size: int = 224, val_fraction: float = 0.15,
-                    test_fraction: float = 0.2, seed: int = 0, fold: int | None = None,
-                    num_folds: int | None = None, on_bad_image: str = "error", duplicates: str = "warn",
-                    cache_dir: str | Path | None = None, augment: bool = True, progress: bool = True,
-                    **options: Any) -> SplitData:
+                    test_fraction: float = 0.2, calib_fraction: float = 0.1, seed: int = 0,
+                    fold: int | None = None, num_folds: int | None = None, on_bad_image: str = "error",
+                    duplicates: str = "warn", cache_dir: str | Path | None = None, progress: bool = True,
+                    fixed_splits: Mapping[str, str] | None = None, **options: Any) -> SplitData:
     """Index, decode (cached), split and wrap a data set.
 
     Args:
         name: registry name (``list_datasets()``). root: the data folder, in its public layout.
         image_size: side of the square images fed to the model.
-        val_fraction / test_fraction: carved by whole groups, stratified, when the data set has no such split.
-        seed: split seed. fold / num_folds: take validation fold ``fold`` of ``num_folds`` group folds instead.
+        val_fraction / test_fraction / calib_fraction / seed / fold / num_folds: see :func:`assign_splits`.
         on_bad_image: ``error`` (default: a ``ValueError`` naming each unreadable file) or ``skip`` (listed in
-            ``info["skipped"]``). duplicates: ``warn``, ``drop`` (from the evaluation splits) or ``error`` for
-            byte-identical images in train and an evaluation split.
+            ``info["skipped"]``). duplicates: ``warn``, ``drop`` (the later copies) or ``error`` for
+            byte-identical images in two splits.
         cache_dir: where the decoded-image cache lives (default ``~/.cache/riskcl`` or ``$RISKCL_CACHE_DIR``).
-        augment: random rotation and flips on the training split.
+        fixed_splits: ``{path: split}`` to reproduce a run's ``splits.csv`` instead of assigning splits.
         **options: the adapter's own options (``dataset_options(name)``).
     """
-    adapter = _lookup(name)
-    if on_bad_image not in BAD_IMAGE_POLICIES:
-        raise ValueError(f"Expected `on_bad_image` in {BAD_IMAGE_POLICIES}, but got {on_bad_image!r}")
     if duplicates not in DUPLICATE_POLICIES:
         raise ValueError(f"Expected `duplicates` in {DUPLICATE_POLICIES}, but got {duplicates!r}")
-    allowed = dataset_options(name)
-    for key in options:
-        if key not in allowed:
-            raise ValueError(f"Dataset '{name}' has no option '{key}'; expected some of {sorted(allowed)}")
-    root_param = inspect.signature(adapter).parameters["root"]
-    if root is None and root_param.default is inspect.Parameter.empty:
-        raise ValueError(f"Dataset '{name}' needs `root` (the data folder)")
-    index = adapter(root, **options)
-    table = index.table.copy()
-    table["row"] = np.arange(len(table))
-    info: dict[str, Any] = {"dataset": name, "root": None if root is None else str(root),
-                            "problems": list(index.problems), "skipped": {}}
-    images, table = _images_and_hashes(name, index, table, image_size, on_bad_image, cache_dir, progress, info)
-    # Without a patient / lesion id, the content hash is the group: copies of one image stay together.
-    real_groups = table["group"].notna()
-    table["group"] = table["group"].where(real_groups, table["hash"])
-    table["split"] = _assign_splits(table, val_fraction, test_fraction, seed, fold, num_folds).to_numpy()
+    index, table, images, info = _prepare(name, root, image_size, on_bad_image, cache_dir, progress, options)
+    if fixed_splits is not None:
+        table["split"] = _fixed(table, fixed_splits).to_numpy()
+        table = table.loc[table["split"] != ""]
+    else:
+        table["split"] = assign_splits(table["label"].to_numpy(), table["group"].astype(str).to_numpy(),
+                                       table["split"].fillna("").astype(str).to_numpy(), val_fraction,
+                                       test_fraction, calib_fraction, seed, fold, num_folds)
     table = _apply_duplicate_policy(table, duplicates, info)
     # Real groups must never cross splits; hash groups across official splits are the duplicate report's job.
-    real = table.loc[real_groups.reindex(table.index, fill_value=False)]
+    real = table.loc[table["real_group"]]
     check_no_group_leak({s: real.loc[real["split"] == s, "group"].astype(str).unique() for s in SPLITS})
     datasets = {}
     for split in SPLITS:
         part = table.loc[table["split"] == split]
-        transform = build_transform(train=augment and split == "train")
-        datasets[split] = ImageDataset(images, part["row"].to_numpy(), part, index.taxonomy, transform, split)
+        if split == "calib" and part.empty and not calib_fraction and fixed_splits is None:
+            continue  # no calibration split asked for
+        datasets[split] = ImageDataset(images, part["row"].to_numpy(), part, index.taxonomy, split, index.metadata)
     info["counts"] = {s: dict(zip(index.taxonomy.classes, d.class_counts)) for s, d in datasets.items()}
     info["groups"] = {s: int(len(set(d.groups))) for s, d in datasets.items()}
     return SplitData(datasets, info)
+
+
+def create_eval_dataset(name: str, root: str | Path, split: str = "test", image_size: int = 224,
+                        on_bad_image: str = "error", cache_dir: str | Path | None = None, progress: bool = True,
+                        **options: Any) -> tuple[ImageDataset, str]:
+    """Another copy of a data set as one evaluation set: its official ``split`` when it has one, else all of it.
+
+    Returns the dataset and a sentence saying which was used.
+    """
+    index, table, images, info = _prepare(name, root, image_size, on_bad_image, cache_dir, progress, options)
+    official = table["split"].fillna("").astype(str)
+    if (official == split).any():
+        part, note = table.loc[official == split], f"the official '{split}' split of {root}"
+    else:
+        part, note = table, f"all {len(table)} images of {root} as one evaluation set (it has no official " \
+                            f"'{split}' split)"
+    if info["skipped"]:
+        note += f"; {len(info['skipped'])} unreadable image(s) skipped"
+    return ImageDataset(images, part["row"].to_numpy(), part, index.taxonomy, split, index.metadata), note
 
 
 def create_dataset(name: str, root: str | Path | None = None, split: str = "train", **kwargs: Any) -> ImageDataset:
@@ -199,4 +265,7 @@ def create_dataset(name: str, root: str | Path | None = None, split: str = "trai
     """
     if split not in SPLITS:
         raise ValueError(f"Expected `split` in {SPLITS}, but got {split!r}")
-    return create_datasets(name, root, **kwargs).datasets[split]
+    datasets = create_datasets(name, root, **kwargs).datasets
+    if split not in datasets:
+        raise ValueError(f"No '{split}' split (calib_fraction is 0)")
+    return datasets[split]

@@ -3,7 +3,7 @@
 ``partition/Test/{Train,Test}.xlsx`` is the official train / test split; ``partition/Validation/Val1..4`` are
 the official cross-validation folds of its training part. Labels come from the one-hot NC / G3 / G4 / G5 columns
 (G4C, cribriform, is a G4 sub-flag and does not change the class). The slide id is the image name before
-``_Block_Region_``; the official partitions keep every slide on one side.
+``_Block_Region_``; the official partitions keep every slide on one side. Metadata column: ``slide``.
 """
 from __future__ import annotations
 
@@ -68,8 +68,8 @@ def index_sicapv2(root: str | Path, partition: str = "test", check_files: bool =
             if check_files and not file.is_file():
                 missing.append(f"{path.name}: {name}")
             rows.append({"path": str(file), "label": label, "group": slide_id(name), "id": Path(name).stem,
-                         "split": split})
+                         "split": split, "slide": slide_id(name)})
     if missing:
         raise FileNotFoundError(f"{len(missing)} image(s) named in the partition files are missing from {images}, "
                                 f"e.g. {missing[:3]}")
-    return DataIndex(make_table(rows), get_taxonomy("sicapv2"))
+    return DataIndex(make_table(rows), get_taxonomy("sicapv2"), metadata=["slide"])

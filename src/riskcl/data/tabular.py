@@ -1,6 +1,10 @@
-"""A user's own data: an image folder (``root/<class>/*`` or ``root/{train,val,test}/<class>/*``) or a CSV
+"""A user's own data: an image folder (``root/<class>/*`` or ``root/{train,val,calib,test}/<class>/*``) or a CSV
 (``path, label`` and optional ``group`` and ``split`` columns), each with a taxonomy (YAML file, mapping or
-built-in name). Paths in a CSV are relative to ``root`` and may not leave it unless ``allow_outside_root``."""
+built-in name). Paths in a CSV, and symlinks in a folder, may not leave ``root`` unless ``allow_outside_root``.
+
+Metadata for subgroup analysis: the CSV's own columns named in ``metadata``; for a folder, an optional CSV
+(``metadata_csv``, relative to ``root``) with a ``file`` column (the image file name) and any other columns.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,7 +23,29 @@ def _taxonomy(taxonomy: Any, name: str):
     return load_taxonomy(taxonomy)
 
 
-def index_folder(root: str | Path, taxonomy: Any = None) -> DataIndex:
+def _folder_metadata(root: Path, metadata_csv: str, rows: list[dict], allow_outside_root: bool) -> list[str]:
+    path = safe_join(root, metadata_csv, allow_outside_root, source="data.options.metadata_csv")
+    if not path.is_file():
+        raise FileNotFoundError(f"Expected the metadata file {path} (data.options.metadata_csv)")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise ValueError(f"{path}: unreadable CSV ({type(exc).__name__}: {exc})") from None
+    if "file" not in df.columns:
+        raise ValueError(f"{path}: expected a column 'file' (the image file name) and metadata columns, but got "
+                         f"{list(df.columns)}")
+    if df["file"].duplicated().any():
+        raise ValueError(f"{path}: file '{df.loc[df['file'].duplicated(), 'file'].iloc[0]}' is listed twice")
+    columns = [c for c in df.columns if c != "file"]
+    by_file = df.set_index("file")[columns].to_dict("index")
+    for row in rows:
+        values = by_file.get(Path(row["path"]).name, {})
+        row.update({c: values.get(c, "unknown") or "unknown" for c in columns})
+    return columns
+
+
+def index_folder(root: str | Path, taxonomy: Any = None, metadata_csv: str | None = None,
+                 allow_outside_root: bool = False) -> DataIndex:
     root = Path(root)
     tax = _taxonomy(taxonomy, "folder")
     if not root.is_dir():
@@ -28,15 +54,16 @@ def index_folder(root: str | Path, taxonomy: Any = None) -> DataIndex:
     rows, problems = [], []
     if split_dirs:
         for split in split_dirs:
-            r, p = scan_class_folders(root / split, tax, split)
+            r, p = scan_class_folders(root / split, tax, split, root, allow_outside_root)
             rows += r
             problems += p
     else:
-        rows, problems = scan_class_folders(root, tax, "")
-    return DataIndex(make_table(rows), tax, problems=problems)
+        rows, problems = scan_class_folders(root, tax, "", root, allow_outside_root)
+    columns = _folder_metadata(root, metadata_csv, rows, allow_outside_root) if metadata_csv else []
+    return DataIndex(make_table(rows), tax, problems=problems, metadata=columns)
 
 
-def index_csv(root: str | Path, csv: str = "labels.csv", taxonomy: Any = None,
+def index_csv(root: str | Path, csv: str = "labels.csv", taxonomy: Any = None, metadata: list | None = None,
               allow_outside_root: bool = False) -> DataIndex:
     root = Path(root)
     tax = _taxonomy(taxonomy, "csv")
@@ -51,6 +78,11 @@ def index_csv(root: str | Path, csv: str = "labels.csv", taxonomy: Any = None,
         if col not in df.columns:
             raise ValueError(f"{path}: missing column '{col}'; expected path,label[,group][,split] "
                              f"(found {list(df.columns)})")
+    columns = [str(c) for c in (metadata or [])]
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: metadata column(s) {missing} (data.options.metadata) not found; columns are "
+                         f"{list(df.columns)}")
     rows = []
     for i, rec in enumerate(df.to_dict("records")):
         where = f"{path}, line {i + 2}"
@@ -63,11 +95,12 @@ def index_csv(root: str | Path, csv: str = "labels.csv", taxonomy: Any = None,
         if not file.is_file():
             raise FileNotFoundError(f"{where}: names a missing image {file}")
         rows.append({"path": str(file), "label": tax.index(rec["label"]), "group": rec.get("group") or None,
-                     "id": Path(rec["path"]).stem, "split": split})
+                     "id": Path(rec["path"]).stem, "split": split,
+                     **{c: rec[c] or "unknown" for c in columns}})
     if not rows:
         raise ValueError(f"{path}: no rows")
     labels = {r["label"] for r in rows}
     empty = [c for k, c in enumerate(tax.classes) if k not in labels]
     if empty:
         raise ValueError(f"{path}: empty class(es) {empty}: no row has that label")
-    return DataIndex(make_table(rows), tax)
+    return DataIndex(make_table(rows), tax, metadata=columns)

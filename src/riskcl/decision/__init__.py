@@ -1,8 +1,8 @@
 """Post-hoc decisions on a trained model's probabilities and risk control of the Critical Error Rate."""
 from .risk_control import RiskControlResult, conformal_risk_control, control_risk, learn_then_test
-from .rules import cost_minimizing_decision, fit_temperature, softmax, threshold_decision
+from .rules import DECISION_RULES, cost_minimizing_decision, decide, fit_temperature, softmax, threshold_decision
 
 __all__ = [
-    "RiskControlResult", "conformal_risk_control", "control_risk", "cost_minimizing_decision",
+    "DECISION_RULES", "RiskControlResult", "decide", "conformal_risk_control", "control_risk", "cost_minimizing_decision",
     "fit_temperature", "learn_then_test", "softmax", "threshold_decision",
 ]

@@ -4,6 +4,9 @@
   expected severity cost under the model's own probabilities.
 * Threshold rule on ``p(malignant)``: predict the most likely malignant class when ``p(malignant) >= t``,
   else the most likely benign class. ``t = 0.5`` on a binary taxonomy is the argmax.
+* :func:`decide`, the one decision riskcl prints: ``superclass`` (default) is the threshold rule at 0.5 (or at a
+  calibrated threshold): the superclass decision comes first, so a decision never contradicts p(malignant);
+  ``argmax`` is the fine-class argmax of the paper, which can call a case benign at p(malignant) = 0.6.
 * Temperature scaling (Guo et al. 2017): one scalar ``T`` fitted on validation logits by minimising the NLL.
 """
 from __future__ import annotations
@@ -36,16 +39,39 @@ def cost_minimizing_decision(probs: Any, matrix: Any) -> np.ndarray:
     return (p @ m).argmin(axis=1)
 
 
-def threshold_decision(probs: Any, taxonomy: Taxonomy, threshold: float) -> np.ndarray:
-    """``(N,)`` labels: best malignant class where ``p(malignant) >= threshold``, else best benign class."""
-    if not 0.0 <= threshold <= 1.0 + 1e-12:
+def threshold_decision(probs: Any, taxonomy: Taxonomy, threshold: float | np.ndarray) -> np.ndarray:
+    """``(N,)`` labels: best malignant class where ``p(malignant) >= threshold``, else best benign class.
+
+    ``threshold``: a number, or one per sample ``(N,)`` (per-group operating points)."""
+    t = np.asarray(threshold, dtype=np.float64)
+    if not np.all((t >= 0.0) & (t <= 1.0 + 1e-12)):
         raise ValueError(f"Expected `threshold` in [0, 1], but got {threshold}")
     taxonomy.require_both_superclasses()
     p = _probs(probs, taxonomy.num_classes)
     mal, ben = np.asarray(taxonomy.malignant_indices), np.asarray(taxonomy.benign_indices)
     best_mal = mal[p[:, mal].argmax(axis=1)]
     best_ben = ben[p[:, ben].argmax(axis=1)]
-    return np.where(malignant_probability(p, taxonomy) >= threshold, best_mal, best_ben)
+    return np.where(malignant_probability(p, taxonomy) >= t, best_mal, best_ben)
+
+
+DECISION_RULES = ("superclass", "argmax")
+
+
+def decide(probs: Any, taxonomy: Taxonomy, rule: str = "superclass", threshold: float = 0.5) -> np.ndarray:
+    """``(N,)`` decisions: ``superclass`` (the threshold rule at ``threshold``) or ``argmax``.
+
+    Example:
+        >>> from riskcl.taxonomy import Taxonomy
+        >>> tax = Taxonomy("t", ("nevus", "mel", "bcc"), (0, 1, 1))
+        >>> p = [[0.4, 0.3, 0.3]]                   # p(malignant) = 0.6
+        >>> decide(p, tax).tolist(), decide(p, tax, "argmax").tolist()
+        ([1], [0])
+    """
+    if rule == "argmax":
+        return _probs(probs, taxonomy.num_classes).argmax(axis=1)
+    if rule == "superclass":
+        return threshold_decision(probs, taxonomy, threshold)
+    raise ValueError(f"Expected `rule` in {DECISION_RULES}, but got {rule!r}")
 
 
 def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:

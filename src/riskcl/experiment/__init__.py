@@ -1,4 +1,9 @@
-"""Run folders (atomic, resumable, locked) and sweeps."""
-from .run import RunFailed, load_run_predictions, read_config, read_status, run_experiment
+"""Run folders (atomic, resumable, locked), training runs, sweeps, re-evaluation, calibration, lambda tuning."""
+from .calibrate import calibrate_run
+from .demo import run_demo
+from .evaluate import evaluate_run
+from .folder import RunFolder, RunFolderError
+from .run import RunFailed, build_data, run_experiment
 
-__all__ = ["RunFailed", "load_run_predictions", "read_config", "read_status", "run_experiment"]
+__all__ = ["RunFailed", "RunFolder", "RunFolderError", "build_data", "calibrate_run", "evaluate_run", "run_demo",
+           "run_experiment"]

@@ -1,34 +1,90 @@
-"""Post-hoc operating point of a finished run: fit on its validation predictions, apply to its test ones."""
+"""The operating point of a finished run, chosen on data that chose nothing else.
+
+Risk control (Learn-then-Test, conformal risk control) is valid only on calibration data untouched by any
+choice. The validation split picked the best epoch, so its predictions are optimistic; by default the
+threshold is fitted on the run's calibration split (``calib_predictions.npz``, carved by group and never used
+for selection), and applied unchanged to the test split. Calibrating on the validation split needs an explicit
+``allow_selection_split`` and says why it is unsafe. Only prediction files are read: no weights, no model.
+
+A shift check compares the p(malignant) of malignant cases in the calibration and test splits (two-sample
+Kolmogorov-Smirnov test): the guarantee holds for data exchangeable with the calibration set, and a small p-value
+says the test data is not.
+"""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 
 from ..decision import control_risk, fit_temperature, softmax, threshold_decision
-from ..metrics import safety_report
-from ..predict import load_run_model
-from .io import atomic_write_json
-from .run import load_run_predictions
+from ..metrics import malignant_probability, safety_report
+from .folder import RunFolder
+
+CALIBRATION_SPLITS = ("calib", "val")
+SELECTION_WARNING = ("the validation split chose the best epoch, so its predictions are optimistic: the "
+                     "threshold may not carry the guarantee to new data (measured on ISIC: validation CER below "
+                     "test CER in every run). Prefer the calibration split (data.calib_fraction > 0)")
+SHIFT_P_VALUE = 0.01
+TEST_KEYS = ("cer", "sensitivity", "specificity", "f1_macro", "accuracy", "type_i", "type_ii", "n")
+
+
+def shift_check(cal_scores: np.ndarray, eval_scores: np.ndarray) -> dict[str, Any]:
+    """Two-sample KS test of malignant p(malignant) between calibration and evaluation data."""
+    from scipy.stats import ks_2samp
+
+    if len(cal_scores) < 2 or len(eval_scores) < 2:
+        return {"test": "ks_2samp", "p_value": float("nan"), "shift": False, "note": "too few malignant cases"}
+    res = ks_2samp(cal_scores, eval_scores)
+    shifted = bool(res.pvalue < SHIFT_P_VALUE)
+    note = (f"p(malignant) of malignant cases differs between the calibration and test splits (KS p = "
+            f"{res.pvalue:.2g} < {SHIFT_P_VALUE}): the test data is not exchangeable with the calibration data, so "
+            f"the guarantee need not hold on it") if shifted else "no shift detected"
+    return {"test": "ks_2samp", "statistic": float(res.statistic), "p_value": float(res.pvalue), "shift": shifted,
+            "note": note}
+
+
+def _check_split(folder: RunFolder, split: str, allow_selection_split: bool) -> None:
+    if split not in CALIBRATION_SPLITS:
+        raise ValueError(f"Expected the calibration split in {CALIBRATION_SPLITS}, but got {split!r} (the test "
+                         f"split reports the result; it cannot also choose the threshold)")
+    if split == "val" and not allow_selection_split:
+        raise ValueError(f"Refusing to calibrate {folder.path} on the validation split: {SELECTION_WARNING}. "
+                         f"Pass --allow-selection-split to do it anyway")
+    if split == "calib" and not folder.has_predictions("calib"):
+        raise FileNotFoundError(f"{folder.prediction_file('calib')} not found: this run has no calibration split "
+                                f"(data.calib_fraction was 0, or the run predates it). Retrain with a calibration "
+                                f"split, or pass --split val --allow-selection-split (unsafe: {SELECTION_WARNING})")
 
 
 def calibrate_run(run_dir: str | Path, alpha: float, delta: float = 0.1, method: str = "ltt",
-                  temperature: bool = False) -> dict[str, Any]:
-    """Choose the p(malignant) threshold on ``val_predictions.npz`` (risk control of the CER), report the test
+                  temperature: bool = False, split: str = "calib",
+                  allow_selection_split: bool = False) -> dict[str, Any]:
+    """Choose the p(malignant) threshold on ``split``'s predictions (risk control of the CER), report the test
     metrics at that threshold and write ``calibration.json``."""
-    run_dir = Path(run_dir)
-    _, _, taxonomy = load_run_model(run_dir)
-    val, test = load_run_predictions(run_dir, "val"), load_run_predictions(run_dir, "test")
-    t_scale = fit_temperature(val["logits"], val["target"]) if temperature else 1.0
-    result = control_risk(method, softmax(val["logits"], t_scale), val["target"], taxonomy, alpha, delta,
-                          groups=val.get("groups"))
-    test_probs = softmax(test["logits"], t_scale)
+    folder = RunFolder(run_dir)
+    folder.require()
+    _check_split(folder, split, allow_selection_split)
+    taxonomy = folder.taxonomy()
+    cal, test = folder.predictions(split), folder.predictions("test")
+    t_scale = 1.0
+    if temperature:  # fitted on validation, so the calibration split stays untouched by any fit
+        val = folder.predictions("val")
+        t_scale = fit_temperature(val["logits"], val["target"])
+    cal_probs, test_probs = softmax(cal["logits"], t_scale), softmax(test["logits"], t_scale)
+    result = control_risk(method, cal_probs, cal["target"], taxonomy, alpha, delta, groups=cal.get("groups"))
     labels = threshold_decision(test_probs, taxonomy, result.threshold)
-    rep = safety_report(labels, test["target"], taxonomy)
-    argmax = safety_report(test_probs, test["target"], taxonomy)
-    out = {**result.to_dict(), "temperature": t_scale, "calibration_set": "validation split (val_predictions.npz)",
-           "test": {k: rep[k] for k in ("cer", "sensitivity", "specificity", "f1_macro", "accuracy", "type_i",
-                                        "type_ii", "n")},
-           "test_argmax": {k: argmax[k] for k in ("cer", "sensitivity", "specificity", "f1_macro", "accuracy")}}
-    atomic_write_json(run_dir / "calibration.json", out)
+    rep = safety_report(test_probs, test["target"], taxonomy, labels=labels)
+    default = safety_report(test_probs, test["target"], taxonomy, labels=threshold_decision(test_probs, taxonomy, 0.5))
+    shift = shift_check(*(malignant_probability(p, taxonomy)[taxonomy.superclass[y] == 1]
+                          for p, y in ((cal_probs, cal["target"]), (test_probs, test["target"]))))
+    out = {**result.to_dict(), "temperature": t_scale, "calibration_split": split,
+           "calibration_file": folder.prediction_file(split).name,
+           "selection_split_warning": SELECTION_WARNING if split == "val" else None,
+           "test": {k: rep[k] for k in TEST_KEYS}, "test_default_rule": {k: default[k] for k in TEST_KEYS},
+           "shift_check": shift}
+    if shift["shift"]:
+        warnings.warn(shift["note"], UserWarning, stacklevel=2)
+    folder.write_calibration(out)
     return out

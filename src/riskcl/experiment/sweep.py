@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 
-from ..config import ConfigError, ExperimentConfig, _read_yaml, config_from_dict
-from .io import atomic_write_json
+from ..config import ConfigError, ExperimentConfig, config_from_dict, parse_yaml_text, read_yaml
+from ..io import atomic_write_json
 from .lock import RunLocked
-from .run import RunFailed, read_status, run_experiment
+from .folder import RunFolder
+from .run import RunFailed, run_experiment
 
 
 @dataclass(frozen=True)
@@ -55,13 +55,13 @@ def load_sweep(path: str | Path, extra_overrides: Mapping[str, Any] | None = Non
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Sweep file {path} does not exist")
-    spec = yaml.safe_load(path.read_text()) or {}
+    spec = parse_yaml_text(path.read_text(encoding="utf-8", errors="replace"), str(path))
     if not isinstance(spec, dict):
         raise ConfigError(f"{path}: expected a mapping with `base`, `overrides` and `grid`")
     unknown = set(spec) - {"base", "overrides", "grid"}
     if unknown:
         raise ConfigError(f"{path}: unknown sweep keys {sorted(unknown)}; expected base, overrides, grid")
-    base = _read_yaml(path.parent / spec["base"]) if spec.get("base") else {}
+    base = read_yaml(path.parent / str(spec["base"])) if spec.get("base") else {}
     overrides = {**(spec.get("overrides") or {}), **(extra_overrides or {})}
     grid = spec.get("grid") or {}
     if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
@@ -106,7 +106,10 @@ def run_sweep(path: str | Path, out: str | Path, shard: str | None = None,
     summary: dict[str, Any] = {}
     for k, run in enumerate(runs, 1):
         folder = out / run.run_id
-        before = read_status(folder).get("state")
+        try:
+            before = RunFolder(folder).state
+        except ValueError:
+            before = "damaged"
         if before == "finished":
             summary[run.run_id] = "skipped (finished)"
             continue

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..config import ExperimentConfig, config_from_dict
-from .io import atomic_write_json
+from ..io import atomic_write_json
 from .run import run_experiment
 
 

@@ -8,7 +8,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import as_float32, check_inputs
+from ._common import as_float32, check_inputs, check_number
+
+
+def _check_focal(gamma: float, alpha: float) -> tuple[float, float]:
+    return check_number("gamma", gamma, 0.0), check_number("alpha", alpha, 0.0, min_inclusive=False)
+
+
+def _focal(x: torch.Tensor, target: torch.Tensor, gamma: float, alpha: float) -> torch.Tensor:
+    logp_t = F.log_softmax(x, dim=1).gather(1, target[:, None]).squeeze(1)
+    p_t = logp_t.exp()
+    return (-alpha * (1.0 - p_t).clamp_min(0).pow(gamma) * logp_t).mean()
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: float = 0.25) -> torch.Tensor:
@@ -24,11 +34,7 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, a
         0.043322
     """
     check_inputs(logits, target)
-    if gamma < 0 or alpha <= 0:
-        raise ValueError(f"Expected `gamma` >= 0 and `alpha` > 0, but got gamma={gamma}, alpha={alpha}")
-    logp_t = F.log_softmax(as_float32(logits), dim=1).gather(1, target[:, None]).squeeze(1)
-    p_t = logp_t.exp()
-    return (-alpha * (1.0 - p_t).clamp_min(0).pow(gamma) * logp_t).mean()
+    return _focal(as_float32(logits), target, *_check_focal(gamma, alpha))
 
 
 class FocalLoss(nn.Module):
@@ -36,9 +42,8 @@ class FocalLoss(nn.Module):
 
     def __init__(self, gamma: float = 2.0, alpha: float = 0.25) -> None:
         super().__init__()
-        if gamma < 0 or alpha <= 0:
-            raise ValueError(f"Expected `gamma` >= 0 and `alpha` > 0, but got gamma={gamma}, alpha={alpha}")
-        self.gamma, self.alpha = float(gamma), float(alpha)
+        self.gamma, self.alpha = _check_focal(gamma, alpha)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return focal_loss(logits, target, self.gamma, self.alpha)
+        check_inputs(logits, target)
+        return _focal(as_float32(logits), target, self.gamma, self.alpha)

@@ -1,12 +1,14 @@
-"""The loss registry: ``create_loss(name, taxonomy=..., class_counts=..., **params)``.
+"""The loss registry: ``create_loss(name, taxonomy=..., class_counts=..., cost=..., **params)``.
 
-Each entry is a builder taking the taxonomy, the training class counts and its own keyword parameters; its
-signature is the list of parameters a config may set (checked before training starts).
+Each entry is a builder plus what it needs from the run (``taxonomy``, ``class_counts``); the builder's keyword
+parameters are the list a config may set under ``loss.params`` (checked before training starts). Cost-based
+losses (``rcl``, ``expected-cost``) use the run's clinical cost matrix (``cost``) unless their own parameters
+(``lambda1``, ``lambda2``, ``cost_matrix``) say otherwise; missing penalties then take the package defaults.
 """
 from __future__ import annotations
 
-import difflib
 import inspect
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Sequence
 
@@ -14,11 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..taxonomy import Taxonomy, severity_matrix, validate_cost_matrix
-from .cross_entropy import CrossEntropyLoss, class_weights_from_counts
+from .._names import did_you_mean, unknown_name
+from ..taxonomy import DEFAULT_LAMBDA1, DEFAULT_LAMBDA2, Taxonomy, resolve_cost_matrix
+from .cross_entropy import CrossEntropyLoss, LogitAdjustedLoss, class_weights_from_counts
 from .focal import FocalLoss
 from .hierarchical import ExpectedCostLoss, HierarchicalCrossEntropyLoss, SoftLabelLoss
 from .risk_calibrated import RiskCalibratedLoss
+from .superclass import MarginalBCELoss, PartialAUCLoss
 
 # The seven (lambda1, lambda2) settings of the paper's ablation (Table IV).
 RCL_PRESETS: dict[str, tuple[float, float]] = {
@@ -27,73 +31,117 @@ RCL_PRESETS: dict[str, tuple[float, float]] = {
     "structsafe": (5.0, 10.0),
     "uniform": (10.0, 10.0),
     "sparse": (1.0, 20.0),
-    "proposed": (5.0, 20.0),
+    "proposed": (DEFAULT_LAMBDA1, DEFAULT_LAMBDA2),
     "highstruct": (10.0, 20.0),
 }
 
 
-def _matrix(taxonomy: Taxonomy, lambda1: float, lambda2: float, cost_matrix: Any) -> torch.Tensor:
-    if cost_matrix is not None:
-        return torch.as_tensor(validate_cost_matrix(cost_matrix, taxonomy), dtype=torch.float32)
-    return torch.as_tensor(severity_matrix(taxonomy, lambda1, lambda2), dtype=torch.float32)
+@dataclass(frozen=True)
+class LossContext:
+    """What a builder may use from the run: the taxonomy, the training class counts, the run's cost matrix."""
+
+    taxonomy: Taxonomy | None
+    class_counts: list[int] | None
+    cost: np.ndarray | None
+
+    @property
+    def superclass(self) -> torch.Tensor:
+        return torch.as_tensor(self.taxonomy.superclass, dtype=torch.long)
 
 
-def _superclass(taxonomy: Taxonomy) -> torch.Tensor:
-    return torch.as_tensor(taxonomy.superclass, dtype=torch.long)
+@dataclass(frozen=True)
+class LossSpec:
+    """A registered loss: its builder and what it needs (checked by :func:`create_loss`)."""
+
+    builder: Callable[..., nn.Module]
+    needs_taxonomy: bool = False
+    needs_counts: bool = False
 
 
-def _ce(taxonomy: Taxonomy, class_counts: Sequence[int] | None) -> nn.Module:
+def _cost(ctx: LossContext, lambda1: float | None, lambda2: float | None, cost_matrix: Any) -> torch.Tensor:
+    if lambda1 is None and lambda2 is None and cost_matrix is None and ctx.cost is not None:
+        matrix = resolve_cost_matrix(ctx.taxonomy, matrix=ctx.cost)
+    else:
+        matrix = resolve_cost_matrix(ctx.taxonomy, DEFAULT_LAMBDA1 if lambda1 is None else lambda1,
+                                     DEFAULT_LAMBDA2 if lambda2 is None else lambda2, cost_matrix)
+    return torch.as_tensor(matrix, dtype=torch.float32)
+
+
+def _ce(ctx: LossContext) -> nn.Module:
     return CrossEntropyLoss()
 
 
-def _wce(taxonomy: Taxonomy, class_counts: Sequence[int] | None) -> nn.Module:
-    if class_counts is None:
-        raise ValueError("Loss 'wce' needs `class_counts` (the training-set count of each class)")
-    if len(class_counts) != taxonomy.num_classes:
-        raise ValueError(f"Loss 'wce': expected {taxonomy.num_classes} class counts, but got {len(class_counts)}")
-    return CrossEntropyLoss(weight=class_weights_from_counts(class_counts).float())
+def _wce(ctx: LossContext) -> nn.Module:
+    return CrossEntropyLoss(weight=class_weights_from_counts(ctx.class_counts).float())
 
 
-def _focal(taxonomy: Taxonomy, class_counts: Sequence[int] | None, gamma: float = 2.0,
-           alpha: float = 0.25) -> nn.Module:
+def _focal(ctx: LossContext, gamma: float = 2.0, alpha: float = 0.25) -> nn.Module:
     return FocalLoss(gamma, alpha)
 
 
-def _ls(taxonomy: Taxonomy, class_counts: Sequence[int] | None, epsilon: float = 0.1) -> nn.Module:
+def _ls(ctx: LossContext, epsilon: float = 0.1) -> nn.Module:
     return CrossEntropyLoss(label_smoothing=epsilon)
 
 
-def _rcl(taxonomy: Taxonomy, class_counts: Sequence[int] | None, lambda1: float = 5.0, lambda2: float = 20.0,
-         cost_matrix: Any = None) -> nn.Module:
-    return RiskCalibratedLoss(_matrix(taxonomy, lambda1, lambda2, cost_matrix))
+def _logit_adjust(ctx: LossContext, tau: float = 1.0) -> nn.Module:
+    return LogitAdjustedLoss(ctx.class_counts, tau)
 
 
-def _hxe(taxonomy: Taxonomy, class_counts: Sequence[int] | None, alpha: float = 0.1,
-         levels: int = 2) -> nn.Module:
-    return HierarchicalCrossEntropyLoss(_superclass(taxonomy), alpha, levels)
+def _rcl(ctx: LossContext, lambda1: float | None = None, lambda2: float | None = None, cost_matrix: Any = None,
+         warmup_epochs: int = 0) -> nn.Module:
+    return RiskCalibratedLoss(_cost(ctx, lambda1, lambda2, cost_matrix), warmup_epochs)
 
 
-def _soft_labels(taxonomy: Taxonomy, class_counts: Sequence[int] | None, beta: float = 10.0) -> nn.Module:
-    return SoftLabelLoss(_superclass(taxonomy), beta)
+def _hxe(ctx: LossContext, alpha: float = 0.1, levels: int = 2) -> nn.Module:
+    return HierarchicalCrossEntropyLoss(ctx.superclass, alpha, levels)
 
 
-def _expected_cost(taxonomy: Taxonomy, class_counts: Sequence[int] | None, weight: float = 1.0,
-                   lambda1: float = 5.0, lambda2: float = 20.0, cost_matrix: Any = None) -> nn.Module:
-    return ExpectedCostLoss(_matrix(taxonomy, lambda1, lambda2, cost_matrix), weight)
+def _soft_labels(ctx: LossContext, beta: float = 10.0) -> nn.Module:
+    return SoftLabelLoss(ctx.superclass, beta)
 
 
-LOSSES: dict[str, Callable[..., nn.Module]] = {
-    "ce": _ce,
-    "wce": _wce,
-    "focal": _focal,
-    "ls": _ls,
-    "rcl": _rcl,
-    "hxe": _hxe,
-    "soft-labels": _soft_labels,
-    "expected-cost": _expected_cost,
+def _expected_cost(ctx: LossContext, weight: float = 1.0, lambda1: float | None = None,
+                   lambda2: float | None = None, cost_matrix: Any = None) -> nn.Module:
+    return ExpectedCostLoss(_cost(ctx, lambda1, lambda2, cost_matrix), weight)
+
+
+def _marginal_bce(ctx: LossContext, weight: float = 1.0, pos_weight: float | str = 1.0) -> nn.Module:
+    if pos_weight == "auto":  # benign / malignant training counts
+        if ctx.class_counts is None:
+            raise ValueError("Loss 'marginal-bce' with pos_weight 'auto' needs `class_counts`")
+        counts, sup = np.asarray(ctx.class_counts, dtype=np.float64), ctx.taxonomy.superclass
+        if counts[sup == 1].sum() <= 0:
+            raise ValueError("Loss 'marginal-bce' with pos_weight 'auto': no malignant training sample")
+        pos_weight = float(counts[sup == 0].sum() / counts[sup == 1].sum())
+    return MarginalBCELoss(ctx.superclass, weight, pos_weight)
+
+
+def _pauc(ctx: LossContext, weight: float = 1.0, beta: float = 0.1, margin: float = 1.0) -> nn.Module:
+    return PartialAUCLoss(ctx.superclass, weight, beta, margin)
+
+
+LOSSES: dict[str, LossSpec] = {
+    "ce": LossSpec(_ce),
+    "wce": LossSpec(_wce, needs_counts=True),
+    "focal": LossSpec(_focal),
+    "ls": LossSpec(_ls),
+    "logit-adjust": LossSpec(_logit_adjust, needs_counts=True),
+    "rcl": LossSpec(_rcl, needs_taxonomy=True),
+    "hxe": LossSpec(_hxe, needs_taxonomy=True),
+    "soft-labels": LossSpec(_soft_labels, needs_taxonomy=True),
+    "expected-cost": LossSpec(_expected_cost, needs_taxonomy=True),
+    "marginal-bce": LossSpec(_marginal_bce, needs_taxonomy=True),
+    "pauc": LossSpec(_pauc, needs_taxonomy=True),
 }
 for _preset, (_l1, _l2) in RCL_PRESETS.items():
-    LOSSES[f"rcl-{_preset}"] = partial(_rcl, lambda1=_l1, lambda2=_l2)
+    LOSSES[f"rcl-{_preset}"] = LossSpec(partial(_rcl, lambda1=_l1, lambda2=_l2), needs_taxonomy=True)
+
+
+def register_loss(name: str, builder: Callable[..., nn.Module], needs_taxonomy: bool = False,
+                  needs_counts: bool = False) -> None:
+    """Add a loss: ``builder(ctx: LossContext, **params) -> nn.Module`` (its keyword parameters are the ones a
+    config may set); ``needs_*`` say what :func:`create_loss` must be given."""
+    LOSSES[name] = LossSpec(builder, needs_taxonomy, needs_counts)
 
 
 def list_losses() -> list[str]:
@@ -101,19 +149,22 @@ def list_losses() -> list[str]:
     return sorted(LOSSES)
 
 
+def _lookup(name: str) -> LossSpec:
+    if name not in LOSSES:
+        raise unknown_name("loss", name, LOSSES)
+    return LOSSES[name]
+
+
 def loss_params(name: str) -> dict[str, Any]:
     """The tunable parameters of loss ``name`` with their defaults (preset values included)."""
-    builder = _lookup(name)
-    sig = inspect.signature(builder)
-    return {k: p.default for k, p in list(sig.parameters.items())[2:]}
+    sig = inspect.signature(_lookup(name).builder)
+    return {k: p.default for k, p in list(sig.parameters.items())[1:]}
 
 
-def _lookup(name: str) -> Callable[..., nn.Module]:
-    if name not in LOSSES:
-        close = difflib.get_close_matches(str(name), LOSSES, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ValueError(f"Unknown loss '{name}'{hint}; expected one of {list_losses()}")
-    return LOSSES[name]
+def loss_needs(name: str) -> dict[str, bool]:
+    """``{"taxonomy": ..., "class_counts": ...}``: what loss ``name`` needs from the run."""
+    spec = _lookup(name)
+    return {"taxonomy": spec.needs_taxonomy, "class_counts": spec.needs_counts}
 
 
 def check_loss_params(name: str, params: dict[str, Any]) -> None:
@@ -121,20 +172,21 @@ def check_loss_params(name: str, params: dict[str, Any]) -> None:
     allowed = loss_params(name)
     for key in params:
         if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ValueError(f"Loss '{name}' has no parameter '{key}'{hint}; expected some of {sorted(allowed)}")
+            raise ValueError(f"Loss '{name}' has no parameter '{key}'{did_you_mean(key, allowed)}; expected some of "
+                             f"{sorted(allowed)}")
 
 
 def create_loss(name: str, taxonomy: Taxonomy | None = None, class_counts: Sequence[int] | np.ndarray | None = None,
-                **params: Any) -> nn.Module:
+                cost: Any = None, **params: Any) -> nn.Module:
     """Build a loss module by registry name.
 
     Args:
-        name: one of :func:`list_losses` (``ce``, ``wce``, ``focal``, ``ls``, ``rcl``, ``rcl-<preset>``,
-            ``hxe``, ``soft-labels``, ``expected-cost``).
+        name: one of :func:`list_losses` (``ce``, ``wce``, ``focal``, ``ls``, ``logit-adjust``, ``rcl``,
+            ``rcl-<preset>``, ``hxe``, ``soft-labels``, ``expected-cost``, ``marginal-bce``, ``pauc``).
         taxonomy: the class hierarchy (needed by every loss that uses severity or superclasses).
-        class_counts: training-set count per class (``wce``).
+        class_counts: training-set count per class (``wce``, ``logit-adjust``, ``marginal-bce`` with
+            ``pos_weight: auto``).
+        cost: the run's ``(K, K)`` clinical cost matrix: the default of ``rcl`` and ``expected-cost``.
         **params: the loss's own parameters (``lambda1``, ``lambda2``, ``cost_matrix``, ``gamma``, ...).
 
     Example:
@@ -143,12 +195,14 @@ def create_loss(name: str, taxonomy: Taxonomy | None = None, class_counts: Seque
         >>> loss.matrix[0, 2].item()      # glioma predicted as notumor: Type II
         20.0
     """
-    builder = _lookup(name)
+    spec = _lookup(name)
     check_loss_params(name, params)
-    if taxonomy is None:
-        needs_tax = name not in ("ce", "focal", "ls")
-        if needs_tax:
-            raise ValueError(f"Loss '{name}' needs a `taxonomy`")
-        taxonomy = Taxonomy("unused", ("a", "b"), (0, 1))
+    if spec.needs_taxonomy and taxonomy is None:
+        raise ValueError(f"Loss '{name}' needs a `taxonomy`")
     counts = None if class_counts is None else [int(c) for c in class_counts]
-    return builder(taxonomy, counts, **params)
+    if spec.needs_counts:
+        if counts is None:
+            raise ValueError(f"Loss '{name}' needs `class_counts` (the training-set count of each class)")
+        if taxonomy is not None and len(counts) != taxonomy.num_classes:
+            raise ValueError(f"Loss '{name}': expected {taxonomy.num_classes} class counts, but got {len(counts)}")
+    return spec.builder(LossContext(taxonomy, counts, None if cost is None else np.asarray(cost)), **params)

@@ -154,6 +154,25 @@ def auroc_malignant(probs: Any, target: Any, taxonomy: Taxonomy) -> float:
     return float((ranks[s == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def partial_auroc_high_sensitivity(probs: Any, target: Any, taxonomy: Taxonomy,
+                                   min_sensitivity: float = 0.9) -> float:
+    """Standardised partial AUROC of ``p(malignant)`` over the high-sensitivity end (sensitivity >= ``min_sensitivity``).
+
+    The region a triage model operates in: with benign as the positive class and ``-p(malignant)`` as its score,
+    sensitivity >= s is false-positive rate <= 1 - s, so this is scikit-learn's McClish-standardised
+    ``roc_auc_score(..., max_fpr=1 - s)``: 0.5 for a random score, 1 for a perfect one.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    _, pr, y = split_preds(probs, target, taxonomy.num_classes)
+    if pr is None:
+        return _nan("partial auroc: needs probabilities, got hard predictions")
+    s = taxonomy.superclass[y]
+    if s.min() == s.max():
+        return _nan("partial auroc: only one superclass present in `target`")
+    return float(roc_auc_score(1 - s, -malignant_probability(pr, taxonomy), max_fpr=1 - min_sensitivity))
+
+
 def expected_calibration_error(probs: Any, target: Any, n_bins: int = 15) -> float:
     """Top-label ECE: ``sum_b |B_b|/N * |acc(B_b) - conf(B_b)|`` over ``n_bins`` equal-width confidence bins."""
     yhat, pr, y = split_preds(probs, target)
@@ -178,5 +197,6 @@ def mean_cost(preds: Any, target: Any, matrix: Any) -> float:
 
 
 def default_cost_matrix(taxonomy: Taxonomy) -> np.ndarray:
-    """The matrix used for ``mean_cost`` when none is given: the paper's proposed setting (5, 20)."""
-    return severity_matrix(taxonomy, 5.0, 20.0)
+    """The matrix used for ``mean_cost`` when none is given: the severity matrix with the default penalties
+    (the paper's proposed setting)."""
+    return severity_matrix(taxonomy)

@@ -13,14 +13,18 @@ REPORT_KEYS = ("cer", "f1_macro", "accuracy", "visual_ambiguity", "type_i", "typ
                "specificity", "auroc", "ece", "mean_cost")
 
 
-def safety_report(preds: Any, target: Any, taxonomy: Taxonomy, cost_matrix: Any = None) -> dict[str, float]:
+def safety_report(preds: Any, target: Any, taxonomy: Taxonomy, cost_matrix: Any = None,
+                  labels: Any = None) -> dict[str, float]:
     """All metrics at once.
 
     Args:
-        preds: ``(N, K)`` probabilities or ``(N,)`` predicted labels (then ``auroc`` and ``ece`` are NaN).
+        preds: ``(N, K)`` probabilities or ``(N,)`` predicted labels (then ``auroc`` and ``ece`` are NaN, quietly:
+            hard labels have none).
         target: ``(N,)`` integer labels.
         taxonomy: the class hierarchy.
-        cost_matrix: ``(K, K)`` costs for ``mean_cost``; default: severity matrix with (lambda1, lambda2) = (5, 20).
+        cost_matrix: ``(K, K)`` costs for ``mean_cost``; default: the severity matrix with the default penalties.
+        labels: optional ``(N,)`` decisions to score instead of the argmax of ``preds`` (e.g. the superclass-first
+            rule of :func:`riskcl.decision.decide`); ``auroc`` and ``ece`` still come from the probabilities.
 
     Returns:
         ``{"n", "cer", "f1_macro", "accuracy", "visual_ambiguity", "type_i", "type_ii", "sensitivity",
@@ -33,6 +37,8 @@ def safety_report(preds: Any, target: Any, taxonomy: Taxonomy, cost_matrix: Any 
         (0.0, 0, 0.75)
     """
     yhat, probs, y = F.split_preds(preds, target, taxonomy.num_classes)
+    if labels is not None:
+        yhat, _, _ = F.split_preds(labels, y, taxonomy.num_classes)
     matrix = F.default_cost_matrix(taxonomy) if cost_matrix is None else cost_matrix
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # one summary warning below instead
@@ -50,7 +56,8 @@ def safety_report(preds: Any, target: Any, taxonomy: Taxonomy, cost_matrix: Any 
             "mean_cost": F.mean_cost(yhat, y, matrix),
         }
     out.pop("correct")
-    undefined = [k for k, v in out.items() if isinstance(v, float) and np.isnan(v)]
+    undefined = [k for k, v in out.items() if isinstance(v, float) and np.isnan(v)
+                 and not (probs is None and k in ("auroc", "ece"))]
     if undefined:
         warnings.warn(f"safety_report: undefined (NaN) metrics {undefined}", RuntimeWarning, stacklevel=2)
     return out

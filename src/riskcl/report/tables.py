@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..decision import softmax, threshold_decision
+from ..decision import decide, softmax, threshold_decision
 from ..metrics import bootstrap_ci, critical_error_rate, f1_macro, sensitivity_specificity
 from .collect import RunRecord
 
@@ -25,6 +25,12 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     return agg.reset_index()
 
 
+def run_labels(record: RunRecord, split: str = "test") -> np.ndarray:
+    """The run's test decisions under its own decision rule (superclass-first at 0.5, or argmax)."""
+    probs = softmax(record.predictions(split)["logits"])
+    return decide(probs, record.taxonomy, record.run.get("decision_rule", "argmax"))
+
+
 def pooled_cer_ci(records: list[RunRecord], n_resamples: int = 1000, seed: int = 0) -> dict[tuple, tuple]:
     """Bootstrap 95% CI of the seed-averaged CER per (dataset, model, method).
 
@@ -38,7 +44,7 @@ def pooled_cer_ci(records: list[RunRecord], n_resamples: int = 1000, seed: int =
     for key, group in by_key.items():
         tax = group[0].taxonomy
         preds = [r.predictions() for r in group]
-        labels = np.stack([p["logits"].argmax(1) for p in preds], 1)  # (N, seeds)
+        labels = np.stack([run_labels(r) for r in group], 1)  # (N, seeds)
         target = preds[0]["target"]
 
         def mean_cer(lab: np.ndarray, tgt: np.ndarray) -> float:
@@ -91,7 +97,8 @@ def threshold_curve(record: RunRecord, thresholds: np.ndarray | None = None) -> 
 
 def matched_sensitivity_table(records: list[RunRecord], reference: str = "ce") -> pd.DataFrame:
     """Each non-reference method against ``reference`` + a threshold moved to reach at least the same test
-    sensitivity (per seed, same dataset and model). Shows what retraining buys over a post-hoc threshold."""
+    sensitivity (per seed, same dataset and model). The threshold is matched on the test split itself, so this is
+    an upper bound on what a threshold can do; :mod:`riskcl.report.frontier` makes the fair comparison."""
     by = {}
     for r in records:
         by.setdefault((r.run["dataset"], r.run["model"], r.run["seed"]), {})[r.method] = r

@@ -1,10 +1,11 @@
-"""Sub-commands for studies and operating points: sweep, report, calibrate, tune-lambda, data."""
+"""Commands for studies and operating points: sweep, report, calibrate, tune-lambda, data."""
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
-from .cli import COMMANDS
-from .config import parse_overrides
+from .command import Command
 
 
 def _add_sweep(p: argparse.ArgumentParser) -> None:
@@ -16,8 +17,9 @@ def _add_sweep(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
-def _run_sweep(a: argparse.Namespace) -> int:
-    from .experiment.sweep import load_sweep, parse_shard, run_sweep, shard_runs
+def _sweep(a: argparse.Namespace) -> int:
+    from ..config import parse_overrides
+    from ..experiment.sweep import load_sweep, parse_shard, run_sweep, shard_runs
 
     extra = parse_overrides(a.set)
     if a.dry_run:
@@ -30,12 +32,12 @@ def _run_sweep(a: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-COMMANDS["sweep"] = ("run (or resume) every unfinished run of a YAML grid", _add_sweep, _run_sweep)
+SWEEP = Command("sweep", "run (or resume) every unfinished run of a YAML grid", _add_sweep, _sweep)
 
 
 def _add_data(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    c = sub.add_parser("check", help="validate a data folder: counts, groups, duplicates, bad files")
+    c = sub.add_parser("check", help="validate a data folder: counts, groups, duplicates, bad and dropped files")
     c.add_argument("name", help="dataset registry name (brain_mri, isic2018, breakhis, sicapv2, medmnist, ...)")
     c.add_argument("--root", default=None, help="the data folder")
     c.add_argument("--option", nargs="*", default=[], metavar="KEY=VALUE", help="adapter options")
@@ -43,11 +45,10 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     sub.add_parser("list", help="list the registered datasets and their options")
 
 
-def _run_data(a: argparse.Namespace) -> int:
-    import json
-
-    from .data.check import check_dataset, format_report
-    from .data.registry import dataset_options, list_datasets
+def _data(a: argparse.Namespace) -> int:
+    from ..config import parse_overrides
+    from ..data.check import check_dataset, format_report
+    from ..data.registry import dataset_options, list_datasets
 
     if a.data_command == "list":
         for name in list_datasets():
@@ -58,7 +59,7 @@ def _run_data(a: argparse.Namespace) -> int:
     return 0 if report["usable"] else 1
 
 
-COMMANDS["data"] = ("check a data folder (`riskcl data check NAME --root PATH`)", _add_data, _run_data)
+DATA = Command("data", "check a data folder (`riskcl data check NAME --root PATH`)", _add_data, _data)
 
 
 def _add_report(p: argparse.ArgumentParser) -> None:
@@ -67,21 +68,24 @@ def _add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", default="focal", help="baseline of the Table III comparison")
     p.add_argument("--method", default="rcl-proposed", help="method of the Table III comparison")
     p.add_argument("--reference", default="ce", help="model whose post-hoc threshold is compared")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CER CI")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    p.add_argument("--targets", type=float, nargs="+", default=[0.95, 0.98, 0.99],
+                   help="target sensitivities of the fair comparison (thresholds chosen on held-out data)")
+    p.add_argument("--by", action="append", default=[], metavar="COLUMN", help="subgroup tables per method")
 
 
-def _run_report(a: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .report.build import build_report
+def _report(a: argparse.Namespace) -> int:
+    from ..report.build import build_report
 
     out = Path(a.out) if a.out else Path(a.runs_dir) / "report"
-    path = build_report(a.runs_dir, out, a.baseline, a.method, a.reference, a.bootstrap)
+    path = build_report(a.runs_dir, out, a.baseline, a.method, a.reference, a.bootstrap, targets=a.targets,
+                        by=a.by)
     print(f"wrote {path} and {out / 'report.html'}")
     return 0
 
 
-COMMANDS["report"] = ("tables, Pareto and CER plots from finished run folders", _add_report, _run_report)
+REPORT = Command("report", "tables, the fair frontier, Pareto and CER plots from finished run folders",
+                 _add_report, _report)
 
 
 def _add_calibrate(p: argparse.ArgumentParser) -> None:
@@ -90,21 +94,42 @@ def _add_calibrate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--delta", type=float, default=0.1, help="failure probability of the ltt guarantee")
     p.add_argument("--method", choices=["ltt", "crc"], default="ltt",
                    help="ltt: CER <= alpha with prob. >= 1 - delta; crc: expected CER <= alpha")
+    p.add_argument("--split", choices=["calib", "val"], default="calib",
+                   help="predictions that choose the threshold (default: the calibration split)")
+    p.add_argument("--allow-selection-split", action="store_true",
+                   help="allow --split val although validation chose the best epoch (unsafe)")
     p.add_argument("--temperature", action="store_true", help="fit temperature scaling on validation first")
+    p.add_argument("--by", default=None, metavar="COLUMN", help="one threshold per group of this metadata column")
+    p.add_argument("--fallback", choices=["pooled", "conservative"], default="pooled",
+                   help="threshold of a group too small to certify: the pooled one or the most conservative")
 
 
-def _run_calibrate(a: argparse.Namespace) -> int:
-    from .experiment.calibrate import calibrate_run
+def _calibrate(a: argparse.Namespace) -> int:
+    from ..experiment.calibrate import calibrate_run
 
-    r = calibrate_run(a.run_dir, a.alpha, a.delta, a.method, a.temperature)
-    t = r["test"]
-    print(f"threshold p(malignant) >= {r['threshold']:.4f} ({r['method']}, {r['n_calibration']} malignant "
-          f"calibration {r['unit']}s)\n  guarantee: {r['guarantee']}\n  test: CER {100 * t['cer']:.2f}%  "
-          f"sensitivity {100 * t['sensitivity']:.2f}%  specificity {100 * t['specificity']:.2f}%  "
-          f"F1-macro {t['f1_macro']:.4f}\n  (argmax: CER {100 * r['test_argmax']['cer']:.2f}%, specificity "
-          f"{100 * r['test_argmax']['specificity']:.2f}%)\nwrote {a.run_dir}/calibration.json; use it with "
-          f"`riskcl predict {a.run_dir} ... --calibrated`")
+    if a.split == "val":
+        print("WARNING: calibrating on the validation split, which chose the best epoch: its predictions are "
+              "optimistic, so the guarantee may not carry to new data")
+    if a.by:
+        from ..experiment.subgroups import calibrate_by_group, format_group_calibration
+
+        r = calibrate_by_group(a.run_dir, a.by, a.alpha, a.delta, a.method, a.split, a.allow_selection_split,
+                               a.fallback)
+        print(format_group_calibration(r))
+        return 0
+    r = calibrate_run(a.run_dir, a.alpha, a.delta, a.method, a.temperature, a.split, a.allow_selection_split)
+    t, d = r["test"], r["test_default_rule"]
+    print(f"threshold p(malignant) >= {r['threshold']:.4f} ({r['method']} on the {r['calibration_split']} split, "
+          f"{r['n_calibration']} malignant {r['unit']}s)\n  guarantee: {r['guarantee']}\n  test: CER "
+          f"{100 * t['cer']:.2f}%  sensitivity {100 * t['sensitivity']:.2f}%  specificity "
+          f"{100 * t['specificity']:.2f}%  F1-macro {t['f1_macro']:.4f}\n  (threshold 0.5: CER {100 * d['cer']:.2f}%,"
+          f" specificity {100 * d['specificity']:.2f}%)\n  shift check: {r['shift_check']['note']}\n"
+          f"wrote {a.run_dir}/calibration.json; use it with `riskcl predict {a.run_dir} ... --calibrated`")
     return 0
+
+
+CALIBRATE = Command("calibrate", "choose a decision threshold that bounds the fatal error rate", _add_calibrate,
+                    _calibrate)
 
 
 def _add_tune(p: argparse.ArgumentParser) -> None:
@@ -117,9 +142,9 @@ def _add_tune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
-def _run_tune(a: argparse.Namespace) -> int:
-    from .config import load_config
-    from .experiment.tune import tune_lambda1
+def _tune(a: argparse.Namespace) -> int:
+    from ..config import load_config
+    from ..experiment.tune import tune_lambda1
 
     r = tune_lambda1(load_config(a.config, a.overrides), a.lambda2, a.lambda1, a.max_fpr, a.out, not a.quiet)
     for row in r["grid"]:
@@ -129,6 +154,4 @@ def _run_tune(a: argparse.Namespace) -> int:
     return 0 if r["best"] else 1
 
 
-COMMANDS["calibrate"] = ("choose a decision threshold that bounds the fatal error rate", _add_calibrate,
-                         _run_calibrate)
-COMMANDS["tune-lambda"] = ("the paper's lambda1 search under a false-positive bound", _add_tune, _run_tune)
+TUNE = Command("tune-lambda", "the paper's lambda1 search under a false-positive bound", _add_tune, _tune)

@@ -1,0 +1,29 @@
+"""Console output shared by the commands: tables and number formats."""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+SUMMARY_COLUMNS = ["method", "CER", "F1-macro", "accuracy", "vis.amb.", "type I", "type II"]
+
+
+def fmt(v: Any, pct: bool = False) -> str:
+    """``0.1234`` -> ``"0.1234"`` (or ``"12.34%"``); NaN and None -> ``"nan"``."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "nan"
+    return f"{100 * v:.2f}%" if pct else f"{v:.4f}"
+
+
+def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    """Left-aligned columns, one header line."""
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+def summary_row(name: str, m: Mapping[str, Any]) -> dict[str, Any]:
+    """The headline metrics of a report as printable strings."""
+    return {"method": name, "CER": fmt(m["cer"], True), "F1-macro": fmt(m["f1_macro"]),
+            "accuracy": fmt(m["accuracy"], True), "vis.amb.": m["visual_ambiguity"], "type I": m["type_i"],
+            "type II": m["type_ii"]}

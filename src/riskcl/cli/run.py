@@ -1,0 +1,103 @@
+"""Commands that train and re-evaluate: demo, train, evaluate."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from .command import Command
+from .console import SUMMARY_COLUMNS, print_table, summary_row
+
+
+def _add_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/demo", help="folder for the two runs, the table and the plot")
+    p.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _demo(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..experiment import run_demo
+    from ..report.plots import plot_error_taxonomy
+
+    runs = run_demo(a.out, epochs=a.epochs, progress=not a.quiet)
+    print("\nDemo test split (1000 generated lesions; malignant = melanoma, carcinoma; decision: p(malignant) "
+          ">= 0.5):")
+    print_table([summary_row(name, m) for name, m in runs.items()], SUMMARY_COLUMNS)
+    ce, rcl = runs["ce"], runs["rcl-proposed"]
+    verdict = "fewer" if rcl["type_ii"] < ce["type_ii"] else "NOT fewer"
+    print(f"\nrcl-proposed made {verdict} Type II (fatal) errors than CE: {rcl['type_ii']} vs {ce['type_ii']} "
+          f"(Type I: {rcl['type_i']} vs {ce['type_i']}).")
+    print(f"plot: {plot_error_taxonomy(runs, Path(a.out) / 'demo_errors.png')}")
+    return 0
+
+
+DEMO = Command("demo", "train CE and RCL on the embedded demo data and compare their safety", _add_demo, _demo)
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.root=PATH epochs=1 cost.lambda2=40")
+    p.add_argument("--out", required=True, help="run folder (resumed if unfinished, skipped if finished)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _train(a: argparse.Namespace) -> int:
+    from ..config import load_config
+    from ..experiment import run_experiment
+
+    cfg = load_config(a.config, a.overrides)
+    metrics = run_experiment(cfg, a.out, progress=not a.quiet)
+    if not metrics:  # a non-zero rank under torchrun: rank 0 reports
+        return 0
+    print(f"test split, decision rule '{metrics.get('decision_rule', cfg.decision)}':")
+    print_table([summary_row(cfg.loss.name, metrics)], SUMMARY_COLUMNS)
+    print(f"run folder: {a.out}")
+    return 0
+
+
+TRAIN = Command("train", "train one run from a YAML config", _add_train, _train)
+
+
+def _add_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir")
+    p.add_argument("--data-root", help="evaluate another copy of the data: its official split of that name, "
+                   "else all of it")
+    p.add_argument("--split", default="test", choices=["train", "val", "calib", "test"])
+    p.add_argument("--by", action="append", default=[], metavar="COLUMN",
+                   help="per-group safety from the saved predictions (repeatable), e.g. --by sex --by localization")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the subgroup CIs")
+    p.add_argument("--allow-unfinished", action="store_true", help="use an unfinished run's best weights so far")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+
+
+def _evaluate(a: argparse.Namespace) -> int:
+    from ..experiment import evaluate_run
+
+    if a.by:
+        return _subgroups(a)
+    report = evaluate_run(a.run_dir, a.split, a.data_root, a.allow_unfinished)
+    if report["note"]:
+        print(report["note"])
+    print(f"evaluated {report['source']}, decision rule '{report['decision_rule']}':")
+    if a.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print_table([summary_row("run", report), summary_row("(argmax)", report["by_rule"]["argmax"])],
+                    SUMMARY_COLUMNS)
+    return 0
+
+
+def _subgroups(a: argparse.Namespace) -> int:
+    from ..experiment.subgroups import evaluate_subgroups, format_subgroups
+
+    if a.data_root:
+        raise ValueError("--by reads the run's saved predictions; it does not combine with --data-root")
+    for column in a.by:
+        result = evaluate_subgroups(a.run_dir, column, a.split, n_boot=a.bootstrap)
+        print(json.dumps(result, indent=2, default=str) if a.json else format_subgroups(result))
+    return 0
+
+
+EVALUATE = Command("evaluate", "re-evaluate a finished run (its own splits, another data folder, or per group)",
+                   _add_evaluate, _evaluate)

@@ -1,0 +1,87 @@
+"""The paper's augmentations (random rotation, horizontal and vertical flips) and the ImageNet normalisation,
+as batched tensor operations that run wherever the batch is: on the GPU next to the model, or on the CPU.
+
+Every image of a batch gets its own parameters (:func:`sample_params`), drawn from a ``torch.Generator``
+seeded by the caller (the engine seeds it from ``(seed, epoch, rank)``), so a run is reproducible and a resumed
+run draws exactly what an uninterrupted one would. Rotation is bilinear with a black fill outside the image
+(``affine_grid`` + ``grid_sample``, the same angles as ``torchvision.transforms.v2.functional.rotate``:
+positive is counter-clockwise); flips are exact index reversals.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+ROTATION_DEGREES = 15.0
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """Per-image parameters: ``angle`` (degrees, ``(B,)`` float), ``hflip`` and ``vflip`` (``(B,)`` bool)."""
+
+    angle: torch.Tensor
+    hflip: torch.Tensor
+    vflip: torch.Tensor
+
+    def __getitem__(self, index) -> "AugmentParams":
+        return AugmentParams(self.angle[index], self.hflip[index], self.vflip[index])
+
+
+def sample_params(n: int, generator: torch.Generator, rotation: float = ROTATION_DEGREES,
+                  vertical_flip: bool = True) -> AugmentParams:
+    """``n`` independent draws: angle uniform in ``[-rotation, rotation]``, each flip with probability 1/2."""
+    angle = (torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1) * rotation
+    hflip = torch.rand(n, generator=generator) < 0.5
+    vflip = torch.rand(n, generator=generator) < 0.5
+    return AugmentParams(angle.float(), hflip, vflip if vertical_flip else torch.zeros_like(vflip))
+
+
+def rotate(images: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """Rotate each ``(B, C, H, W)`` float image by its own angle (degrees, counter-clockwise), bilinear, zeros
+    outside. A zero angle returns the image unchanged."""
+    rad = angle.to(device=images.device, dtype=torch.float32) * (math.pi / 180)
+    cos, sin = torch.cos(rad), torch.sin(rad)
+    h, w = images.shape[-2:]
+    # theta maps output to input coordinates (normalised, y down); aspect-corrected for non-square images.
+    theta = torch.zeros(images.shape[0], 2, 3, device=images.device, dtype=torch.float32)
+    theta[:, 0, 0], theta[:, 0, 1] = cos, -sin * h / w
+    theta[:, 1, 0], theta[:, 1, 1] = sin * w / h, cos
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    still = (angle == 0).to(images.device)
+    return torch.where(still[:, None, None, None], images.float(), out)
+
+
+def flip(images: torch.Tensor, hflip: torch.Tensor, vflip: torch.Tensor) -> torch.Tensor:
+    """Exact per-image horizontal / vertical flips of ``(B, C, H, W)`` images."""
+    hflip, vflip = hflip.to(images.device)[:, None, None, None], vflip.to(images.device)[:, None, None, None]
+    out = torch.where(hflip, images.flip(-1), images)
+    return torch.where(vflip, out.flip(-2), out)
+
+
+def augment(images: torch.Tensor, params: AugmentParams) -> torch.Tensor:
+    """Rotation then flips, each image with its own parameters (``images``: ``(B, C, H, W)`` float)."""
+    return flip(rotate(images, params.angle), params.hflip, params.vflip)
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` pixels in [0, 1] -> ImageNet-normalised float32."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=torch.float32)[None, :, None, None]
+    std = torch.tensor(IMAGENET_STD, device=images.device, dtype=torch.float32)[None, :, None, None]
+    return (images.float() - mean) / std
+
+
+def to_model_input(uint8_nhwc: torch.Tensor, params: AugmentParams | None = None,
+                   channels_last: bool = False) -> torch.Tensor:
+    """A ``uint8`` ``(B, H, W, 3)`` batch (already on its device) -> normalised ``(B, 3, H, W)`` float32,
+    augmented when ``params`` are given."""
+    x = uint8_nhwc.permute(0, 3, 1, 2).float().div_(255.0)
+    if params is not None:
+        x = augment(x, params)
+    x = normalize(x)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()

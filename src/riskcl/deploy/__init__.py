@@ -1,0 +1,4 @@
+"""After training: predicting files, exporting a deployable model, its model card, saliency and a web page."""
+from .predict import decision_rows, operating_point, predict_files
+
+__all__ = ["decision_rows", "operating_point", "predict_files"]

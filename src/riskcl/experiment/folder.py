@@ -1,0 +1,353 @@
+"""The run folder: the one module that knows its files, how they are written and how they are read back.
+
+A run folder holds:
+
+* ``config.yaml`` -- the resolved config;  ``taxonomy.yaml`` -- the resolved class hierarchy;
+* ``status.json`` -- ``running`` / ``finished`` / ``failed`` / ``interrupted``;
+* ``splits.csv`` -- every sample's id, split, group, label, path and metadata;  ``data.json`` -- counts,
+  duplicates, skipped files;
+* ``history.csv`` -- per-epoch train loss and validation metrics;
+* ``last.pt`` -- the training state at the last epoch boundary (model, optimizer, scheduler, epoch, history),
+  saved with ``torch.save`` and read back with ``torch.load(weights_only=True)``;
+* ``model.safetensors`` -- the best weights (by ``select_metric`` on validation);
+* ``predictions.npz`` (test), ``val_predictions.npz``, ``calib_predictions.npz`` -- ``logits``, ``target``,
+  ``ids``, ``groups``, ``paths`` and one ``meta__<column>`` array per metadata column;
+* ``metrics.json`` -- the test report under the run's decision rule, the report under each rule, validation and
+  calibration reports, and run facts (``run``: classes, levels, cost matrix, best epoch, ...);
+* ``calibration.json`` -- the operating point chosen by ``riskcl calibrate``.
+
+Every write is atomic. Every read names the file and what is wrong with it when it is damaged.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from ..config import ConfigError, ExperimentConfig, config_from_dict, config_taxonomy, parse_yaml_text, run_cost_matrix, \
+    save_config
+from ..data import ImageDataset, SplitData
+from ..io import (atomic_write_json, atomic_write_npz, atomic_write_text, atomic_write_with, load_npz, read_json,
+                  remove_stale_temps)
+from ..taxonomy import Taxonomy
+
+FILES = {
+    "config": "config.yaml", "taxonomy": "taxonomy.yaml", "status": "status.json", "splits": "splits.csv",
+    "data": "data.json", "history": "history.csv", "checkpoint": "last.pt", "weights": "model.safetensors",
+    "metrics": "metrics.json", "calibration": "calibration.json", "skipped": "skipped_images.txt",
+}
+PREDICTIONS = {"test": "predictions.npz", "val": "val_predictions.npz", "calib": "calib_predictions.npz"}
+PREDICTION_KEYS = ("logits", "target", "ids", "groups")
+CALIBRATION_FIELDS = {"threshold": float, "method": str, "alpha": float, "calibration_split": str}
+
+
+class RunFolderError(ValueError):
+    """A run folder's file is missing a part or is damaged; the message names the file."""
+
+
+class RunFolder:
+    """``RunFolder(path)``: paths, reads and atomic writes of one run's files."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def file(self, key: str) -> Path:
+        return self.path / FILES[key]
+
+    def prediction_file(self, split: str) -> Path:
+        if split not in PREDICTIONS:
+            raise ValueError(f"Expected a split with saved predictions {list(PREDICTIONS)}, but got {split!r}")
+        return self.path / PREDICTIONS[split]
+
+    # --- the folder itself -------------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Create the folder for a new run (errors name a file standing where the folder should be)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise NotADirectoryError(f"--out {self.path} is a file; expected a folder for the run")
+        for parent in self.path.parents:
+            if parent.exists() and not parent.is_dir():
+                raise NotADirectoryError(f"--out {self.path}: {parent} is a file, not a folder")
+        self.path.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.path)
+
+    def require(self) -> None:
+        """Raise ``FileNotFoundError`` unless this is a riskcl run folder."""
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"{self.path} is not a folder (expected a riskcl run folder)")
+        if not self.file("config").is_file():
+            raise FileNotFoundError(f"{self.path} is not a riskcl run folder ({FILES['config']} not found)")
+
+    # --- status ------------------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        path = self.file("status")
+        if not path.is_file():
+            return {"state": "new"}
+        data = read_json(path)
+        if not isinstance(data.get("state"), str):
+            raise RunFolderError(f"{path}: expected a `state` string, but got {data.get('state')!r}")
+        return data
+
+    @property
+    def state(self) -> str:
+        return self.status()["state"]
+
+    def is_finished(self) -> bool:
+        return self.state == "finished" and self.file("metrics").is_file()
+
+    def mark(self, state: str, **extra: Any) -> None:
+        atomic_write_json(self.file("status"), {"state": state, **extra})
+
+    def has_progress(self) -> bool:
+        """Whether an epoch has finished (a checkpoint exists): only then is there anything to resume."""
+        return self.file("checkpoint").is_file()
+
+    # --- config and taxonomy -----------------------------------------------------------------------------------
+    def read_config(self) -> ExperimentConfig:
+        self.require()
+        path = self.file("config")
+        data = parse_yaml_text(path.read_text(encoding="utf-8", errors="replace"), str(path))
+        if not isinstance(data, dict):
+            raise RunFolderError(f"{path}: expected a mapping of config keys, but got {type(data).__name__}")
+        try:
+            return config_from_dict(data)
+        except ConfigError as exc:
+            raise RunFolderError(f"{path}: {exc}") from None
+
+    def write_config(self, cfg: ExperimentConfig) -> None:
+        atomic_write_text(self.file("config"), save_config(cfg))
+
+    def write_taxonomy(self, taxonomy: Taxonomy) -> None:
+        d = taxonomy.to_dict()
+        atomic_write_text(self.file("taxonomy"), yaml.safe_dump(d, sort_keys=False, allow_unicode=True))
+
+    def taxonomy(self) -> Taxonomy:
+        """The run's resolved taxonomy: ``taxonomy.yaml``, or (older runs) ``metrics.json``, or the config."""
+        path = self.file("taxonomy")
+        if path.is_file():
+            data = parse_yaml_text(path.read_text(encoding="utf-8", errors="replace"), str(path))
+            try:
+                return Taxonomy.from_dict(data)
+            except ValueError as exc:
+                raise RunFolderError(f"{path}: {exc}") from None
+        if self.file("metrics").is_file():
+            run = self.metrics()["run"]
+            return Taxonomy(run["dataset"], tuple(run["classes"]), tuple(int(v) for v in run["levels"]))
+        tax = config_taxonomy(self.read_config())
+        if tax is None:
+            raise RunFolderError(f"{self.path}: no {FILES['taxonomy']} and the config does not name a taxonomy")
+        return tax
+
+    def cost_matrix(self) -> np.ndarray:
+        """The run's clinical cost matrix (``run.cost_matrix`` in metrics.json, else from the config)."""
+        if self.file("metrics").is_file():
+            m = self.metrics()["run"].get("cost_matrix")
+            if m is not None:
+                return np.asarray(m, dtype=np.float64)
+        return run_cost_matrix(self.read_config(), self.taxonomy())
+
+    # --- data --------------------------------------------------------------------------------------------------
+    def write_splits(self, data: SplitData) -> None:
+        meta_cols = data.info.get("metadata", [])
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["id", "split", "group", "label", "path", *meta_cols])
+        for split, ds in data.datasets.items():
+            meta = ds.meta.to_numpy() if meta_cols else np.empty((len(ds), 0))
+            for i in range(len(ds)):
+                w.writerow([ds.ids[i], split, ds.groups[i], int(ds.targets[i]), ds.paths[i], *meta[i]])
+        atomic_write_text(self.file("splits"), buf.getvalue())
+        info = {k: v for k, v in data.info.items() if k != "duplicate_groups"}
+        info["duplicate_groups"] = data.info.get("duplicate_groups", [])
+        atomic_write_json(self.file("data"), info)
+        if data.info.get("skipped"):
+            atomic_write_text(self.file("skipped"),
+                              "".join(f"{p}\t{r}\n" for p, r in sorted(data.info["skipped"].items())))
+
+    def splits(self) -> pd.DataFrame:
+        path = self.file("splits")
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: the run never got as far as splitting its data")
+        try:
+            df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except Exception as exc:
+            raise RunFolderError(f"{path}: unreadable CSV ({type(exc).__name__}: {exc})") from None
+        missing = [c for c in ("id", "split", "group", "label", "path") if c not in df.columns]
+        if missing:
+            raise RunFolderError(f"{path}: missing column(s) {missing}")
+        return df
+
+    def data_info(self) -> dict[str, Any]:
+        return read_json(self.file("data"))
+
+    # --- training state ----------------------------------------------------------------------------------------
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        atomic_write_with(self.file("checkpoint"), lambda tmp: torch.save(state, tmp))
+
+    def load_checkpoint(self) -> dict[str, Any]:
+        """Read ``last.pt`` with ``weights_only=True``: a checkpoint carrying arbitrary objects is refused."""
+        path = self.file("checkpoint")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise RunFolderError(f"{path}: refused or unreadable checkpoint ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+    def write_history(self, history: list[dict[str, Any]]) -> None:
+        if not history:
+            return
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(history)
+        atomic_write_text(self.file("history"), buf.getvalue())
+
+    def history(self) -> pd.DataFrame:
+        path = self.file("history")
+        if not path.is_file():
+            return pd.DataFrame()
+        try:
+            return pd.read_csv(path)
+        except Exception as exc:
+            raise RunFolderError(f"{path}: unreadable CSV ({type(exc).__name__}: {exc})") from None
+
+    # --- weights and model -------------------------------------------------------------------------------------
+    def save_weights(self, model: torch.nn.Module) -> None:
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        atomic_write_with(self.file("weights"), lambda tmp: save_file(state, tmp))
+
+    def load_weights(self, model: torch.nn.Module) -> None:
+        from safetensors.torch import load_file
+
+        path = self.file("weights")
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: {self.path} has not finished an epoch yet")
+        try:
+            state = load_file(str(path))
+        except Exception as exc:  # SafetensorError and friends
+            raise RunFolderError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise RunFolderError(f"{path}: weights do not fit the run's model ({str(exc).splitlines()[0]})") from None
+
+    def weights_sha256(self) -> str:
+        import hashlib
+
+        h = hashlib.sha256()
+        with open(self.file("weights"), "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    def load_model(self) -> torch.nn.Module:
+        """The run's model with its best weights, in eval mode on the CPU."""
+        from ..models import create_model
+
+        cfg = self.read_config()
+        model = create_model(cfg.model.name, self.taxonomy().num_classes, pretrained=False)
+        self.load_weights(model)
+        return model.eval()
+
+    def weights_epoch(self) -> int | None:
+        """The epoch whose weights ``model.safetensors`` holds (the best so far), from the history."""
+        from .scoring import best_epoch
+
+        hist = self.history()
+        if hist.empty:
+            return None
+        return best_epoch(hist.to_dict("records"), self.read_config().select_metric)
+
+    def require_finished(self, allow_unfinished: bool = False) -> str | None:
+        """Raise unless the run finished; with ``allow_unfinished`` return a note naming the weights' epoch."""
+        self.require()
+        if self.is_finished():
+            return None
+        state = self.state
+        epoch = self.weights_epoch() if self.file("weights").is_file() else None
+        if not allow_unfinished or epoch is None:
+            have = f"; its best weights so far are from epoch {epoch}" if epoch else "; it has no weights yet"
+            raise RunFolderError(f"{self.path} is not a finished run (state: {state}{have}). Finish it with "
+                                 f"`riskcl train` (it resumes), or pass --allow-unfinished to use those weights")
+        cfg = self.read_config()
+        return (f"WARNING: {self.path} is unfinished (state: {state}): using the best weights so far, from epoch "
+                f"{epoch} of {cfg.epochs}")
+
+    # --- predictions -------------------------------------------------------------------------------------------
+    def write_predictions(self, split: str, logits: torch.Tensor, target: torch.Tensor, ds: ImageDataset) -> None:
+        arrays = {"logits": logits.numpy().astype(np.float32), "target": target.numpy().astype(np.int64),
+                  "ids": np.asarray(ds.ids, dtype=str), "groups": np.asarray(ds.groups, dtype=str),
+                  "paths": np.asarray(ds.paths, dtype=str)}
+        for col in ds.metadata:
+            arrays[f"meta__{col}"] = ds.table[col].astype(str).to_numpy(dtype=str)
+        atomic_write_npz(self.prediction_file(split), **arrays)
+
+    def has_predictions(self, split: str) -> bool:
+        return self.prediction_file(split).is_file()
+
+    def predictions(self, split: str = "test") -> dict[str, np.ndarray]:
+        """``logits``, ``target``, ``ids``, ``groups`` (and ``paths``, ``meta__<column>``) of one split."""
+        path = self.prediction_file(split)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: is {self.path} a finished run"
+                                    + (" with a calibration split (data.calib_fraction > 0)?" if split == "calib"
+                                       else "?"))
+        arrays = load_npz(path)
+        missing = [k for k in PREDICTION_KEYS if k not in arrays]
+        if missing:
+            raise RunFolderError(f"{path}: missing array(s) {missing}")
+        n = arrays["target"].shape[0]
+        if arrays["logits"].ndim != 2 or arrays["logits"].shape[0] != n:
+            raise RunFolderError(f"{path}: `logits` of shape {arrays['logits'].shape} does not match {n} targets")
+        return arrays
+
+    @staticmethod
+    def metadata_of(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The metadata columns held in a predictions dict (``meta__<column>`` arrays)."""
+        return {k[len("meta__"):]: v for k, v in arrays.items() if k.startswith("meta__")}
+
+    # --- results -----------------------------------------------------------------------------------------------
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        atomic_write_json(self.file("metrics"), metrics)
+
+    def metrics(self) -> dict[str, Any]:
+        path = self.file("metrics")
+        data = read_json(path)
+        run = data.get("run")
+        if not isinstance(run, dict) or not all(k in run for k in ("classes", "levels", "dataset")):
+            raise RunFolderError(f"{path}: expected a `run` section with classes, levels and dataset")
+        return data
+
+    def write_calibration(self, result: dict[str, Any]) -> None:
+        atomic_write_json(self.file("calibration"), result)
+
+    def calibration(self) -> dict[str, Any]:
+        """``calibration.json``, its fields checked (``threshold`` in [0, 1], ...)."""
+        path = self.file("calibration")
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found; run `riskcl calibrate {self.path} --alpha A` first")
+        data = read_json(path)
+        for key, kind in CALIBRATION_FIELDS.items():
+            value = data.get(key)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else \
+                isinstance(value, kind)
+            if not ok:
+                raise RunFolderError(f"{path}: expected `{key}` to be a {kind.__name__}, but got {value!r}")
+        if not 0.0 <= float(data["threshold"]) <= 1.0:
+            raise RunFolderError(f"{path}: `threshold` = {data['threshold']} is outside [0, 1]")
+        groups = data.get("groups")
+        if groups is not None and not isinstance(groups, dict):
+            raise RunFolderError(f"{path}: expected `groups` to be a mapping, but got {type(groups).__name__}")
+        return data
+
+

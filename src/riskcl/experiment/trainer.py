@@ -1,0 +1,150 @@
+"""One run's model, loss, optimizer and schedule, and what happens at each epoch boundary.
+
+Each epoch trains on batches seeded from ``(seed, epoch)`` (:class:`riskcl.engine.BatchFeeder`), then, on rank 0:
+:meth:`Trainer.validate` scores the validation split, :meth:`Trainer.select` keeps the best weights,
+:meth:`Trainer.checkpoint` saves the training state and the history. The calibration split is never read here:
+it chooses nothing. At the end :meth:`Trainer.predict_splits` writes the prediction files and
+:meth:`Trainer.final_metrics` builds ``metrics.json``.
+"""
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import ExperimentConfig, run_cost_matrix
+from ..data import SplitData
+from ..distributed import DistInfo, barrier, wrap_model
+from ..engine import BatchFeeder, TrainingSlot, apply_threads, predict_logits, train_one_epoch
+from ..losses import create_loss
+from ..models import create_model
+from ..taxonomy import Taxonomy
+from .folder import RunFolder
+from .scoring import HISTORY_KEYS, best_epoch, score, split_report
+
+log = logging.getLogger(__name__)
+
+
+class Trainer:
+    """The state of one run between epochs (see the module docstring)."""
+
+    def __init__(self, cfg: ExperimentConfig, folder: RunFolder, info: DistInfo, device: torch.device,
+                 taxonomy: Taxonomy, data: SplitData, progress: bool, slot: TrainingSlot | None = None) -> None:
+        self.cfg, self.folder, self.info, self.device, self.taxonomy = cfg, folder, info, device, taxonomy
+        self.data, self.progress, self.slot = data, progress, slot
+        self.train_ds = data.datasets["train"]
+        self.cost = run_cost_matrix(cfg, taxonomy)
+        torch.manual_seed(cfg.seed)
+        model = create_model(cfg.model.name, taxonomy.num_classes, pretrained=cfg.model.pretrained,
+                             weights_path=cfg.model.weights_path, drop_rate=cfg.model.drop_rate)
+        self.weights_source = getattr(model, "riskcl_weights", "unknown")
+        model.to(device)
+        if cfg.channels_last and device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        self.loss_fn = create_loss(cfg.loss.name, taxonomy=taxonomy, class_counts=self.train_ds.class_counts,
+                                   cost=self.cost, **cfg.loss.params).to(device)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.raw_model, self.model = model, wrap_model(model, info, device)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
+        self.history: list[dict[str, Any]] = []
+        self.best: list[float] | None = None
+        self.first_epoch = 0
+        self.common = dict(device=device, amp=cfg.amp, channels_last=cfg.channels_last, progress=progress)
+        self.train_feeder = BatchFeeder(self.train_ds, cfg.optim.batch_size, device, train=True, seed=cfg.seed,
+                                        rank=info.rank, world_size=info.world_size,
+                                        channels_last=cfg.channels_last, prefetch=cfg.data.num_workers)
+
+    def feeder(self, split: str) -> BatchFeeder:
+        """Evaluation batches of ``split`` (no augmentation, in order)."""
+        return BatchFeeder(self.data.datasets[split], self.cfg.optim.eval_batch_size, self.device,
+                           channels_last=self.cfg.channels_last, prefetch=self.cfg.data.num_workers)
+
+    def resume(self) -> None:
+        if not self.folder.has_progress():
+            return
+        state = self.folder.load_checkpoint()
+        self.raw_model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.first_epoch, self.history, self.best = int(state["epoch"]), list(state["history"]), state["best"]
+        log.info("resuming %s from epoch %d", self.folder.path, self.first_epoch)
+
+    def fit_epoch(self, epoch: int) -> None:
+        """Train one epoch, then on rank 0 validate, select and checkpoint."""
+        t0 = time.time()
+        apply_threads(self.cfg.threads, self.slot)
+        lr = self.optimizer.param_groups[0]["lr"]
+        train_loss = train_one_epoch(self.model, self.train_feeder.batches(epoch, self.cfg.max_steps_per_epoch),
+                                     self.loss_fn, self.optimizer, epoch=epoch, grad_clip=self.cfg.optim.grad_clip,
+                                     max_steps=self._steps(), **self.common)
+        self.scheduler.step()
+        if self.info.is_main:  # rank 0 evaluates, selects and writes; the others wait at the barrier
+            report = self.validate()
+            row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
+                   **{f"val_{k}": report[k] for k in HISTORY_KEYS}, "epoch_time_s": round(time.time() - t0, 3)}
+            self.history.append(row)
+            self.select(report)
+            self.checkpoint(epoch)
+            self._print(row)
+        barrier(self.info)
+
+    def _steps(self) -> int:
+        n = len(self.train_feeder)
+        return n if self.cfg.max_steps_per_epoch is None else min(n, self.cfg.max_steps_per_epoch)
+
+    def validate(self) -> dict[str, Any]:
+        logits, target = predict_logits(self.raw_model, self.feeder("val"), desc="val", tta=self.cfg.tta,
+                                        **self.common)
+        return split_report(logits, target, self.taxonomy, self.cost, self.cfg.decision)
+
+    def select(self, report: dict[str, Any]) -> None:
+        """Keep the weights when this epoch's validation score is the best so far."""
+        s = list(score(report, self.cfg.select_metric))
+        if self.best is None or s < self.best:
+            self.best = s
+            self.folder.save_weights(self.raw_model)
+
+    def checkpoint(self, epoch: int) -> None:
+        self.folder.save_checkpoint({"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                                     "scheduler": self.scheduler.state_dict(), "epoch": epoch + 1,
+                                     "history": self.history, "best": self.best})
+        self.folder.write_history(self.history)
+
+    def _print(self, row: dict[str, Any]) -> None:
+        if self.progress:
+            print(f"  epoch {row['epoch']}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  val CER "
+                  f"{row['val_cer']:.4f}  F1 {row['val_f1_macro']:.4f}  acc {row['val_accuracy']:.4f}  "
+                  f"typeII {row['val_type_ii']}  ({row['epoch_time_s']:.1f}s)", flush=True)
+
+    def predict_splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The best weights on every evaluation split; writes the prediction files."""
+        self.folder.load_weights(self.raw_model)
+        out = {}
+        for split in ("val", "calib", "test"):
+            if split not in self.data.datasets:
+                continue
+            logits, target = predict_logits(self.raw_model, self.feeder(split), desc=split, tta=self.cfg.tta,
+                                            **self.common)
+            self.folder.write_predictions(split, logits, target, self.data.datasets[split])
+            out[split] = (logits, target)
+        return out
+
+    def final_metrics(self, predictions: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
+        """The ``metrics.json`` content: the test report (top level), validation and calibration reports, facts."""
+        cfg, tax = self.cfg, self.taxonomy
+        reports = {s: split_report(lg, t, tax, self.cost, cfg.decision) for s, (lg, t) in predictions.items()}
+        counts = {s: len(d) for s, d in self.data.datasets.items()}
+        run = {"name": cfg.name, "dataset": cfg.data.name, "model": cfg.model.name, "loss": cfg.loss.name,
+               "loss_params": cfg.loss.params, "seed": cfg.seed, "epochs": cfg.epochs,
+               "best_epoch": best_epoch(self.history, cfg.select_metric), "select_metric": cfg.select_metric,
+               "decision_rule": cfg.decision, "tta": cfg.tta, "device": str(self.device),
+               "weights": self.weights_source, "world_size": self.info.world_size, "classes": list(tax.classes),
+               "levels": list(tax.levels), "superclass": tax.superclass.tolist(),
+               "cost_matrix": np.asarray(self.cost).tolist(), **{f"n_{s}": n for s, n in counts.items()},
+               "torch": torch.__version__, "python": platform.python_version()}
+        extra = {s: reports[s] for s in ("val", "calib") if s in reports}
+        return {**reports["test"], **extra, "run": run}

@@ -1,0 +1,178 @@
+"""Atomic file writes and safe reads, used by every layer that touches disk.
+
+A write goes to a temporary file in the same folder (``.NAME.tmpPID``), is fsynced and renamed over the target:
+a reader, or a process killed mid-write, sees the old or the new file, never a torn one. A temp file left by a
+killed process is removed by :func:`remove_stale_temps` the next time its folder is used. Errors name the path
+the caller asked for (never the temp path) and what was expected.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import stat
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+_TEMP = re.compile(r"\.tmp(\d+)(\.npy)?$")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    """The temporary sibling a write of ``path`` goes through (its name carries this process id)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete temp files in ``folder`` whose writing process is dead; returns what was removed."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        m = _TEMP.search(p.name)
+        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed
+
+
+def check_writable_target(path: str | os.PathLike) -> Path:
+    """Raise a clear error unless ``path`` can be written as a file: its folder exists and it is no folder."""
+    path = Path(path)
+    parent = path.parent
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; expected a file path to write")
+    if parent.exists() and not parent.is_dir():
+        raise NotADirectoryError(f"Cannot write {path}: {parent} is a file, not a folder")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"Cannot write {path}: the folder {parent} does not exist")
+    return path
+
+
+def _default_mode(path: Path) -> None:
+    """Give the file the mode a plain ``open()`` would (some writers create 0600 temp files)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IWGRP | stat.S_IROTH | stat.S_IWOTH)
+             & ~umask)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:  # make the rename itself durable
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def atomic_write_with(path: str | os.PathLike, writer: Callable[[str], None]) -> None:
+    """Let ``writer(tmp_path)`` write a file, then fsync and rename it into place (the temp file is removed on
+    any failure)."""
+    path = check_writable_target(path)
+    tmp = temp_path(path)
+    try:
+        writer(str(tmp))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        _default_mode(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
+    atomic_write_with(path, write)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def json_text(obj: Any) -> str:
+    """JSON with sorted keys (NaN written as NaN, as Python's json reads it back)."""
+    return json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json_text(obj))
+
+
+def read_json(path: str | os.PathLike, expect: type = dict) -> Any:
+    """Parse a JSON file; ``ValueError`` naming the file when it is unreadable or not a ``expect``."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: corrupt JSON ({exc})") from None
+    if not isinstance(data, expect):
+        raise ValueError(f"{path}: expected a JSON {expect.__name__}, but got {type(data).__name__}")
+    return data
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """A ``.npz`` archive with fixed timestamps: identical arrays give identical bytes."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name in sorted(arrays):
+            arr_buf = io.BytesIO()
+            np.lib.format.write_array(arr_buf, np.asanyarray(arrays[name]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, arr_buf.getvalue())
+    return buf.getvalue()
+
+
+def atomic_write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    atomic_write_bytes(path, npz_bytes(arrays))
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a ``.npz`` without pickle; ``ValueError`` naming the file when it is corrupt or holds objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        raise ValueError(f"{path}: corrupt or unreadable .npz archive ({type(exc).__name__}: {exc})") from None

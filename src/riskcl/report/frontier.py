@@ -1,0 +1,111 @@
+"""The fair safety frontier: operating points chosen on held-out predictions, scored on test.
+
+For every run and every target sensitivity, the p(malignant) threshold is chosen on predictions that did not
+select the model (the calibration split; the validation split only where a run has none, and labelled so): the
+largest threshold whose held-out sensitivity reaches the target. It is then applied unchanged to the test split,
+and the table reports what it reached there (it may miss the target: that is the point), the specificity, F1-macro
+and accuracy, with bootstrap CIs over test images (seed-averaged), and the standardised partial AUROC of
+p(malignant) over the high-sensitivity end. Methods are ranked by test specificity at each target.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..decision import softmax, threshold_decision
+from ..metrics import (accuracy, bootstrap_ci, f1_macro, malignant_probability, partial_auroc_high_sensitivity,
+                       sensitivity_specificity)
+from .collect import RunRecord
+
+DEFAULT_TARGETS = (0.95, 0.98, 0.99)
+
+
+def threshold_for_sensitivity(p_mal: np.ndarray, is_malignant: np.ndarray, target: float) -> float:
+    """The largest threshold ``t`` with ``mean(p_mal[malignant] >= t) >= target`` on these predictions.
+
+    Example:
+        >>> threshold_for_sensitivity(np.array([.1, .2, .3, .4, .9]), np.ones(5, bool), 0.8)
+        0.2
+    """
+    scores = np.sort(np.asarray(p_mal, dtype=np.float64)[np.asarray(is_malignant, bool)])
+    if scores.size == 0:
+        raise ValueError("Choosing a threshold for a sensitivity needs malignant cases, but found none")
+    k = int(math.floor((1.0 - target) * scores.size + 1e-9))  # at most k of n malignant scores may fall below t
+    return float(scores[min(k, scores.size - 1)])
+
+
+def held_out_split(record: RunRecord) -> str:
+    """``calib`` when the run has a calibration split, else ``val`` (which chose the model: labelled so)."""
+    return "calib" if record.has_predictions("calib") else "val"
+
+
+def _at(record: RunRecord, threshold: float) -> dict[str, np.ndarray]:
+    test = record.predictions("test")
+    return {"labels": threshold_decision(softmax(test["logits"]), record.taxonomy, threshold), "target": test["target"]}
+
+
+def run_operating_points(record: RunRecord, targets: Sequence[float]) -> list[dict]:
+    """One row per target: the held-out threshold and the test metrics it gives (read from files only)."""
+    tax = record.taxonomy
+    split = held_out_split(record)
+    held = record.predictions(split)
+    held_pm = malignant_probability(softmax(held["logits"]), tax)
+    test = record.predictions("test")
+    test_probs = softmax(test["logits"])
+    pauc = partial_auroc_high_sensitivity(test_probs, test["target"], tax)
+    rows = []
+    for target in targets:
+        t = threshold_for_sensitivity(held_pm, tax.superclass[held["target"]] == 1, target)
+        labels = threshold_decision(test_probs, tax, t)
+        sens, spec = sensitivity_specificity(labels, test["target"], tax)
+        rows.append({"target": target, "held_out": split, "threshold": t, "sensitivity": sens,
+                     "specificity": spec, "f1_macro": f1_macro(labels, test["target"]),
+                     "accuracy": accuracy(labels, test["target"]), "missed_target": sens < target,
+                     "pauc_sens90": pauc})
+    return rows
+
+
+def _seed_mean(metric):
+    def f(labels: np.ndarray, target: np.ndarray) -> float:
+        return float(np.mean([metric(labels[:, s], target) for s in range(labels.shape[1])]))
+    return f
+
+
+def fair_frontier_table(records: Sequence[RunRecord], targets: Sequence[float] = DEFAULT_TARGETS,
+                        n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per (dataset, model, method, target): mean test sensitivity reached, specificity, F1, accuracy with 95%
+    bootstrap CIs, partial AUROC, how many seeds missed the target, and the rank by specificity."""
+    groups: dict[tuple, list[RunRecord]] = {}
+    for r in records:
+        groups.setdefault((r.run["dataset"], r.run["model"], r.method), []).append(r)
+    rows = []
+    for (ds, model, method), recs in groups.items():
+        tax = recs[0].taxonomy
+        target_y = recs[0].predictions("test")["target"]
+        if any(not np.array_equal(r.predictions("test")["target"], target_y) for r in recs):
+            raise ValueError(f"{ds}/{model}/{method}: runs disagree on the test split; seeds must share it")
+        per_run = [run_operating_points(r, targets) for r in recs]
+        for k, target in enumerate(targets):
+            labels = np.stack([_at(r, pr[k]["threshold"])["labels"] for r, pr in zip(recs, per_run)], 1)
+            ci = {}
+            for name, fn in (("sensitivity", lambda lab, y: sensitivity_specificity(lab, y, tax)[0]),
+                             ("specificity", lambda lab, y: sensitivity_specificity(lab, y, tax)[1]),
+                             ("F1", f1_macro), ("accuracy", accuracy)):
+                ci[name] = bootstrap_ci(_seed_mean(fn), labels, target_y, n_resamples=n_boot, seed=seed)
+            split = {pr[k]["held_out"] for pr in per_run}
+            rows.append({"dataset": ds, "model": model, "method": method, "target sensitivity": target,
+                         "thresholds from": "/".join(sorted(split)) + (" (selection split!)" if "val" in split
+                                                                         else ""),
+                         "seeds": len(recs), "missed target (seeds)": sum(pr[k]["missed_target"] for pr in per_run),
+                         **{f"test {n}": v[0] for n, v in ci.items()},
+                         **{f"test {n} CI": f"[{v[1]:.3f}, {v[2]:.3f}]" for n, v in ci.items()},
+                         "pAUROC sens>=0.9": float(np.mean([pr[k]["pauc_sens90"] for pr in per_run]))})
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    df["rank by specificity"] = df.groupby(["dataset", "model", "target sensitivity"])["test specificity"].rank(
+        ascending=False, method="min").astype(int)
+    return df.sort_values(["dataset", "model", "target sensitivity", "rank by specificity"]).reset_index(drop=True)
