@@ -20,7 +20,9 @@ venv: $(BIN)/riskcl
 demo: venv
 	$(BIN)/riskcl demo --out runs/demo
 
+# Lint, then every test (the doctests of src/riskcl included, see pyproject.toml).
 test: venv
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 # The measured CPU-scale reproduction on Brain Tumor MRI (results/brain_mri_cpu/).

@@ -67,9 +67,9 @@ def main() -> None:
     device = torch.device(a.device)
     rows = []
     for m in a.models:
-        for l in a.losses:
-            ips = bench(m, l, device, a.size, a.batch, a.steps)
-            rows.append({"model": m, "loss": l, "images_per_s": round(ips, 1), "size": a.size, "batch": a.batch,
+        for loss_name in a.losses:
+            ips = bench(m, loss_name, device, a.size, a.batch, a.steps)
+            rows.append({"model": m, "loss": loss_name, "images_per_s": round(ips, 1), "size": a.size, "batch": a.batch,
                          "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"})
             print(json.dumps(rows[-1]), flush=True)
     if a.out:

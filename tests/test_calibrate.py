@@ -69,7 +69,7 @@ def test_shift_check_flags_different_score_distributions():
 
 @pytest.mark.slow
 def test_ltt_and_crc_validity_on_a_real_trained_run(tmp_path):
-    """A real (small) trained model. Its validation, calibration and test predictions are the population: 
+    """A real (small) trained model. Its validation, calibration and test predictions are the population:
     calibration sets of 500 are drawn i.i.d. from it (400 of them), and each threshold's CER is measured on the whole
     population, which is exactly what the guarantees are about."""
     from riskcl.config import config_from_dict

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from _tiny import TINY
-from conftest import BRAIN_MRI, demo_png, needs_brain_mri
+from conftest import BRAIN_MRI, ISIC_SAMPLE, demo_png, needs_brain_mri, needs_isic
 from riskcl.cli import COMMANDS, main
 from riskcl.decision import softmax
 from riskcl.experiment import RunFolder
@@ -105,3 +105,19 @@ def test_python_dash_m_runs_the_cli():
     proc = subprocess.run([sys.executable, "-m", "riskcl", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.startswith("riskcl ")
     assert torch.__version__  # the CLI process imported riskcl without a GPU
+
+
+@needs_isic
+@pytest.mark.slow
+def test_isic_ham10000_layout_trains_and_calibrates_on_its_calibration_split(tmp_path, capsys):
+    out = tmp_path / "isic"
+    assert main(["train", "configs/isic2018_cpu.yaml", f"data.root={ISIC_SAMPLE}", "epochs=1", "--out", str(out),
+                 "--quiet"]) == 0
+    folder = RunFolder(out)
+    splits = folder.splits()
+    lesions = {s: set(g) for s, g in splits.groupby("split")["group"]}
+    assert set(lesions) == {"train", "val", "calib", "test"} and all(lesions.values())
+    assert all(not lesions[a] & lesions[b] for a in lesions for b in lesions if a < b)
+    assert main(["calibrate", str(out), "--alpha", "0.1"]) == 0
+    assert folder.calibration()["calibration_split"] == "calib"
+    assert "on the calib split" in capsys.readouterr().out

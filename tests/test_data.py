@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from _standins import ISIC_CLASSES, make_isic, make_medmnist, make_sicapv2_images, make_sicapv2_small, write_image
-from conftest import BRAIN_MRI, BREAKHIS, SICAPV2, needs_brain_mri, needs_breakhis, needs_sicapv2
+from conftest import (BRAIN_MRI, BREAKHIS, ISIC_SAMPLE, SICAPV2, needs_brain_mri, needs_breakhis, needs_isic,
+                      needs_sicapv2)
 from riskcl.data import create_dataset, create_datasets, list_datasets
 from riskcl.data.breakhis import index_breakhis, parse_breakhis_name
 from riskcl.data.check import check_dataset
@@ -169,6 +170,8 @@ def test_isic_lesion_groups_and_ids(tmp_path):
     assert len(all_ids) == 56 and all(i.startswith("ISIC_") for i in all_ids)
     assert set(data.datasets) == {"train", "val", "calib", "test"}
     assert all(len(d) > 0 for d in data.datasets.values())  # carved by lesion: none of them empty
+    groups = np.concatenate([d.groups for d in data.datasets.values()])
+    assert all(g.startswith("HAM_") for g in groups) and len(set(groups)) == 28  # the lesion is the group
     assert any("LICENSE.txt" in p for p in data.info["problems"])
     ds = create_dataset("isic2018", root, split="test", image_size=16, progress=False)
     assert ds.ids == data.datasets["test"].ids
@@ -374,3 +377,19 @@ def test_random_label_files_give_typed_error_or_valid(tmp_path, text):
         index_csv(root, taxonomy={"name": "t", "benign": ["a"], "malignant": ["b"]})
     except (ValueError, FileNotFoundError):
         return
+
+
+@needs_isic
+def test_isic_real_sample_carves_by_lesion_with_metadata():
+    data = create_datasets("isic2018", ISIC_SAMPLE, image_size=8, progress=False)
+    sizes = {s: len(d) for s, d in data.datasets.items()}
+    assert sum(sizes.values()) == 3003 and all(n > 0 for n in sizes.values())
+    lesions = {s: set(d.groups) for s, d in data.datasets.items()}
+    assert sum(len(g) for g in lesions.values()) == 2241  # every lesion on exactly one side
+    assert all(g.startswith("HAM_") for gs in lesions.values() for g in gs)
+    for s, f in (("test", 0.2), ("val", 0.15), ("calib", 0.1)):
+        assert abs(sizes[s] / 3003 - f) < 0.01, (s, sizes[s])
+    meta = data.datasets["test"].meta
+    assert list(meta.columns) == ["age", "sex", "localization", "dx_type"]
+    assert set(meta["sex"]) <= {"male", "female", "unknown"} and meta["age"].isin(
+        ["<30", "30-44", "45-59", "60-74", "75+", "unknown"]).all()

@@ -88,7 +88,8 @@ class ExperimentConfig:
     deterministic: bool = True         # deterministic algorithms (bit-identical reruns on CPU)
     threads: int | None = None         # CPU threads; None: cores / riskcl trainings running on this machine
     select_metric: str = "mean_cost"   # best epoch on validation: "mean_cost", "cer" (lower) or "f1_macro", "accuracy"
-    decision: str = "superclass"       # "superclass": malignant iff p(malignant) >= 0.5, then best class within; "argmax"
+    decision: str = "superclass"       # "superclass": malignant iff p(malignant) >= 0.5, then the best class
+                                       # within the decided superclass; "argmax": the paper's fine-class argmax
     tta: str = "none"                  # test-time augmentation at evaluation: "none" or "flip" (mean of 4 flips)
     max_steps_per_epoch: int | None = None  # cap for smoke tests
     progress: bool = True
@@ -304,7 +305,8 @@ def _check_data(d: DataConfig) -> None:
     from .data.duplicates import DUPLICATE_POLICIES
     from .data.registry import BAD_IMAGE_POLICIES, dataset_options, list_datasets
 
-    _check(d.name in list_datasets(), "data.name", d.name, f"one of {list_datasets()}{did_you_mean(d.name, list_datasets())}")
+    names = list_datasets()
+    _check(d.name in names, "data.name", d.name, f"one of {names}{did_you_mean(d.name, names)}")
     _check(d.root is not None or not _root_required(d.name), "data.root", d.root, "the data folder (required)")
     _check(8 <= d.image_size <= 2048, "data.image_size", d.image_size, "an integer in [8, 2048]")
     _check(0 < d.val_fraction < 1, "data.val_fraction", d.val_fraction, "in (0, 1)")

@@ -77,7 +77,8 @@ def _metadata(root: Path) -> pd.DataFrame | None:
     for col in ("lesion_id", "image_id"):
         if col not in df.columns:
             raise ValueError(f"{meta}: expected a column '{col}' (columns: {list(df.columns)})")
-    out = pd.DataFrame({"lesion_id": df["lesion_id"].replace("", None)}, index=df["image_id"])
+    lesion = df["lesion_id"].to_numpy(dtype=object)
+    out = pd.DataFrame({"lesion_id": [v if v else None for v in lesion]}, index=df["image_id"].to_numpy())
     out["age"] = [age_bin(v) for v in df.get("age", pd.Series([""] * len(df)))]
     for col in ("sex", "localization", "dx_type"):
         out[col] = (df[col] if col in df.columns else pd.Series([""] * len(df))).replace("", "unknown").to_numpy()

@@ -4,8 +4,8 @@
 each group is placed in the stratum of its most common label. Each part's target ``fraction * N`` (rounded) is
 shared out over the strata by largest remainder, and within a stratum the part takes groups in shuffled order
 while a group's midpoint still fits its stratum's target: every part gets its fraction of every class to within
-one group, and in total to within one group per class (exactly, for single-image groups). A part that would stay empty takes one group from the remainder
-(as long as the remainder keeps one), so no carved split is ever empty.
+one group, and in total to within one group per class (exactly, for single-image groups). A part that would stay
+empty takes one group from the remainder (as long as the remainder keeps one), so no carved split is ever empty.
 """
 from __future__ import annotations
 

@@ -3,6 +3,6 @@ from .risk_control import RiskControlResult, conformal_risk_control, control_ris
 from .rules import DECISION_RULES, cost_minimizing_decision, decide, fit_temperature, softmax, threshold_decision
 
 __all__ = [
-    "DECISION_RULES", "RiskControlResult", "decide", "conformal_risk_control", "control_risk", "cost_minimizing_decision",
-    "fit_temperature", "learn_then_test", "softmax", "threshold_decision",
+    "DECISION_RULES", "RiskControlResult", "conformal_risk_control", "control_risk", "cost_minimizing_decision",
+    "decide", "fit_temperature", "learn_then_test", "softmax", "threshold_decision",
 ]

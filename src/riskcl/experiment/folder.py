@@ -30,8 +30,8 @@ import pandas as pd
 import torch
 import yaml
 
-from ..config import ConfigError, ExperimentConfig, config_from_dict, config_taxonomy, parse_yaml_text, run_cost_matrix, \
-    save_config
+from ..config import (ConfigError, ExperimentConfig, config_from_dict, config_taxonomy, parse_yaml_text,
+                      run_cost_matrix, save_config)
 from ..data import ImageDataset, SplitData
 from ..io import (atomic_write_json, atomic_write_npz, atomic_write_text, atomic_write_with, load_npz, read_json,
                   remove_stale_temps)

@@ -10,7 +10,8 @@ from .risk_calibrated import RiskCalibratedLoss, risk_calibrated_loss
 from .superclass import MarginalBCELoss, PartialAUCLoss, marginal_bce_loss, partial_auc_loss
 
 __all__ = [
-    "CrossEntropyLoss", "ExpectedCostLoss", "FocalLoss", "HierarchicalCrossEntropyLoss", "LogitAdjustedLoss", "LossContext",
+    "CrossEntropyLoss", "ExpectedCostLoss", "FocalLoss", "HierarchicalCrossEntropyLoss", "LogitAdjustedLoss",
+    "LossContext",
     "MarginalBCELoss", "PartialAUCLoss", "RCL_PRESETS", "RiskCalibratedLoss", "SoftLabelLoss",
     "check_loss_params", "class_weights_from_counts", "create_loss", "cross_entropy", "expected_cost_loss",
     "focal_loss", "hierarchical_cross_entropy", "list_losses", "log_priors", "logit_adjusted_cross_entropy",

@@ -8,6 +8,7 @@ from .report import REPORT_KEYS, safety_report
 
 __all__ = [
     "REPORT_KEYS", "SafetyReport", "accuracy", "auroc_malignant", "bootstrap_ci", "critical_error_rate",
-    "error_taxonomy", "expected_calibration_error", "f1_macro", "malignant_probability", "mean_cost", "partial_auroc_high_sensitivity",
+    "error_taxonomy", "expected_calibration_error", "f1_macro", "malignant_probability", "mean_cost",
+    "partial_auroc_high_sensitivity",
     "safety_report", "sensitivity_specificity",
 ]

@@ -156,7 +156,7 @@ def auroc_malignant(probs: Any, target: Any, taxonomy: Taxonomy) -> float:
 
 def partial_auroc_high_sensitivity(probs: Any, target: Any, taxonomy: Taxonomy,
                                    min_sensitivity: float = 0.9) -> float:
-    """Standardised partial AUROC of ``p(malignant)`` over the high-sensitivity end (sensitivity >= ``min_sensitivity``).
+    """Standardised partial AUROC of ``p(malignant)`` where sensitivity >= ``min_sensitivity``.
 
     The region a triage model operates in: with benign as the positive class and ``-p(malignant)`` as its score,
     sensitivity >= s is false-positive rate <= 1 - s, so this is scikit-learn's McClish-standardised

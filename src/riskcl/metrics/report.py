@@ -9,6 +9,7 @@ import numpy as np
 from ..taxonomy import Taxonomy
 from . import functional as F
 
+# The keys of a safety report besides ``n``: the one list every table and file of metrics draws from.
 REPORT_KEYS = ("cer", "f1_macro", "accuracy", "visual_ambiguity", "type_i", "type_ii", "sensitivity",
                "specificity", "auroc", "ece", "mean_cost")
 
@@ -32,9 +33,9 @@ def safety_report(preds: Any, target: Any, taxonomy: Taxonomy, cost_matrix: Any 
 
     Example:
         >>> from riskcl.taxonomy import get_taxonomy
-        >>> r = safety_report([0, 2, 2, 3], [0, 2, 0, 3], get_taxonomy("brain_mri"))
+        >>> r = safety_report([0, 2, 2, 3], [0, 2, 0, 3], get_taxonomy("brain_mri"))  # a glioma called notumor
         >>> r["cer"], r["type_ii"], r["accuracy"]
-        (0.0, 0, 0.75)
+        (0.3333333333333333, 1, 0.75)
     """
     yhat, probs, y = F.split_preds(preds, target, taxonomy.num_classes)
     if labels is not None:

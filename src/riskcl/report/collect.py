@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 
 from ..experiment.folder import RunFolder
+from ..metrics import REPORT_KEYS
 from ..taxonomy import Taxonomy
 
-METRIC_COLUMNS = ("cer", "f1_macro", "accuracy", "visual_ambiguity", "type_i", "type_ii", "sensitivity",
-                  "specificity", "auroc", "ece", "mean_cost", "n")
+METRIC_COLUMNS = (*REPORT_KEYS, "n")
 
 
 @dataclass

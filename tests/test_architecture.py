@@ -1,0 +1,99 @@
+"""The layers of ARCHITECTURE.md, checked on the source: no import cycle, no lower layer importing a higher one.
+
+Every import is counted, module level or inside a function."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "riskcl"
+# ARCHITECTURE.md, "Layers": a module may import its own layer (without cycles) and the layers below.
+LAYERS = [
+    ("util", ["riskcl._names", "riskcl.io"]),
+    ("core", ["riskcl", "riskcl.taxonomy", "riskcl.losses", "riskcl.metrics", "riskcl.decision"]),
+    ("components", ["riskcl.data", "riskcl.models", "riskcl.distributed", "riskcl.engine"]),
+    ("config", ["riskcl.config"]),
+    ("experiment", ["riskcl.experiment"]),
+    ("report", ["riskcl.report"]),
+    ("deploy", ["riskcl.deploy"]),
+    ("cli", ["riskcl.cli", "riskcl.__main__"]),
+]
+
+
+def _module_name(path: Path) -> str:
+    parts = ["riskcl", *path.relative_to(SRC).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p): p for p in SRC.rglob("*.py")}
+
+
+def layer_of(module: str) -> int:
+    best, level = -1, None
+    for k, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
+                best, level = len(prefix), k
+    assert level is not None, f"{module} belongs to no layer of ARCHITECTURE.md"
+    return level
+
+
+def imports_of(module: str) -> set[str]:
+    path = MODULES[module]
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                root = ".".join(base + ([node.module] if node.module else []))
+            else:
+                root = node.module or ""
+            # `from pkg import mod` imports pkg.mod; `from pkg import name` imports pkg
+            names = [f"{root}.{a.name}" if f"{root}.{a.name}" in MODULES else root for a in node.names]
+        else:
+            continue
+        for name in names:
+            while name and name not in MODULES:
+                name = name.rpartition(".")[0]
+            if name and name != module and name.startswith("riskcl"):
+                found.add(name)
+    return found
+
+
+GRAPH = {m: imports_of(m) for m in MODULES}
+
+
+def test_every_module_has_a_layer_and_imports_only_downwards():
+    wrong = [(m, d) for m, deps in GRAPH.items() for d in deps if layer_of(d) > layer_of(m)]
+    assert not wrong, "lower layers importing higher ones: " + ", ".join(f"{m} -> {d}" for m, d in wrong)
+
+
+def test_no_import_cycle():
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for d in sorted(GRAPH[m]):
+            if d.startswith(m + "."):
+                continue  # a package's __init__ re-exporting its own members
+            if state.get(d) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(d):] + [d]))
+            if d not in state:
+                visit(d)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(GRAPH):
+        if m not in state:
+            visit(m)
+
+
+def test_the_checker_can_fail():
+    assert layer_of("riskcl.cli.main") > layer_of("riskcl.experiment.run") > layer_of("riskcl.engine.loop")
+    assert "riskcl.experiment.folder" in GRAPH["riskcl.experiment.run"]
+    assert "riskcl.io" in GRAPH["riskcl.data.images"]

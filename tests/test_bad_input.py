@@ -1,0 +1,354 @@
+"""Regression tests for what a blind run and an adversarial user broke (issue 10): every case either succeeds
+correctly or exits non-zero with one line naming the culprit, never a traceback, never a corrupted result."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from _standins import write_image
+from _tiny import TINY
+from conftest import demo_png
+from riskcl.cli import main
+from riskcl.config import ConfigError, config_from_dict, load_config
+from riskcl.experiment import RunFolder
+
+
+def cli(args, capsys) -> tuple[int, str, str]:
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return rc, out, err
+
+
+def _tiny_yaml(tmp_path, **extra) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "epochs": 1, **extra}))
+    return path
+
+
+def _folder_data(root: Path, n: int = 10, size: int = 12) -> Path:
+    for c in ("calm", "angry"):
+        for i in range(n):
+            write_image(root / c / f"{c}{i}.png", hash((c, i)) % 997, size=size)
+    (root.parent / "tax.yaml").write_text("name: t\nbenign: [calm]\nmalignant: [angry]\n")
+    return root
+
+
+def _folder_cfg(root: Path, **data) -> dict:
+    return {**TINY, "epochs": 1, "data": {"name": "folder", "root": str(root), "image_size": 12,
+                                          "options": {"taxonomy": str(root.parent / "tax.yaml")}, **data}}
+
+
+# --- wrong results ---------------------------------------------------------------------------------------------
+def test_evaluate_own_split_uses_splits_csv_and_other_data_is_one_evaluation_set(tmp_path, capsys):
+    root = _folder_data(tmp_path / "data")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(_folder_cfg(root)))
+    assert cli(["train", cfg, "--out", tmp_path / "run", "--quiet"], capsys)[0] == 0
+    folder = RunFolder(tmp_path / "run")
+    rc, out, _ = cli(["evaluate", tmp_path / "run", "--split", "val", "--json"], capsys)
+    assert rc == 0 and "own 'val' split" in out
+    report = __import__("json").loads(out[out.index("{"):])
+    assert report["n"] == len(folder.predictions("val")["ids"])
+    assert report["cer"] == pytest.approx(folder.metrics()["val"]["cer"])
+    other = tmp_path / "other"
+    shutil.copytree(root, other)
+    rc, out, _ = cli(["evaluate", tmp_path / "run", "--data-root", other, "--split", "val"], capsys)
+    assert rc == 0 and "all 20 images of" in out and "as one evaluation set" in out
+
+
+def test_unfinished_runs_are_refused_unless_asked(tmp_path, capsys, tiny_run):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run)
+    RunFolder(run).mark("interrupted")
+    (run / "metrics.json").unlink()
+    img = demo_png(tmp_path)
+    for args in (["evaluate", run], ["predict", run, img, "--out", tmp_path / "p.csv"]):
+        rc, _, err = cli(args, capsys)
+        assert rc == 2 and "not a finished run" in err and "--allow-unfinished" in err
+    before = sorted(p.name for p in run.iterdir())
+    rc, out, _ = cli(["evaluate", run, "--allow-unfinished"], capsys)
+    best = RunFolder(run).weights_epoch()
+    assert rc == 0 and "unfinished" in out and f"from epoch {best} of 2" in out
+    assert sorted(p.name for p in run.iterdir()) == before  # nothing written into the unfinished folder
+    rc, out, _ = cli(["predict", run, img, "--out", tmp_path / "p.csv", "--allow-unfinished"], capsys)
+    assert rc == 0 and f"from epoch {best}" in out
+
+
+def test_val_fraction_is_honoured_within_one_group():
+    from riskcl.data.splits import carve_groups
+
+    rng = np.random.default_rng(0)
+    groups = np.arange(600) // 2  # two images per patient, one diagnosis per patient
+    labels = rng.integers(0, 3, 300)[groups]
+    for f in (0.1, 0.15, 0.4, 0.7, 0.9):
+        held = carve_groups(labels, groups, {"val": f}, seed=1) == "val"
+        for c in range(3):
+            n_c = (labels == c).sum()
+            assert abs(held[labels == c].sum() - f * n_c) <= 2 + 1e-9, (f, c)  # within one group (2 images)
+        assert set(groups[held]).isdisjoint(groups[~held])
+
+
+# --- damaged run folders -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("damage,command,culprit", [
+    ("weights_truncated", "evaluate", "model.safetensors"),
+    ("weights_garbage", "predict", "model.safetensors"),
+    ("config_yaml", "evaluate", "config.yaml"),
+    ("predictions_zip", "calibrate", "predictions.npz"),
+    ("calibration_key", "predict-calibrated", "calibration.json"),
+    ("calibration_type", "predict-calibrated", "calibration.json"),
+    ("metrics_json", "evaluate", "metrics.json"),
+    ("status_json", "evaluate", "status.json"),
+])
+def test_damaged_run_folders_name_the_file(tmp_path, capsys, tiny_run, damage, command, culprit):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run)
+    w = run / "model.safetensors"
+    if damage == "weights_truncated":
+        w.write_bytes(w.read_bytes()[:200])
+    elif damage == "weights_garbage":
+        w.write_bytes(b"not safetensors at all" * 10)
+    elif damage == "config_yaml":
+        (run / "config.yaml").write_text("name: [unclosed\n  seed: {\n")
+    elif damage == "predictions_zip":
+        (run / "calib_predictions.npz").write_bytes(b"PK\x03\x04 broken zip")
+    elif damage in ("calibration_key", "calibration_type"):
+        assert main(["calibrate", str(run), "--alpha", "0.3"]) == 0
+        cal = __import__("json").loads((run / "calibration.json").read_text())
+        if damage == "calibration_key":
+            del cal["threshold"]
+        else:
+            cal["threshold"] = "high"
+        (run / "calibration.json").write_text(__import__("json").dumps(cal))
+        capsys.readouterr()
+    elif damage == "metrics_json":
+        (run / "metrics.json").write_text('{"cer": 0.1, ')
+    elif damage == "status_json":
+        (run / "status.json").write_text("{not json")
+    img = demo_png(tmp_path)
+    args = {"evaluate": ["evaluate", run], "predict": ["predict", run, img, "--out", tmp_path / "p.csv"],
+            "calibrate": ["calibrate", run, "--alpha", "0.3"],
+            "predict-calibrated": ["predict", run, img, "--out", tmp_path / "p.csv", "--calibrated"]}[command]
+    rc, _, err = cli(args, capsys)
+    assert rc == 2 and culprit in err, err
+
+
+def test_one_damaged_run_is_skipped_by_the_report(tmp_path, capsys, tiny_run):
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_run[0], runs / "good")
+    shutil.copytree(tiny_run[0], runs / "bad")
+    (runs / "bad" / "predictions.npz").write_bytes(b"garbage")
+    rc, out, _ = cli(["report", runs, "--out", tmp_path / "rep", "--bootstrap", "20"], capsys)
+    assert rc == 0
+    md = (tmp_path / "rep" / "REPORT.md").read_text()
+    assert "bad: skipped, damaged" in md and "predictions.npz" in md and "good" in md
+
+
+# --- configs -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text,match", [
+    ("base: 5\n", r"`base` = 5: expected the path of one YAML file"),
+    ("base: [a.yaml, b.yaml]\n", r"`base` = \['a.yaml', 'b.yaml'\]"),
+    ("", "empty .*expected a YAML mapping"),
+    ("# only a comment\n", "empty .*expected a YAML mapping"),
+    ("loss: {name: focal, params: {gamma: abc}}\n", r"gamma.*'abc'"),
+    ("loss: {name: focal, params: {alpha: [1]}}\n", r"alpha"),
+    ("loss: {name: ls, params: {epsilon: high}}\n", r"epsilon|label_smoothing"),
+    ("loss: {name: expected-cost, params: {weight: x}}\n", r"weight.*'x'"),
+    ("data: {name: demo, num_folds: 0, fold: 0}\n", r"data.num_folds"),
+    ("data: {name: demo, num_folds: 3}\n", r"data.num_folds.*data.fold"),
+    ("seed: 99999999999999999999999\n", r"`seed`"),
+    ("cost: {lambda2: -1}\n", r"cost.lambda2"),
+    ("cost: {matrix: [[1, 2], [3, 1]]}\n", r"`cost`.*shape"),
+])
+def test_bad_config_files_name_key_and_value(tmp_path, capsys, text, match):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(path)
+    rc, _, err = cli(["train", path, "--out", tmp_path / "never"], capsys)
+    assert rc == 2 and str(path) in err
+    assert not (tmp_path / "never").exists()
+
+
+def test_config_corner_cases_that_work(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(TINY).replace("lr: 0.003", "lr: 1e-4"))  # PyYAML reads 1e-4 as a string
+    assert isinstance(yaml.safe_load(path.read_text())["optim"]["lr"], str)
+    assert load_config(path).optim.lr == pytest.approx(1e-4)
+    assert load_config(path, ["cost.lambda1=2", "cost.lambda2=40"]).cost.lambda2 == 40.0
+    with pytest.raises(ConfigError, match="is a folder; expected a YAML file"):
+        load_config(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+# --- paths -------------------------------------------------------------------------------------------------------
+def test_out_paths_that_are_files_are_named(tmp_path, capsys):
+    cfg = _tiny_yaml(tmp_path)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out in (afile, afile / "sub"):
+        rc, _, err = cli(["train", cfg, "--out", out, "--quiet"], capsys)
+        assert rc == 2 and "is a file" in err and str(afile) in err
+    rc, _, err = cli(["train", cfg, f"data.cache_dir={afile}", "--out", tmp_path / "r"], capsys)
+    assert rc == 2 and "data.cache_dir" in err
+
+
+def test_predict_out_paths(tmp_path, capsys, tiny_run):
+    img = demo_png(tmp_path)
+    outdir = tmp_path / "adir"
+    outdir.mkdir()
+    rc, _, err = cli(["predict", tiny_run[0], img, "--out", outdir], capsys)
+    assert rc == 2 and str(outdir) in err and "is a folder" in err
+    assert list(outdir.iterdir()) == []  # no leftover temp file
+    missing = tmp_path / "nope" / "p.csv"
+    rc, _, err = cli(["predict", tiny_run[0], img, "--out", missing], capsys)
+    assert rc == 2 and str(missing) in err and ".tmp" not in err
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+# --- images ------------------------------------------------------------------------------------------------------
+def _bomb(path: Path) -> Path:
+    Image.new("1", (20000, 10000)).save(path)  # 200 megapixels in a few KB
+    assert path.stat().st_size < 100_000
+    return path
+
+
+def test_decompression_bomb_is_a_bad_image_everywhere(tmp_path, capsys, tiny_run):
+    root = _folder_data(tmp_path / "data")
+    _bomb(root / "calm" / "calm0.png")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(_folder_cfg(root)))
+    rc, _, err = cli(["train", cfg, "--out", tmp_path / "strict", "--quiet"], capsys)
+    assert rc == 2 and "calm0.png" in err and "decompression bomb" in err
+    cfg.write_text(yaml.safe_dump(_folder_cfg(root, on_bad_image="skip")))
+    assert cli(["train", cfg, "--out", tmp_path / "skip", "--quiet"], capsys)[0] == 0
+    assert "calm0.png" in (tmp_path / "skip" / "skipped_images.txt").read_text()
+    rc, out, _ = cli(["data", "check", "folder", "--root", root, "--option", f"taxonomy={root.parent / 'tax.yaml'}"],
+                     capsys)
+    assert rc == 1 and "calm0.png" in out and "decompression bomb" in out
+    rc, _, err = cli(["predict", tiny_run[0], root / "calm" / "calm0.png", "--out", tmp_path / "p.csv"], capsys)
+    assert rc == 2 and "calm0.png" in err and "decompression bomb" in err
+
+
+def test_odd_file_names_and_symlinks_are_named_and_listed(tmp_path, capsys):
+    root = _folder_data(tmp_path / "data")
+    raw = os.fsencode(root / "angry") + b"/caf\xe9.png"  # Latin-1 bytes: not UTF-8
+    write_image(Path(os.fsdecode(raw)), 5, size=12)
+    outside = tmp_path / "outside.png"
+    write_image(outside, 6, size=12)
+    (root / "calm" / "link_out.png").symlink_to(outside)
+    (root / "calm" / "dangling.png").symlink_to(tmp_path / "gone.png")
+    rc, out, _ = cli(["data", "check", "folder", "--root", root, "--option", f"taxonomy={root.parent / 'tax.yaml'}",
+                      "--json"], capsys)
+    report = __import__("json").loads(out)
+    dropped = " ".join(report["dropped"])
+    assert "not valid UTF-8" in dropped and "caf\\xe9.png" in dropped
+    assert "link_out.png" in dropped and "outside the data root" in dropped
+    assert "dangling.png" in dropped and "dangling symlink" in dropped
+    assert sum(s["n"] for s in report["splits"].values()) == 20  # the three files are left out, nothing else
+
+
+# --- set-up failures and leftovers ---------------------------------------------------------------------------------
+def test_failed_setup_can_be_corrected_into_the_same_folder(tmp_path, capsys):
+    cfg = _tiny_yaml(tmp_path)
+    out = tmp_path / "run"
+    rc, _, err = cli(["train", cfg, "model.name=resnet10x", "--out", out], capsys)
+    assert rc == 2 and "resnet10x" in err and not out.exists()  # checked before the folder is made
+    root = _folder_data(tmp_path / "data")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump(_folder_cfg(root)))
+    (root / "calm" / "calm1.png").write_bytes(b"")
+    rc, _, err = cli(["train", broken, "--out", out, "--quiet"], capsys)
+    assert rc == 2 and "calm1.png" in err and RunFolder(out).state == "failed"
+    write_image(root / "calm" / "calm1.png", 7, size=12)  # fixed data; the same command now runs
+    rc, out_text, _ = cli(["train", broken, "data.on_bad_image=skip", "--out", out, "--quiet"], capsys)
+    assert rc == 0 and RunFolder(out).state == "finished" and "never finished an epoch" in out_text
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    kids.append(int(p.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return kids
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_cache_build_leaves_no_worker_and_no_temp_file(tmp_path, sig):
+    root = tmp_path / "many"
+    for c in ("calm", "angry"):
+        for i in range(400):
+            write_image(root / c / f"{c}{i}.png", i, size=256)
+    (tmp_path / "tax.yaml").write_text("name: t\nbenign: [calm]\nmalignant: [angry]\n")
+    cache = tmp_path / "cache"
+    env = {**os.environ, "RISKCL_CACHE_DIR": str(cache)}
+    cmd = [sys.executable, "-m", "riskcl", "data", "check", "folder", "--root", str(root), "--option",
+           f"taxonomy={tmp_path / 'tax.yaml'}"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    for _ in range(300):
+        workers = _children(proc.pid)
+        if len(workers) >= 2 and list(cache.glob("images/*.tmp*")):
+            break
+        time.sleep(0.05)
+    assert workers, "the cache build never started its workers"
+    proc.send_signal(sig)
+    proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
+        time.sleep(0.1)
+    alive = [w for w in workers if Path(f"/proc/{w}").exists()
+             and "Z" not in (Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1].split()[:1] or ["Z"])]
+    assert not alive, f"decoding workers {alive} survived their parent"
+    assert list(cache.glob("images/*.tmp*"))  # the killed build left its temp file ...
+    subprocess.run(cmd, env=env, capture_output=True, timeout=600)
+    assert not list(cache.glob("images/*.tmp*"))  # ... and the next run removed it
+
+
+def test_stale_checkpoint_temp_of_a_dead_process_is_removed(tmp_path, capsys):
+    cfg = _tiny_yaml(tmp_path)
+    out = tmp_path / "run"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = out / f".last.pt.tmp{dead.pid}"
+    stale.write_bytes(b"\0" * 1000)
+    assert cli(["train", cfg, "--out", out, "--quiet"], capsys)[0] == 0
+    assert not stale.exists()
+
+
+# --- noise ---------------------------------------------------------------------------------------------------------
+def test_no_noise_and_uniform_file_modes(tmp_path, tiny_run):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run)
+    img = demo_png(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["predict", str(run), str(img), "--out", str(tmp_path / "p.csv")]) == 0
+        assert main(["calibrate", str(run), "--alpha", "0.3"]) == 0
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tiny_run[0].iterdir() if p.is_file() and p.name != ".lock"}
+    assert len(set(modes.values())) == 1, modes  # model.safetensors like every other file
+    assert pd.read_csv(tmp_path / "p.csv").shape[0] == 1
+
+
+def test_config_from_dict_rejects_a_config_without_keys():
+    with pytest.raises(ConfigError):
+        config_from_dict({"data": {"name": "demo", "val_fraction": 0.7}})  # with test and calib: no training data
