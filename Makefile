@@ -17,8 +17,13 @@ $(BIN)/riskcl: pyproject.toml
 
 venv: $(BIN)/riskcl
 
+# The demo: CE vs RCL on generated data, then ship the RCL model: calibrate it on its calibration split,
+# export it (ONNX, with a parity check against riskcl's own predictions) and write its model card.
 demo: venv
 	$(BIN)/riskcl demo --out runs/demo
+	$(BIN)/riskcl calibrate runs/demo/rcl-proposed --alpha 0.1 --delta 0.1
+	$(BIN)/riskcl export runs/demo/rcl-proposed --format onnx --out runs/demo/rcl-proposed/export
+	$(BIN)/riskcl card runs/demo/rcl-proposed
 
 # Lint, then every test (the doctests of src/riskcl included, see pyproject.toml).
 test: venv

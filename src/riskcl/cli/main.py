@@ -8,11 +8,12 @@ import warnings
 
 from .. import __version__
 from .command import Command
-from .deploy import PREDICT
+from .deploy import CARD, EXPLAIN, EXPORT, PREDICT, SERVE
 from .run import DEMO, EVALUATE, TRAIN
 from .study import CALIBRATE, DATA, REPORT, SWEEP, TUNE
 
-COMMANDS: tuple[Command, ...] = (DEMO, TRAIN, EVALUATE, PREDICT, SWEEP, REPORT, CALIBRATE, TUNE, DATA)
+COMMANDS: tuple[Command, ...] = (DEMO, TRAIN, EVALUATE, PREDICT, EXPLAIN, EXPORT, CARD, SERVE, SWEEP, REPORT,
+                                 CALIBRATE, TUNE, DATA)
 
 
 def build_parser() -> argparse.ArgumentParser:

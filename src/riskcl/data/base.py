@@ -17,6 +17,7 @@ from ..taxonomy import Taxonomy
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 # train: fitting; val: model selection (best epoch); calib: risk control only; test: the final report.
 SPLITS = ("train", "val", "calib", "test")
+CONTENT_GROUPS = "image content (no patient ids: byte-identical copies are kept together)"
 EVAL_SPLITS = SPLITS[1:]
 
 
@@ -38,6 +39,7 @@ class DataIndex:
     images: np.ndarray | None = None
     problems: list[str] = field(default_factory=list)
     metadata: list[str] = field(default_factory=list)
+    group_unit: str = CONTENT_GROUPS  # what one group is (patient, lesion, slide, ...), for reports and cards
 
 
 def make_table(rows: Iterable[dict]) -> pd.DataFrame:

@@ -19,4 +19,4 @@ def index_brain_mri(root: str | Path, allow_outside_root: bool = False) -> DataI
         r, p = scan_class_folders(root / folder, taxonomy, split, root, allow_outside_root)
         rows += r
         problems += p
-    return DataIndex(make_table(rows), taxonomy, problems=problems)
+    return DataIndex(make_table(rows), taxonomy, problems=problems)  # no patient ids: content groups

@@ -77,4 +77,5 @@ def index_breakhis(root: str | Path, magnifications: Sequence[int] | str = "all"
                      "subtype": info["class"]})
     if not rows:
         raise ValueError(f"{breast}: no BreaKHis images at magnification(s) {list(mags)}")
-    return DataIndex(make_table(rows), taxonomy, problems=problems, metadata=["magnification", "subtype"])
+    return DataIndex(make_table(rows), taxonomy, problems=problems, metadata=["magnification", "subtype"],
+                     group_unit="patient (from the file name)")

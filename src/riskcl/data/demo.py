@@ -76,4 +76,4 @@ def index_demo(root: object = None, size: int = 32, seed: int = 0, scale: float 
         rows += [{"path": f"demo/{split}/{split}_{i:05d}", "label": int(c), "group": f"{split}_{i:05d}",
                   "id": f"{split}_{i:05d}", "split": split} for i, c in enumerate(lab)]
     images = generate_lesions(np.concatenate(labels), size, rng)
-    return DataIndex(make_table(rows), taxonomy, images=images)
+    return DataIndex(make_table(rows), taxonomy, images=images, group_unit="generated image")

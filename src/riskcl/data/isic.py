@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..taxonomy import get_taxonomy
-from .base import IMAGE_EXTENSIONS, DataIndex, check_member, make_table
+from .base import CONTENT_GROUPS, IMAGE_EXTENSIONS, DataIndex, check_member, make_table
 from .paths import safe_join
 
 PREFIX = "ISIC2018_Task3"
@@ -129,4 +129,5 @@ def index_isic2018(root: str | Path, allow_outside_root: bool = False) -> DataIn
     if meta is None:
         problems.append("HAM10000_metadata.csv not found: no lesion ids, so images of one lesion may fall on "
                         "both sides of a carved split")
-    return DataIndex(make_table(rows), taxonomy, problems=problems, metadata=list(METADATA))
+    unit = "lesion (lesion_id of HAM10000_metadata.csv)" if meta is not None else CONTENT_GROUPS
+    return DataIndex(make_table(rows), taxonomy, problems=problems, metadata=list(METADATA), group_unit=unit)

@@ -176,7 +176,8 @@ def _prepare(name: str, root: str | Path | None, image_size: int, on_bad_image: 
     table = index.table.copy()
     table["row"] = np.arange(len(table))
     info: dict[str, Any] = {"dataset": name, "root": None if root is None else str(root),
-                            "problems": list(index.problems), "skipped": {}, "metadata": list(index.metadata)}
+                            "problems": list(index.problems), "skipped": {}, "metadata": list(index.metadata),
+                            "group_unit": index.group_unit}
     images, table = _images_and_hashes(name, index, table, image_size, on_bad_image, cache_dir, progress, info)
     # Without a patient / lesion id, the content hash is the group: copies of one image stay together.
     table["real_group"] = table["group"].notna()
@@ -253,6 +254,21 @@ def create_eval_dataset(name: str, root: str | Path, split: str = "test", image_
     if info["skipped"]:
         note += f"; {len(info['skipped'])} unreadable image(s) skipped"
     return ImageDataset(images, part["row"].to_numpy(), part, index.taxonomy, split, index.metadata), note
+
+
+def load_source_images(name: str, root: str | Path | None, paths: list[str], **options: Any) -> list[np.ndarray]:
+    """The images behind ``paths`` (a split's ``paths``) as the data holds them: decoded files at their own
+    size, or the in-memory arrays of generated / ``.npz`` data; ``uint8`` ``(H, W, 3)`` each."""
+    from .images import decode_rgb
+
+    index = _index(name, root, options)
+    if index.images is None:
+        return [decode_rgb(p) for p in paths]
+    row_of = {str(p): k for k, p in enumerate(index.table["path"].astype(str))}
+    missing = [p for p in paths if p not in row_of]
+    if missing:
+        raise ValueError(f"{len(missing)} image(s) are no longer in the '{name}' data, e.g. {missing[0]}")
+    return [np.ascontiguousarray(index.images[row_of[p]]) for p in paths]
 
 
 def create_dataset(name: str, root: str | Path | None = None, split: str = "train", **kwargs: Any) -> ImageDataset:

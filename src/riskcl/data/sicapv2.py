@@ -72,4 +72,5 @@ def index_sicapv2(root: str | Path, partition: str = "test", check_files: bool =
     if missing:
         raise FileNotFoundError(f"{len(missing)} image(s) named in the partition files are missing from {images}, "
                                 f"e.g. {missing[:3]}")
-    return DataIndex(make_table(rows), get_taxonomy("sicapv2"), metadata=["slide"])
+    return DataIndex(make_table(rows), get_taxonomy("sicapv2"), metadata=["slide"],
+                     group_unit="slide (the image name before _Block_Region_)")

@@ -103,4 +103,5 @@ def index_csv(root: str | Path, csv: str = "labels.csv", taxonomy: Any = None, m
     empty = [c for k, c in enumerate(tax.classes) if k not in labels]
     if empty:
         raise ValueError(f"{path}: empty class(es) {empty}: no row has that label")
-    return DataIndex(make_table(rows), tax, metadata=columns)
+    unit = "the `group` column of the CSV (image content where empty)" if "group" in df.columns else None
+    return DataIndex(make_table(rows), tax, metadata=columns, **({"group_unit": unit} if unit else {}))

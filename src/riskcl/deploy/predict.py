@@ -15,8 +15,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..data import load_image
+from ..data import decode_rgb
 from ..data.augment import to_model_input
+from ..data.images import resize_uint8
 from ..decision import decide, softmax
 from ..experiment.folder import RunFolder
 from ..io import atomic_write_text, check_writable_target
@@ -27,22 +28,32 @@ from ..taxonomy import Taxonomy
 def operating_point(folder: RunFolder, calibrated: bool) -> dict[str, Any]:
     """``{"threshold", "method", "alpha", ...}``: the calibrated operating point, or the 0.5 default rule."""
     if not calibrated:
-        return {"threshold": 0.5, "method": "default", "how": "the default rule: refer when p(malignant) >= 0.5 "
-                "(not calibrated: run `riskcl calibrate` for a threshold with a guarantee)"}
+        return {"threshold": 0.5, "method": "default", "rule": "superclass-first at 0.5",
+                "how": "the default rule, not calibrated: refer when p(malignant) >= 0.5, then the most probable "
+                       "class within the decided superclass (no guarantee; `riskcl calibrate` gives one)"}
     cal = folder.calibration()
     return {**cal, "how": f"calibrated by {cal['method']} on the {cal['calibration_split']} split: "
                           f"{cal.get('guarantee', '')}"}
 
 
-def predict_probabilities(model: torch.nn.Module, images: Sequence[str | Path], image_size: int,
-                          batch_size: int = 64) -> np.ndarray:
-    """``(N, K)`` class probabilities of image files (decoded and resized as the cache does)."""
+def predict_arrays(model: torch.nn.Module, images: Sequence[np.ndarray], image_size: int,
+                   batch_size: int = 64) -> np.ndarray:
+    """``(N, K)`` class probabilities of ``uint8`` ``(H, W, 3)`` images: resized as the cache resizes them
+    (:func:`riskcl.data.images.resize_uint8`), normalised, one forward pass per batch."""
     logits = []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            batch = np.stack([load_image(p, image_size) for p in images[i:i + batch_size]])
+            batch = np.stack([resize_uint8(im, image_size) for im in images[i:i + batch_size]])
             logits.append(model(to_model_input(torch.from_numpy(batch))).float().numpy())
     return softmax(np.concatenate(logits)) if logits else np.zeros((0, model.num_classes))
+
+
+def predict_probabilities(model: torch.nn.Module, images: Sequence[str | Path], image_size: int,
+                          batch_size: int = 64) -> np.ndarray:
+    """``(N, K)`` class probabilities of image files (decoded and resized as the cache does)."""
+    probs = [predict_arrays(model, [decode_rgb(p) for p in images[i:i + batch_size]], image_size, batch_size)
+             for i in range(0, len(images), batch_size)]
+    return np.concatenate(probs) if probs else np.zeros((0, model.num_classes))
 
 
 def decision_rows(probs: np.ndarray, taxonomy: Taxonomy, threshold: float | np.ndarray, rule: str = "superclass",

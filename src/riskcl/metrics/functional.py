@@ -112,6 +112,23 @@ def sensitivity_specificity(preds: Any, target: Any, taxonomy: Taxonomy) -> tupl
     return sens, spec
 
 
+def predictive_values(preds: Any, target: Any, taxonomy: Taxonomy) -> tuple[float, float]:
+    """Superclass PPV (malignant calls that are malignant) and NPV (benign calls that are benign), at the
+    prevalence of ``target``; NaN (with a warning) when no case was called malignant / benign.
+
+    Example:
+        >>> from riskcl.taxonomy import Taxonomy
+        >>> predictive_values([1, 1, 0, 0], [1, 0, 0, 1], Taxonomy("t", ("b", "m"), (0, 1)))
+        (0.5, 0.5)
+    """
+    yhat, _, y = split_preds(preds, target, taxonomy.num_classes)
+    s = taxonomy.superclass
+    sy, sp = s[y], s[yhat]
+    ppv = float((sy[sp == 1] == 1).mean()) if (sp == 1).any() else _nan("ppv: no case called malignant")
+    npv = float((sy[sp == 0] == 0).mean()) if (sp == 0).any() else _nan("npv: no case called benign")
+    return ppv, npv
+
+
 def accuracy(preds: Any, target: Any) -> float:
     """Fine-grained accuracy."""
     yhat, _, y = split_preds(preds, target)

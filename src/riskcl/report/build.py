@@ -1,54 +1,20 @@
 """``riskcl report``: REPORT.md, report.html, runs.csv and figures from run folders only."""
 from __future__ import annotations
 
-import html
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..io import atomic_write_text
 from . import plots
+from .render import Document
 from .collect import find_runs, runs_table
 from .frontier import DEFAULT_TARGETS, fair_frontier_table
 from .tables import (matched_sensitivity_table, paired_table, pareto_front, pooled_cer_ci, run_labels, summary_table,
                      threshold_curve)
-
-PCT = {"cer", "accuracy", "acc", "sensitivity", "specificity", "improvement", "change"}
-
-
-def _fmt(col: str, v: Any) -> str:
-    if isinstance(v, (float, np.floating)):
-        if np.isnan(v):
-            return "-"
-        if any(k in col.lower() for k in PCT):
-            return f"{100 * v:.2f}%"
-        if "(mean)" in col:  # mean error counts
-            return f"{v:.1f}"
-        return f"{v:.4f}" if abs(v) < 100 else f"{v:.0f}"
-    return str(v)
-
-
-def md_table(df: pd.DataFrame) -> str:
-    if df.empty:
-        return "_(no rows)_\n"
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(_fmt(c, r[c]) for c in cols) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def html_table(df: pd.DataFrame) -> str:
-    if df.empty:
-        return "<p><em>(no rows)</em></p>"
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c, r[c]))}</td>" for c in df.columns) + "</tr>"
-                   for _, r in df.iterrows())
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
 
 def _methods_table(summary: pd.DataFrame, ci: dict) -> pd.DataFrame:
     rows = []
@@ -84,6 +50,31 @@ def _figures(recs: list, part: pd.DataFrame, folder: Path, tag: str, title: str)
     return [(f"Safety-accuracy Pareto plot, {title}", pareto.name),
             (f"Validation CER per epoch, {title}", cer.name),
             (f"Confusion matrices shaded by severity (summed over seeds), {title}", confusions.name)]
+
+
+def _gallery(doc: Document, records: list, runs_dir: Path, out: Path) -> None:
+    """The Type II galleries that `riskcl explain --type-ii` wrote into run folders (copied beside the report)."""
+    import shutil
+
+    shown = False
+    for r in records:
+        gallery = r.path / "gallery" / "gallery.json"
+        if not gallery.is_file():
+            continue
+        if not shown:
+            doc.heading("Fatal errors (Type II) with saliency").para(
+                "Every Type II error of the test split at each run's operating point, lowest p(malignant) first, "
+                "up to the cap of `riskcl explain --type-ii`: the image and where the model looked for p(malignant).")
+            shown = True
+        g = json.loads(gallery.read_text())
+        rel = r.path.relative_to(runs_dir)
+        doc.heading(f"{rel}: {g['shown']} of {g['type_ii_total']} Type II errors at threshold {g['threshold']:.4f}", 3)
+        target = out / "figures" / "gallery" / str(rel).replace("/", "__")
+        target.mkdir(parents=True, exist_ok=True)
+        for item in g["items"]:
+            shutil.copy(r.path / "gallery" / item["file"], target / item["file"])
+            doc.figure(f"{item['id']}: true {item['true_class']}, p(malignant) {item['p_malignant']:.3f}",
+                       target / item["file"])
 
 
 def build_report(runs_dir: str | Path, out_dir: str | Path, baseline: str = "focal", method: str = "rcl-proposed",
@@ -134,25 +125,17 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, baseline: str = "foc
                "folder"]]),
     ]
     rules = sorted({r.run.get("decision_rule", "argmax") for r in records})
-    md = [f"# riskcl report\n\nRuns folder: `{runs_dir}` ({len(records)} finished runs; total training wall time "
-          f"{runs['wall_time_s'].sum() / 60:.1f} min). Decision rule of the per-run metrics: {', '.join(rules)} "
-          f"(superclass: malignant when p(malignant) >= 0.5, then the best class within; argmax: the paper's).\n"]
+    doc = Document("riskcl report")
+    doc.para(f"Runs folder: `{runs_dir}` ({len(records)} finished runs; total training wall time "
+             f"{runs['wall_time_s'].sum() / 60:.1f} min). Decision rule of the per-run metrics: {', '.join(rules)} "
+             f"(superclass: malignant when p(malignant) >= 0.5, then the best class within; argmax: the paper's).")
     if notes:
-        md.append("Not included (unfinished or failed): " + "; ".join(notes) + "\n")
+        doc.para("Not included (unfinished, failed or damaged): " + "; ".join(notes))
     for title, text, df in sections:
-        md += [f"\n## {title}\n\n{text}\n\n", md_table(df)]
-    md.append("\n## Figures\n")
+        doc.heading(title).para(text).table(df)
+    doc.heading("Figures")
     for caption, name in figures:
-        md.append(f"\n**{caption}**\n\n![{caption}](figures/{name})\n")
-    atomic_write_text(out / "REPORT.md", "".join(md))
-    body = [f"<h1>riskcl report</h1><p>Runs folder: <code>{html.escape(str(runs_dir))}</code>, "
-            f"{len(records)} finished runs.</p>"]
-    for title, text, df in sections:
-        body.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(text)}</p>{html_table(df)}")
-    for caption, name in figures:
-        body.append(f"<h3>{html.escape(caption)}</h3><img src='figures/{name}' style='max-width:100%'>")
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;"
-             "font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}")
-    atomic_write_text(out / "report.html", f"<!doctype html><html><head><meta charset='utf-8'><title>riskcl "
-                      f"report</title><style>{style}</style></head><body>{''.join(body)}</body></html>")
+        doc.figure(caption, out / "figures" / name)
+    _gallery(doc, records, runs_dir, out)
+    doc.write(out / "REPORT.md", out / "report.html")
     return out / "REPORT.md"

@@ -74,6 +74,28 @@ def plot_cer_curves(histories: Mapping[str, Any], path: str | Path, title: str =
     return _save(fig, path)
 
 
+def plot_reliability(probs: np.ndarray, target: np.ndarray, path: str | Path, n_bins: int = 15,
+                     title: str = "") -> Path:
+    """Reliability diagram: accuracy of the top-label prediction per confidence bin (bars) against the
+    diagonal, with each bin's share of the data; the gap is what the expected calibration error averages."""
+    conf, correct = probs.max(axis=1), (probs.argmax(axis=1) == target).astype(float)
+    bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    centres = (np.arange(n_bins) + 0.5) / n_bins
+    acc = np.array([correct[bins == b].mean() if (bins == b).any() else np.nan for b in range(n_bins)])
+    share = np.bincount(bins, minlength=n_bins) / len(bins)
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.bar(centres, np.nan_to_num(acc), width=1 / n_bins, edgecolor="k", lw=0.5, color="#9ecae1", label="accuracy")
+    ax.plot([0, 1], [0, 1], "--", color="#d7301f", lw=1, label="perfect calibration")
+    ax.plot(centres, share, "o-", color="#636363", ms=3, lw=0.8, label="share of cases")
+    ax.set_xlabel("confidence of the predicted class")
+    ax.set_ylabel("accuracy / share")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title or "Reliability diagram")
+    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    return _save(fig, path)
+
+
 def plot_severity_confusions(confusions: Mapping[str, np.ndarray], classes, superclass, path: str | Path) -> Path:
     """Confusion matrices (counts summed over seeds) with cells shaded by severity: correct, visual
     ambiguity, Type I, Type II."""

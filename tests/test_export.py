@@ -1,0 +1,89 @@
+"""Exported models (riskcl.deploy.export): ONNX Runtime and TorchScript decide exactly as riskcl does."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+
+from conftest import demo_png
+from riskcl.cli import main
+from riskcl.data import decode_rgb
+from riskcl.deploy.export import ExportParityError, export_run
+from riskcl.deploy.predict import predict_files
+
+
+@pytest.fixture(scope="module")
+def calibrated(tiny_run, tmp_path_factory):
+    import shutil
+
+    run = tmp_path_factory.mktemp("exp") / "run"
+    shutil.copytree(tiny_run[0], run)
+    assert main(["calibrate", str(run), "--alpha", "0.2", "--method", "crc"]) == 0
+    return run
+
+
+def _images(tmp_path, n, size):
+    """Demo test images written as PNGs at another size (w, h): riskcl decodes and resizes them itself."""
+    paths = []
+    for i in range(n):
+        p = demo_png(tmp_path, i)
+        q = tmp_path / f"sized_{size[0]}x{size[1]}_{i}.png"
+        Image.open(p).resize(size, Image.BICUBIC).save(q)
+        paths.append(str(q))
+    return paths
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_decides_exactly_as_riskcl_predict(calibrated, tmp_path, fmt):
+    out = tmp_path / fmt
+    meta = export_run(calibrated, out, fmt)
+    cal = json.loads((calibrated / "calibration.json").read_text())
+    assert meta["operating_point"]["threshold"] == cal["threshold"] and meta["operating_point"]["method"] == "crc"
+    assert meta["parity"]["decision_flips"] == 0 and meta["parity"]["max_abs_diff_p_malignant"] <= 1e-4
+    assert meta["classes"] == ["nevus", "keratosis", "melanoma", "carcinoma"]
+    assert json.loads((out / "riskcl_export.json").read_text()) == json.loads(json.dumps(meta))
+    if fmt == "onnx":
+        props = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
+        assert json.loads(props["riskcl"])["weights_sha256"] == meta["weights_sha256"]
+        session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+        run = lambda batch: session.run(None, {"images": batch})  # noqa: E731
+    else:
+        module = torch.jit.load(str(out / "model.pt"))
+        run = lambda batch: [t.numpy() for t in module(torch.from_numpy(batch))]  # noqa: E731
+    # Two image sizes, batch 7 and batch 1, through the exported file alone.
+    for paths in (_images(tmp_path, 7, (41, 29)), _images(tmp_path, 1, (23, 57))):
+        probs, p_mal, refer, label = run(np.stack([decode_rgb(p) for p in paths]))
+        rows = predict_files(calibrated, paths, calibrated=True)
+        assert probs.shape == (len(paths), 4) and refer.dtype == bool
+        assert [r["decision"] == "refer" for r in rows] == refer.tolist()
+        assert [r["predicted"] for r in rows] == [meta["classes"][k] for k in label]
+        np.testing.assert_allclose(p_mal, [r["p_malignant"] for r in rows], atol=1e-5)
+
+
+def test_uncalibrated_export_records_the_default_rule(tiny_run, tmp_path):
+    meta = export_run(tiny_run[0], tmp_path / "e", "onnx", check_limit=16)
+    op = meta["operating_point"]
+    assert op["threshold"] == 0.5 and op["method"] == "default" and "not calibrated" in op["how"]
+    assert op["rule"] == "superclass-first at 0.5"
+
+
+def test_parity_failure_and_corrupt_runs_are_clear(calibrated, tmp_path, capsys, tiny_run):
+    with pytest.raises(ExportParityError, match="does not decide as riskcl does"):
+        export_run(calibrated, tmp_path / "strict", "torchscript", check_limit=8, tolerance=-1.0)
+    assert json.loads((tmp_path / "strict" / "riskcl_export.json").read_text())["parity"]["images"] == 8
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_run[0], broken)
+    (broken / "model.safetensors").write_bytes(b"junk")
+    assert main(["export", str(broken), "--out", str(tmp_path / "x")]) == 2
+    assert "model.safetensors" in capsys.readouterr().err
+    img = demo_png(tmp_path)
+    assert main(["export", str(calibrated), "--out", str(tmp_path / "c"), "--format", "torchscript",
+                 "--check-images", str(img)]) == 0
+    assert "parity on --check-images" in capsys.readouterr().out

@@ -1,0 +1,200 @@
+"""The triage service (riskcl.deploy.serve): the API with FastAPI's TestClient, every bad input a 4xx while it
+keeps serving, and the page driven in a real headless Chromium against `riskcl serve`."""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from conftest import BRAIN_MRI, demo_png, needs_brain_mri
+from riskcl.deploy.predict import predict_files
+from riskcl.deploy.serve import create_app
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def client(tiny_run):
+    with TestClient(create_app(tiny_run[0], max_upload_mb=1)) as c:
+        yield c
+
+
+def _png_bytes(array: np.ndarray, mode: str | None = None, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    img = Image.fromarray(array)
+    (img.convert(mode) if mode else img).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_predict_matches_riskcl_predict_and_explain_returns_png(client, tiny_run, tmp_path):
+    img = demo_png(tmp_path)
+    r = client.post("/predict", files={"file": ("x.png", img.read_bytes(), "image/png")})
+    assert r.status_code == 200
+    body = r.json()
+    (row,) = predict_files(tiny_run[0], [str(img)])
+    assert body["decision"] == row["decision"] and body["predicted"] == row["predicted"]
+    assert body["p_malignant"] == pytest.approx(row["p_malignant"], abs=1e-9)
+    assert body["threshold"] == 0.5 and body["operating_point"]["method"] == "default"
+    assert sum(body["probabilities"].values()) == pytest.approx(1, abs=1e-6)
+    ex = client.post("/explain", files={"file": ("x.png", img.read_bytes(), "image/png")})
+    assert ex.status_code == 200 and ex.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(ex.content)).size == (448, 224)
+    page = client.get("/")
+    assert page.status_code == 200 and "<script>" in page.text and "http" not in page.text.split("<body>")[1]
+    model = client.get("/model").json()
+    assert model["classes"] == ["nevus", "keratosis", "melanoma", "carcinoma"] and "Not calibrated" in \
+        model["operating_point_text"]
+    assert client.get("/health").json()["status"] == "ok"
+
+
+@pytest.mark.parametrize("case,status,match", [
+    ("non_image", 415, "cannot decode"),
+    ("empty", 400, "empty"),
+    ("truncated_jpeg", 415, "cannot decode"),
+    ("too_large", 413, "exceeds the limit"),
+    ("one_pixel", 422, "too small"),
+    ("wrong_field", 422, "field 'file'"),
+    ("no_body", 422, "field 'file'"),
+])
+def test_bad_uploads_get_4xx_json_and_the_server_keeps_serving(client, case, status, match):
+    rng = np.random.default_rng(0)
+    photo = _png_bytes((rng.random((64, 64, 3)) * 255).astype(np.uint8), fmt="JPEG")
+    payload = {"non_image": b"%PDF-1.4 not an image at all", "empty": b"",
+               "truncated_jpeg": photo[: len(photo) // 2], "too_large": os.urandom(2 * 1024 * 1024),
+               "one_pixel": _png_bytes(np.zeros((1, 1, 3), np.uint8)), "wrong_field": photo}.get(case)
+    if case == "no_body":
+        r = client.post("/predict")
+    else:
+        field = "image" if case == "wrong_field" else "file"
+        r = client.post("/predict", files={field: ("x.jpg", payload, "image/jpeg")})
+    assert r.status_code == status, r.text
+    assert match in r.json()["error"]
+    assert client.get("/health").status_code == 200  # still serving
+
+
+@pytest.mark.parametrize("kind", ["png16", "cmyk"])
+def test_wide_and_cmyk_images_are_decoded(client, kind):
+    if kind == "png16":
+        data = _png_bytes(np.linspace(0, 60000, 40 * 40).reshape(40, 40).astype(np.uint16))
+    else:
+        data = _png_bytes((np.random.default_rng(1).random((40, 40, 3)) * 255).astype(np.uint8), "CMYK", "JPEG")
+    r = client.post("/predict", files={"file": ("x", data, "application/octet-stream")})
+    assert r.status_code == 200 and r.json()["image_size"] == [40, 40]
+
+
+def test_health_answers_while_a_slow_request_runs(tiny_run):
+    """Requests run in the thread pool: /health answers while /explain holds the model."""
+    import threading
+
+    app = create_app(tiny_run[0])
+    with TestClient(app) as c:
+        rng = np.random.default_rng(2)
+        big = _png_bytes((rng.random((1500, 1500, 3)) * 255).astype(np.uint8))
+        slow = threading.Thread(target=lambda: c.post("/explain", files={"file": ("b.png", big, "image/png")}))
+        slow.start()
+        time.sleep(0.05)
+        t0 = time.time()
+        assert c.get("/health").status_code == 200
+        fast = time.time() - t0
+        slow.join()
+        assert fast < 2.0
+
+
+# --- the real page in a real browser -------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_up(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"riskcl serve exited: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            with urllib.request.urlopen(url + "health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"riskcl serve did not answer at {url}")
+
+
+def screenshot_page(run: Path, image: Path, shot: Path) -> dict[str, str]:
+    """Start `riskcl serve` on a free port, upload ``image`` through the page in headless Chromium, wait for the
+    decision and the overlay, save a screenshot; returns what the page shows. The server is stopped by its PID."""
+    from playwright.sync_api import sync_playwright
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    proc = subprocess.Popen([sys.executable, "-m", "riskcl", "serve", str(run), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_up(url, proc)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                "--disable-background-networking", "--disable-component-update"])
+            page = browser.new_page(viewport={"width": 1100, "height": 760})
+            page.goto(url)
+            page.wait_for_function("document.getElementById('op').textContent.length > 0")
+            page.set_input_files("#file", str(image))
+            page.wait_for_selector("#result:not([hidden])")
+            page.wait_for_function("document.getElementById('overlay').complete && "
+                                   "document.getElementById('overlay').naturalWidth > 0")
+            shown = {k: page.inner_text(f"#{k}") for k in ("decision", "predicted", "p_malignant", "op")}
+            page.screenshot(path=str(shot), full_page=True)
+            browser.close()
+        return shown
+    finally:
+        os.kill(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def brain_run(tmp_path_factory):
+    from riskcl.config import load_config
+    from riskcl.experiment import run_experiment
+
+    out = tmp_path_factory.mktemp("serve") / "bm"
+    cfg = load_config("configs/brain_mri_cpu.yaml", [f"data.root={BRAIN_MRI}", "epochs=1", "max_steps_per_epoch=20",
+                                                     "progress=false"])
+    run_experiment(cfg, out)
+    from riskcl.cli import main
+
+    assert main(["calibrate", str(out), "--alpha", "0.05"]) == 0
+    return out
+
+
+@needs_brain_mri
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (apt-get install chromium); .ci/run installs it")
+def test_page_in_headless_chromium_shows_what_riskcl_predict_says(brain_run, tmp_path):
+    image = BRAIN_MRI / "Testing" / "glioma" / "Te-gl_0010.jpg"
+    shot = tmp_path / "serve_page.png"
+    shown = screenshot_page(brain_run, image, shot)
+    (row,) = predict_files(brain_run, [str(image)], calibrated=True)
+    assert shown["decision"] == row["decision"].upper()
+    assert shown["predicted"] == row["predicted"]
+    assert float(shown["p_malignant"]) == pytest.approx(row["p_malignant"], abs=5e-5)
+    assert "sensitivity on data like the calibration set" in shown["op"]
+    assert shot.is_file() and Image.open(shot).size[0] >= 1000
+    if os.environ.get("RISKCL_SCREENSHOT"):  # how the README's picture is made
+        shutil.copy(shot, os.environ["RISKCL_SCREENSHOT"])
