@@ -38,6 +38,7 @@ class RiskControlResult:
     calibration_cer: float       # empirical miss rate at the threshold on the calibration set
     calibration_specificity: float
     guarantee: str
+    certified: bool = True       # False: too few calibration cases; the threshold 0 flags everything
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,11 +93,11 @@ def _prepare(probs: Any, target: Any, taxonomy: Taxonomy, alpha: float, groups: 
 
 
 def _result(method: str, t: float, alpha: float, delta: float | None, units, unit, p_mal, is_mal,
-            guarantee: str) -> RiskControlResult:
+            guarantee: str, certified: bool) -> RiskControlResult:
     benign = ~is_mal
     spec = float(np.mean(p_mal[benign] < t)) if benign.any() else float("nan")
     return RiskControlResult(method, float(t), float(alpha), delta, len(units), unit, _risk(units, t), spec,
-                             guarantee)
+                             guarantee, certified)
 
 
 def conformal_risk_control(probs: Any, target: Any, taxonomy: Taxonomy, alpha: float,
@@ -108,7 +109,8 @@ def conformal_risk_control(probs: Any, target: Any, taxonomy: Taxonomy, alpha: f
     t = float(cands[ok].max()) if ok.any() else 0.0
     note = "" if ok.any() else " (calibration set too small for this alpha: every case is flagged malignant)"
     return _result("crc", t, alpha, None, units, unit, p_mal, is_mal,
-                   f"expected miss rate of malignant {unit}s <= {alpha} (conformal risk control, n={n}){note}")
+                   f"expected miss rate of malignant {unit}s <= {alpha} (conformal risk control, n={n}){note}",
+                   bool(ok.any()))
 
 
 def _pvalues(units: list[np.ndarray], thresholds: np.ndarray, alpha: float) -> np.ndarray:
@@ -136,7 +138,7 @@ def learn_then_test(probs: Any, target: Any, taxonomy: Taxonomy, alpha: float, d
     note = "" if found else " (no threshold could be certified: every case is flagged malignant)"
     return _result("ltt", t_hat, alpha, delta, units, unit, p_mal, is_mal,
                    f"miss rate of malignant {unit}s <= {alpha} with probability >= {1 - delta} "
-                   f"(Learn-then-Test, fixed sequence, n={len(units)}){note}")
+                   f"(Learn-then-Test, fixed sequence, n={len(units)}){note}", found)
 
 
 RISK_CONTROL = {

@@ -9,6 +9,14 @@ Sweep file::
       loss.name: [ce, rcl-proposed]
       seed: [0, 1, 2]
 
+The grid key ``recipe`` takes named bundles of overrides, for contenders that differ in several keys at once::
+
+    grid:
+      recipe:
+        - {name: ce, loss.name: ce}
+        - {name: ce-tta, loss.name: ce, tta: flip}
+        - {name: rcl-warmup, loss.name: rcl, loss.params: {warmup_epochs: 2}}
+
 Each run's folder name is built from its grid values (``loss.name-ce__seed-0``), so every machine computes the
 same names; ``--shard I/N`` takes the runs whose position in the sorted list is ``I mod N``. Finished runs are
 skipped, unfinished ones resume, a failed run is recorded and the sweep goes on.
@@ -30,6 +38,9 @@ from ..io import atomic_write_json
 from .lock import RunLocked
 from .folder import RunFolder
 from .run import RunFailed, run_experiment
+
+
+RECIPE = "recipe"
 
 
 @dataclass(frozen=True)
@@ -66,13 +77,19 @@ def load_sweep(path: str | Path, extra_overrides: Mapping[str, Any] | None = Non
     grid = spec.get("grid") or {}
     if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
         raise ConfigError(f"{path}: `grid` must map dotted keys to non-empty lists of values")
+    for recipe in grid.get(RECIPE, []):
+        if not isinstance(recipe, dict) or not isinstance(recipe.get("name"), str):
+            raise ConfigError(f"{path}: every `{RECIPE}` entry must be a mapping with a `name` and dotted overrides, "
+                              f"but got {recipe!r}")
     keys = list(grid)
     runs = []
     for combo in itertools.product(*(grid[k] for k in keys)):
         values = dict(zip(keys, combo))
         rid = run_id(values)
+        applied = {k: v for k, v in values.items() if k != RECIPE}
+        applied.update({k: v for k, v in values.get(RECIPE, {}).items() if k != "name"})
         try:
-            cfg = config_from_dict(base, {**overrides, **values, "name": rid})
+            cfg = config_from_dict(base, {**overrides, **applied, "name": rid})
         except ConfigError as exc:
             raise ConfigError(f"{path}: run {rid}: {exc}") from None
         runs.append(PlannedRun(rid, values, cfg))

@@ -13,8 +13,8 @@ from . import plots
 from .render import Document
 from .collect import find_runs, runs_table
 from .frontier import DEFAULT_TARGETS, fair_frontier_table
-from .tables import (matched_sensitivity_table, paired_table, pareto_front, pooled_cer_ci, run_labels, summary_table,
-                     threshold_curve)
+from .tables import (matched_sensitivity_table, paired_table, pareto_front, pooled_cer_ci, run_labels, subgroup_frame,
+                     subgroup_tables, summary_table, threshold_curve)
 
 def _methods_table(summary: pd.DataFrame, ci: dict) -> pd.DataFrame:
     rows = []
@@ -50,6 +50,24 @@ def _figures(recs: list, part: pd.DataFrame, folder: Path, tag: str, title: str)
     return [(f"Safety-accuracy Pareto plot, {title}", pareto.name),
             (f"Validation CER per epoch, {title}", cer.name),
             (f"Confusion matrices shaded by severity (summed over seeds), {title}", confusions.name)]
+
+
+def _subgroups(doc: Document, records: list, column: str, n_boot: int, out: Path) -> None:
+    tables = subgroup_tables(records, column, n_boot)
+    doc.heading(f"Subgroups by `{column}`")
+    if not tables:
+        doc.para(f"No run carries the metadata column `{column}`.")
+        return
+    doc.para("Test split, each run's own decision rule, seeds stacked. 95% CIs: bootstrap over the grouping unit, "
+             "exact Clopper-Pearson where a rate rests on fewer than 30 cases; groups with fewer than 10 malignant "
+             "units are flagged (too few to say anything).")
+    for (ds, model, method), rows in tables.items():
+        doc.heading(f"{ds} / {model} / {method}", 3).table(subgroup_frame(rows))
+    for ds, model in sorted({(k[0], k[1]) for k in tables}):
+        part = {k[2]: v for k, v in tables.items() if k[:2] == (ds, model)}
+        path = plots.plot_subgroup_cer(part, out / "figures" / f"subgroups_{column}_{ds}_{model}.png",
+                                       f"CER by {column}, {ds} / {model}")
+        doc.figure(f"CER per `{column}` group with 95% CIs, {ds} / {model}", path)
 
 
 def _gallery(doc: Document, records: list, runs_dir: Path, out: Path) -> None:
@@ -136,6 +154,8 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, baseline: str = "foc
     doc.heading("Figures")
     for caption, name in figures:
         doc.figure(caption, out / "figures" / name)
+    for column in by:
+        _subgroups(doc, records, column, n_boot, out)
     _gallery(doc, records, runs_dir, out)
     doc.write(out / "REPORT.md", out / "report.html")
     return out / "REPORT.md"

@@ -74,6 +74,31 @@ def plot_cer_curves(histories: Mapping[str, Any], path: str | Path, title: str =
     return _save(fig, path)
 
 
+def plot_subgroup_cer(tables: Mapping[str, list], path: str | Path, title: str = "") -> Path:
+    """CER per subgroup with its 95% interval, one marker series per method (``tables``: method -> rows of
+    :func:`riskcl.metrics.subgroups.subgroup_metrics`); groups flagged as too small are drawn hollow."""
+    methods = list(tables)
+    groups = sorted({r["group"] for rows in tables.values() for r in rows})
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(groups) + 2.5), 4.0))
+    width = 0.8 / max(1, len(methods))
+    for k, m in enumerate(methods):
+        by = {r["group"]: r for r in tables[m]}
+        for g_i, g in enumerate(groups):
+            r = by.get(g)
+            if r is None or r["cer"]["n"] == 0:
+                continue
+            x = g_i - 0.4 + width * (k + 0.5)
+            v, lo, hi = (100 * r["cer"][q] for q in ("value", "low", "high"))
+            ax.errorbar([x], [v], yerr=[[v - lo], [hi - v]], fmt="o", color=f"C{k}", ms=5, capsize=2,
+                        mfc="white" if r["too_few_malignant"] else f"C{k}", label=m if g_i == 0 else None)
+    ax.set_xticks(range(len(groups)), groups, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("CER (%) with 95% CI")
+    ax.set_title(title or "Critical Error Rate per subgroup (hollow: too few malignant cases)")
+    ax.legend(fontsize=7, frameon=False)
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
 def plot_reliability(probs: np.ndarray, target: np.ndarray, path: str | Path, n_bins: int = 15,
                      title: str = "") -> Path:
     """Reliability diagram: accuracy of the top-label prediction per confidence bin (bars) against the

@@ -134,3 +134,34 @@ def matched_sensitivity_table(records: list[RunRecord], reference: str = "ce") -
     if df.empty:
         return df
     return df.groupby(["dataset", "model", "method"]).mean(numeric_only=True).drop(columns="seed").reset_index()
+
+
+def subgroup_tables(records: list[RunRecord], column: str, n_boot: int = 1000) -> dict[tuple, list[dict]]:
+    """Per (dataset, model, method): subgroup rows of ``column`` on the test split, seeds stacked (each unit keeps
+    its decisions from every seed when resampled, so the CI covers the test sample and the point is the
+    seed-averaged rate). Decisions: each run's own rule. Runs without that metadata column are left out."""
+    from ..metrics.subgroups import subgroup_metrics
+
+    by: dict[tuple, list[RunRecord]] = {}
+    for r in records:
+        if f"meta__{column}" in r.predictions("test"):
+            by.setdefault((r.run["dataset"], r.run["model"], r.method), []).append(r)
+    out = {}
+    for key, recs in by.items():
+        preds = [r.predictions("test") for r in recs]
+        out[key] = subgroup_metrics(np.concatenate([run_labels(r) for r in recs]),
+                                    np.concatenate([p["target"] for p in preds]), recs[0].taxonomy,
+                                    np.concatenate([p[f"meta__{column}"] for p in preds]),
+                                    np.concatenate([p["groups"] for p in preds]), n_boot)
+    return out
+
+
+def subgroup_frame(rows: list[dict]) -> pd.DataFrame:
+    """Subgroup rows as a printable table (rates with their 95% intervals)."""
+    def cell(r: dict) -> str:
+        return "-" if r["n"] == 0 else f"{100 * r['value']:.1f}% [{100 * r['low']:.1f}, {100 * r['high']:.1f}]"
+
+    return pd.DataFrame([{"group": r["group"], "n": r["n"], "malignant": r["n_malignant"], "CER [95% CI]":
+                          cell(r["cer"]), "sensitivity [95% CI]": cell(r["sensitivity"]),
+                          "specificity [95% CI]": cell(r["specificity"]),
+                          "note": "too few malignant" if r["too_few_malignant"] else ""} for r in rows])

@@ -1,0 +1,153 @@
+"""End-to-end training epoch against the training-step ceiling, in one process.
+
+    python benchmarks/bench_epoch.py --device cpu --model resnet10t --size 48 --batch 32 \
+        --dataset brain_mri --root ../shared/data/brain_tumor_mri
+    python benchmarks/bench_epoch.py --device cuda --model resnet50 --size 224 --batch 128 --dataset demo
+    python benchmarks/bench_epoch.py ... --side-by-side 2     # two trainings at once, default thread share
+
+* ceiling: the same model, loss, optimizer and autocast on random tensors already on the device (no data path);
+* end to end: riskcl's engine on the cached data: ``BatchFeeder`` (batched gather from the memory map, pinned
+  non-blocking copy, device-side augmentation, prefetch) + ``train_one_epoch``.
+Both run the same number of steps after a warm-up; the JSON line has images/s of each and their ratio.
+With ``--side-by-side N`` the end-to-end epoch runs in N processes at once (each with riskcl's default thread
+share) and the line reports each one's epoch time next to the time of one alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import time
+
+import torch
+
+
+def _setup(a):
+    from riskcl.data import create_datasets
+    from riskcl.engine import BatchFeeder, resolve_device
+    from riskcl.losses import create_loss
+    from riskcl.models import create_model
+
+    device = resolve_device(a.device)
+    kwargs = {"scale": a.scale} if a.dataset == "demo" else {}
+    data = create_datasets(a.dataset, a.root, image_size=a.size, progress=False, **kwargs)
+    train = data.datasets["train"]
+    tax = train.taxonomy
+    torch.manual_seed(0)
+    model = create_model(a.model, tax.num_classes, pretrained=False).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    loss = create_loss(a.loss, taxonomy=tax, class_counts=train.class_counts).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    feeder = BatchFeeder(train, a.batch, device, train=True, seed=0, channels_last=device.type == "cuda",
+                         prefetch=a.prefetch)
+    return device, model, loss, opt, feeder, train
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def ceiling(a, device, model, loss_fn, opt, n_classes, steps):
+    from riskcl.engine.loop import autocast_context
+
+    x = torch.randn(a.batch, 3, a.size, a.size, device=device)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, n_classes, (a.batch,), device=device)
+    model.train()
+
+    def step():
+        with autocast_context(device, True):
+            out = model(x)
+        loss = loss_fn(out.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(a.warmup):
+        step()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return steps * a.batch / (time.perf_counter() - t0)
+
+
+def end_to_end(a, device, model, loss_fn, opt, feeder, epoch=1):
+    from riskcl.engine import train_one_epoch
+
+    steps = len(feeder)
+    train_one_epoch(model, feeder.batches(0, a.warmup), loss_fn, opt, device, max_steps=a.warmup, progress=False)
+    _sync(device)
+    t0 = time.perf_counter()
+    train_one_epoch(model, feeder.batches(epoch), loss_fn, opt, device, progress=False)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    return steps * a.batch / seconds, seconds, steps
+
+
+def _one_epoch_process(a, queue, start):
+    from riskcl.engine import TrainingSlot, apply_threads
+
+    with TrainingSlot() as slot:
+        start.wait()
+        time.sleep(1.0)  # every process registered before any picks its thread count
+        threads = apply_threads(None, slot)
+        device, model, loss_fn, opt, feeder, _ = _setup(a)
+        ips, seconds, _ = end_to_end(a, device, model, loss_fn, opt, feeder)
+        queue.put({"pid": os.getpid(), "threads": threads, "epoch_s": round(seconds, 2), "images_per_s": round(ips, 1)})
+
+
+def side_by_side(a, n):
+    ctx = mp.get_context("spawn")
+    queue, start = ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_one_epoch_process, args=(a, queue, start)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    start.set()
+    results = [queue.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return results
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--model", default="resnet10t")
+    p.add_argument("--size", type=int, default=48)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--loss", default="ce")
+    p.add_argument("--dataset", default="demo")
+    p.add_argument("--root", default=None)
+    p.add_argument("--scale", type=float, default=1.0, help="demo data size multiplier")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--prefetch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: riskcl's share)")
+    p.add_argument("--side-by-side", type=int, default=0, help="also run N end-to-end epochs at once")
+    a = p.parse_args()
+    from riskcl.engine import TrainingSlot, apply_threads
+
+    row = {"machine": platform.processor() or platform.machine(), "cores": os.cpu_count(), "model": a.model,
+           "size": a.size, "batch": a.batch, "dataset": a.dataset, "loss": a.loss}
+    with TrainingSlot() as slot:
+        row["threads"] = apply_threads(a.threads, slot)
+        device, model, loss_fn, opt, feeder, train = _setup(a)
+        row["device"] = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+        e2e, seconds, steps = end_to_end(a, device, model, loss_fn, opt, feeder)
+        ceil = ceiling(a, device, model, loss_fn, opt, train.taxonomy.num_classes, steps)
+    row.update({"train_images": len(train), "steps": steps, "step_ceiling_images_per_s": round(ceil, 1),
+                "end_to_end_images_per_s": round(e2e, 1), "epoch_s": round(seconds, 2),
+                "ratio": round(e2e / ceil, 3)})
+    if a.side_by_side:
+        row["side_by_side"] = side_by_side(a, a.side_by_side)
+    print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()

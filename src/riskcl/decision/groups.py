@@ -1,0 +1,67 @@
+"""Group-conditional risk control: one threshold per patient group (sex, body site, scanner, ...) so that each
+group's Critical Error Rate stays under ``alpha``, not only the pooled one.
+
+* Learn-then-Test per group at ``delta / G`` (Bonferroni over the ``G`` groups with malignant calibration
+  cases): with probability >= ``1 - delta`` over the calibration draw, every certified group's CER <= alpha at
+  once (the union bound over groups).
+* Conformal risk control per group: each group's expected CER <= alpha (exchangeability within the group).
+
+A group whose calibration cases cannot certify ``alpha`` (LTT needs about ``log(delta / G) / log(1 - alpha)``
+malignant units with no miss) gets no invented threshold: it falls back to a stated rule, ``pooled`` (the
+pooled threshold, which carries no per-group guarantee) or ``conservative`` (the lowest threshold among the
+pooled and every certified group's, which flags the most), and is reported as not certified. Groups unseen at
+calibration get the same fallback.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..metrics.functional import to_numpy
+from ..taxonomy import Taxonomy
+from .risk_control import RiskControlResult, control_risk
+
+FALLBACKS = ("pooled", "conservative")
+
+
+def group_risk_control(method: str, probs: Any, target: Any, taxonomy: Taxonomy, strata: Any, alpha: float,
+                       delta: float = 0.1, groups: Any = None, fallback: str = "pooled") -> dict[str, Any]:
+    """Thresholds per value of ``strata`` (``(N,)`` subgroup labels); ``groups``: patient units as in
+    :func:`~riskcl.decision.control_risk`.
+
+    Returns ``{"pooled": RiskControlResult, "groups": {value: {"threshold", "certified", "n_calibration",
+    "guarantee"}}, "fallback", "fallback_threshold", "correction"}``.
+    """
+    if fallback not in FALLBACKS:
+        raise ValueError(f"Expected `fallback` in {FALLBACKS}, but got {fallback!r}")
+    p, y = to_numpy(probs), to_numpy(target).astype(np.int64)
+    s = np.asarray(to_numpy(strata)).astype(str)
+    if s.shape != y.shape:
+        raise ValueError(f"Expected one subgroup label per sample ({y.shape[0]}), but got {s.shape}")
+    g = None if groups is None else np.asarray(to_numpy(groups))
+    pooled = control_risk(method, p, y, taxonomy, alpha, delta, g)
+    values = sorted(set(s.tolist()))
+    with_malignant = [v for v in values if (taxonomy.superclass[y[s == v]] == 1).any()]
+    per_delta = delta / max(1, len(with_malignant)) if method == "ltt" else delta
+    results: dict[str, RiskControlResult | None] = {}
+    for v in values:
+        m = s == v
+        results[v] = control_risk(method, p[m], y[m], taxonomy, alpha, per_delta,
+                                  None if g is None else g[m]) if v in with_malignant else None
+    certified = [r.threshold for r in results.values() if r is not None and r.certified]
+    fb = pooled.threshold if fallback == "pooled" else min([pooled.threshold, *certified])
+    out = {}
+    for v, r in results.items():
+        ok = r is not None and r.certified
+        out[v] = {"threshold": r.threshold if ok else fb, "certified": ok,
+                  "n_calibration": 0 if r is None else r.n_calibration,
+                  "calibration_cer": None if r is None else r.calibration_cer,
+                  "guarantee": r.guarantee if ok else (
+                      f"not certified ({'no malignant calibration case' if r is None else 'too few calibration cases'}"
+                      f" for alpha = {alpha}): the {fallback} fallback threshold, with no guarantee for this group")}
+    correction = (f"Bonferroni: delta / {len(with_malignant)} = {per_delta:.4g} per group, so all certified groups "
+                  f"hold at once with probability >= {1 - delta}") if method == "ltt" else \
+        "none needed: conformal risk control bounds each group's expected CER"
+    return {"pooled": pooled, "groups": out, "fallback": fallback, "fallback_threshold": fb,
+            "correction": correction}

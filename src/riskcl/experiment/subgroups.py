@@ -1,0 +1,131 @@
+"""Subgroup safety of a finished run, from its prediction files only: ``riskcl evaluate RUN --by COLUMN`` and
+``riskcl calibrate RUN --by COLUMN``.
+
+The metadata columns (age, sex, body site, magnification, slide, a user's CSV columns) travel from the data
+adapter into ``splits.csv`` and every prediction file (``meta__<column>`` arrays), so both commands read
+nothing else. Decisions are taken at the run's operating point: its calibrated threshold when
+``calibration.json`` exists (pooled), else the default rule at 0.5.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..decision import decide, group_risk_control, softmax
+from ..io import atomic_write_json
+from ..metrics import safety_report
+from ..metrics.subgroups import MIN_MALIGNANT, subgroup_metrics
+from .calibrate import SELECTION_WARNING, TEST_KEYS, _check_split
+from .folder import RunFolder
+
+
+def _column(folder: RunFolder, arrays: dict[str, np.ndarray], column: str, split: str) -> np.ndarray:
+    meta = RunFolder.metadata_of(arrays)
+    if column not in meta:
+        raise ValueError(f"{folder.prediction_file(split)}: no metadata column '{column}'; this run's data carries "
+                         f"{sorted(meta) or 'none'} (metadata come from the data adapter, e.g. HAM10000_metadata.csv, "
+                         f"or the `metadata` option of csv / folder data)")
+    return meta[column]
+
+
+def _threshold(folder: RunFolder) -> tuple[float, str]:
+    if folder.file("calibration").is_file():
+        cal = folder.calibration()
+        return float(cal["threshold"]), f"calibrated threshold {cal['threshold']:.4f} ({cal['method']})"
+    return 0.5, "the default rule (p(malignant) >= 0.5, not calibrated)"
+
+
+def evaluate_subgroups(run_dir: str | Path, column: str, split: str = "test", n_boot: int = 1000,
+                       min_malignant: int = MIN_MALIGNANT) -> dict[str, Any]:
+    """Per-group n, malignant cases, CER, sensitivity, specificity with 95% CIs; writes
+    ``RUN/subgroups_<column>.json`` (test split) or ``subgroups_<column>_<split>.json``."""
+    folder = RunFolder(run_dir)
+    folder.require_finished()
+    arrays = folder.predictions(split)
+    strata = _column(folder, arrays, column, split)
+    tax = folder.taxonomy()
+    threshold, how = _threshold(folder)
+    labels = decide(softmax(arrays["logits"]), tax, "superclass", threshold)
+    rows = subgroup_metrics(labels, arrays["target"], tax, strata, arrays["groups"], n_boot, min_malignant)
+    overall = safety_report(labels, arrays["target"], tax)
+    result = {"column": column, "split": split, "operating_point": how, "threshold": threshold,
+              "n": int(len(labels)), "overall_cer": overall["cer"], "groups": rows,
+              "rule": f"95% CIs: bootstrap over the run's grouping unit ({n_boot} resamples), exact Clopper-Pearson "
+                      f"where a rate rests on fewer than 30 cases; a group with fewer than {min_malignant} malignant "
+                      f"units is flagged: too few to say anything about its CER"}
+    name = f"subgroups_{column}.json" if split == "test" else f"subgroups_{column}_{split}.json"
+    atomic_write_json(folder.path / name, result)
+    return result
+
+
+def _pct(r: dict[str, Any]) -> str:
+    if r["n"] == 0:
+        return "-"
+    return f"{100 * r['value']:.1f}% [{100 * r['low']:.1f}, {100 * r['high']:.1f}]"
+
+
+def format_subgroups(result: dict[str, Any]) -> str:
+    from io import StringIO
+
+    buf = StringIO()
+    buf.write(f"{result['split']} split by '{result['column']}' at {result['operating_point']} (overall CER "
+              f"{100 * result['overall_cer']:.2f}%):\n")
+    cols = ["group", "n", "malignant", "CER [95% CI]", "sensitivity [95% CI]", "specificity [95% CI]", "note"]
+    rows = [{"group": r["group"], "n": r["n"], "malignant": r["n_malignant"], "CER [95% CI]": _pct(r["cer"]),
+             "sensitivity [95% CI]": _pct(r["sensitivity"]), "specificity [95% CI]": _pct(r["specificity"]),
+             "note": "too few malignant" if r["too_few_malignant"] else ""} for r in result["groups"]]
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    buf.write("  ".join(c.ljust(widths[c]) for c in cols) + "\n")
+    for r in rows:
+        buf.write("  ".join(str(r[c]).ljust(widths[c]) for c in cols) + "\n")
+    buf.write(result["rule"] + "\n")
+    return buf.getvalue()
+
+
+def calibrate_by_group(run_dir: str | Path, column: str, alpha: float, delta: float = 0.1, method: str = "ltt",
+                       split: str = "calib", allow_selection_split: bool = False,
+                       fallback: str = "pooled") -> dict[str, Any]:
+    """One threshold per group of ``column`` on the calibration split; test CER per group at its threshold;
+    writes ``calibration.json`` (the pooled threshold at the top, the groups under ``groups``)."""
+    folder = RunFolder(run_dir)
+    folder.require()
+    _check_split(folder, split, allow_selection_split)
+    tax = folder.taxonomy()
+    cal, test = folder.predictions(split), folder.predictions("test")
+    cal_strata, test_strata = _column(folder, cal, column, split), _column(folder, test, column, "test")
+    res = group_risk_control(method, softmax(cal["logits"]), cal["target"], tax, cal_strata, alpha, delta,
+                             cal["groups"], fallback)
+    pooled = res["pooled"]
+    test_probs = softmax(test["logits"])
+    per_image = np.array([res["groups"].get(v, {"threshold": res["fallback_threshold"]})["threshold"]
+                          for v in test_strata.astype(str)])
+    labels = decide(test_probs, tax, "superclass", per_image)
+    overall = safety_report(labels, test["target"], tax)
+    for v, g in res["groups"].items():
+        m = test_strata.astype(str) == v
+        mal = m & (tax.superclass[test["target"]] == 1)
+        g["test_n"], g["test_malignant"] = int(m.sum()), int(mal.sum())
+        g["test_cer"] = float(np.mean(tax.superclass[labels[mal]] == 0)) if mal.any() else None
+    out = {**pooled.to_dict(), "by": column, "groups": res["groups"], "fallback": fallback,
+           "unseen_group_threshold": res["fallback_threshold"], "correction": res["correction"],
+           "calibration_split": split, "calibration_file": folder.prediction_file(split).name,
+           "selection_split_warning": SELECTION_WARNING if split == "val" else None,
+           "certified_groups": sorted(v for v, g in res["groups"].items() if g["certified"]),
+           "test": {k: overall[k] for k in TEST_KEYS}}
+    folder.write_calibration(out)
+    return out
+
+
+def format_group_calibration(r: dict[str, Any]) -> str:
+    lines = [f"one threshold per '{r['by']}' group ({r['method']}, alpha {r['alpha']}, {r['correction']}):"]
+    for v, g in sorted(r["groups"].items()):
+        tc = "-" if g["test_cer"] is None else f"{100 * g['test_cer']:.2f}%"
+        lines.append(f"  {v:>16s}: threshold {g['threshold']:.4f}  {'certified' if g['certified'] else 'FALLBACK '}  "
+                     f"calibration n={g['n_calibration']}  test CER {tc} ({g['test_malignant']} malignant)")
+    lines.append(f"  pooled threshold {r['threshold']:.4f}; uncertified and unseen groups use the {r['fallback']} "
+                 f"fallback {r['unseen_group_threshold']:.4f}")
+    lines.append(f"wrote calibration.json; `riskcl predict ... --calibrated --metadata CSV` needs each image's "
+                 f"'{r['by']}'")
+    return "\n".join(lines)

@@ -1,0 +1,81 @@
+"""Safety per patient subgroup: n, malignant cases, CER, sensitivity and specificity with honest uncertainty.
+
+Each rate gets a 95% interval: a percentile bootstrap that resamples whole grouping units (patients, lesions)
+within the subgroup, or, when the count behind the rate is small (fewer than ``EXACT_BELOW`` = 30 cases), the
+exact Clopper-Pearson interval of the binomial count (treating images as independent, which is then stated).
+A subgroup with fewer than ``min_malignant`` (default 10) malignant cases is flagged: its CER interval is too
+wide to say anything, so no conclusion should be drawn from it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..taxonomy import Taxonomy
+from .bootstrap import bootstrap_ci
+from .functional import split_preds, to_numpy
+
+EXACT_BELOW = 30
+MIN_MALIGNANT = 10
+
+
+def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact binomial interval for ``k`` successes in ``n`` trials.
+
+    Example:
+        >>> lo, hi = clopper_pearson(0, 10)
+        >>> round(lo, 4), round(hi, 4)
+        (0.0, 0.3085)
+    """
+    from scipy.stats import beta
+
+    if n <= 0:
+        return float("nan"), float("nan")
+    a = (1 - confidence) / 2
+    lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
+    return lo, hi
+
+
+def _rate(hits: np.ndarray, units: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
+    """Mean of a 0/1 array with its 95% interval (bootstrap over units, or exact when small)."""
+    n = int(hits.size)
+    if n == 0:
+        return {"value": float("nan"), "low": float("nan"), "high": float("nan"), "n": 0, "ci": "none"}
+    k = int(hits.sum())
+    if n < EXACT_BELOW:
+        lo, hi = clopper_pearson(k, n)
+        return {"value": k / n, "low": lo, "high": hi, "n": n, "ci": "clopper-pearson"}
+    _, lo, hi = bootstrap_ci(lambda h, _t: float(np.mean(h)), hits.astype(float), np.zeros(n, dtype=np.int64),
+                             groups=units, n_resamples=n_boot, seed=seed)
+    return {"value": k / n, "low": lo, "high": hi, "n": n, "ci": "bootstrap"}
+
+
+def subgroup_metrics(preds: Any, target: Any, taxonomy: Taxonomy, strata: Any, units: Any = None,
+                     n_boot: int = 1000, min_malignant: int = MIN_MALIGNANT, seed: int = 0) -> list[dict[str, Any]]:
+    """One row per subgroup value of ``strata``: ``n``, ``n_malignant``, ``n_malignant_units``, ``cer``,
+    ``sensitivity``, ``specificity`` (each ``{value, low, high, n, ci}``) and ``too_few_malignant``.
+
+    ``preds``: ``(N,)`` decisions (or ``(N, K)`` probabilities: argmax); ``units``: grouping unit per sample
+    (default: every image its own unit).
+    """
+    yhat, _, y = split_preds(preds, target, taxonomy.num_classes)
+    s = np.asarray(to_numpy(strata)).astype(str)
+    u = np.arange(len(y)).astype(str) if units is None else np.asarray(to_numpy(units)).astype(str)
+    if s.shape != y.shape or u.shape != y.shape:
+        raise ValueError(f"Expected subgroup labels and units for each of the {len(y)} samples")
+    sup = taxonomy.superclass
+    rows = []
+    for value in sorted(set(s.tolist())):
+        m = s == value
+        mal, ben = m & (sup[y] == 1), m & (sup[y] == 0)
+        missed = sup[yhat[mal]] == 0
+        n_units = int(len(set(u[mal].tolist())))
+        rows.append({"group": value, "n": int(m.sum()), "n_malignant": int(mal.sum()),
+                     "n_malignant_units": n_units,
+                     "cer": _rate(missed, u[mal], n_boot, seed),
+                     "sensitivity": _rate(~missed, u[mal], n_boot, seed),
+                     "specificity": _rate(sup[yhat[ben]] == 0, u[ben], n_boot, seed),
+                     "too_few_malignant": n_units < min_malignant})
+    return rows
