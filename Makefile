@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # the package itself only declares ranges.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv demo test reproduce-cpu report-cpu bench clean
+.PHONY: venv demo test reproduce-cpu frontier bench clean
 
 $(BIN)/riskcl: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,14 @@ test: venv
 reproduce-cpu: venv
 	$(BIN)/riskcl sweep configs/sweeps/table5_brain_mri_cpu.yaml --out runs/table5_brain_mri_cpu
 	$(BIN)/riskcl report runs/table5_brain_mri_cpu --out results/brain_mri_cpu
+
+# The safety frontier (results/frontier/): every objective x 3 seeds on Brain MRI, the ISIC sample and the demo
+# data, then one report whose fair table chooses each run's threshold on its calibration split.
+frontier: venv
+	$(BIN)/riskcl sweep configs/sweeps/frontier_brain_mri.yaml --out runs/frontier/brain_mri --quiet
+	$(BIN)/riskcl sweep configs/sweeps/frontier_isic2018.yaml --out runs/frontier/isic2018 --quiet
+	$(BIN)/riskcl sweep configs/sweeps/frontier_demo.yaml --out runs/frontier/demo --quiet
+	$(BIN)/riskcl report runs/frontier --out results/frontier --baseline ce --method rcl-proposed --targets 0.95 0.98 0.99
 
 bench: venv
 	$(BIN)/python benchmarks/bench_core.py

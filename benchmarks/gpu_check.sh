@@ -9,3 +9,7 @@ python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm._
 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_losses.py 2>&1 | tail -5 | tee "$OUT/pytest.txt"
 python3 benchmarks/bench_train_step.py --device cuda --out "$OUT/train_step_cuda.json" 2>&1 | tee "$OUT/bench.txt"
 python3 -m riskcl demo --out /tmp/demo-gpu --quiet 2>&1 | tail -8 | tee "$OUT/demo.txt"
+for b in 32 128; do
+  python3 benchmarks/bench_epoch.py --device cuda --model resnet50 --size 224 --batch $b --dataset demo --scale 3 \
+    --prefetch 2 2>&1 | tail -1 | tee -a "$OUT/bench_epoch.txt"
+done

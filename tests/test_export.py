@@ -87,3 +87,23 @@ def test_parity_failure_and_corrupt_runs_are_clear(calibrated, tmp_path, capsys,
     assert main(["export", str(calibrated), "--out", str(tmp_path / "c"), "--format", "torchscript",
                  "--check-images", str(img)]) == 0
     assert "parity on --check-images" in capsys.readouterr().out
+
+
+def test_the_readme_onnx_snippet_classifies_a_jpeg(calibrated, tmp_path, capsys):
+    """The README's ten lines, run as written (only the two paths replaced), with nothing but onnxruntime,
+    numpy and Pillow."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"```python\n(import json, numpy as np, onnxruntime as ort\n.*?)```", readme, re.S).group(1)
+    assert len(block.strip().splitlines()) <= 10 and "riskcl" not in block.replace('"riskcl"', "")
+    export_run(calibrated, tmp_path / "export", "onnx", check_limit=8)
+    jpeg = tmp_path / "lesion.jpg"
+    Image.open(demo_png(tmp_path)).save(jpeg, quality=95)
+    code = block.replace("runs/isic/export/model.onnx", str(tmp_path / "export" / "model.onnx")).replace(
+        "lesion.jpg", str(jpeg))
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    (row,) = predict_files(calibrated, [str(jpeg)], calibrated=True)
+    assert out.startswith(row["decision"].upper()) and row["predicted"] in out
