@@ -68,6 +68,33 @@ def check_writable_target(path: str | os.PathLike) -> Path:
     return path
 
 
+def make_folder(path: str | os.PathLike, what: str = "output") -> Path:
+    """Create the folder ``path`` (and its parents); ``NotADirectoryError`` naming the path when it, or a
+    parent, is a file."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            where = "is a file" if p == path else f"lies under {p}, which is a file"
+            raise NotADirectoryError(f"{path} {where}; expected a folder for the {what}")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def read_csv(path: str | os.PathLike, **kwargs: Any):
+    """``pandas.read_csv`` (all columns as text unless ``dtype`` says otherwise); ``ValueError`` naming the file
+    when pandas cannot parse it."""
+    import pandas as pd
+
+    kwargs.setdefault("dtype", str)
+    kwargs.setdefault("keep_default_na", False)
+    try:
+        return pd.read_csv(path, **kwargs)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found") from None
+    except Exception as exc:  # pandas raises many parser errors
+        raise ValueError(f"{path}: unreadable CSV ({type(exc).__name__}: {exc})") from None
+
+
 def _default_mode(path: Path) -> None:
     """Give the file the mode a plain ``open()`` would (some writers create 0600 temp files)."""
     umask = os.umask(0)

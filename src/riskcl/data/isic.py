@@ -18,6 +18,7 @@ import pandas as pd
 
 from ..taxonomy import get_taxonomy
 from .base import CONTENT_GROUPS, IMAGE_EXTENSIONS, DataIndex, check_member, make_table
+from ..io import read_csv
 from .paths import safe_join
 
 PREFIX = "ISIC2018_Task3"
@@ -26,10 +27,7 @@ OFFICIAL_SPLITS = {"Training": "train", "Validation": "val", "Test": "test"}
 
 def read_one_hot_csv(path: Path, classes: tuple[str, ...], id_column: str = "image") -> pd.DataFrame:
     """``(image, label)`` rows from a one-hot CSV; errors name the file, row and what was expected."""
-    try:
-        df = pd.read_csv(path, dtype={id_column: str})
-    except Exception as exc:  # pandas raises many parser errors
-        raise ValueError(f"{path}: unreadable CSV ({type(exc).__name__}: {exc})") from None
+    df = read_csv(path, dtype={id_column: str}, keep_default_na=True)
     expected = [id_column, *classes]
     missing = [c for c in expected if c not in df.columns]
     extra = [c for c in df.columns if c not in expected]
@@ -70,10 +68,7 @@ def _metadata(root: Path) -> pd.DataFrame | None:
     meta = root / "HAM10000_metadata.csv"
     if not meta.is_file():
         return None
-    try:
-        df = pd.read_csv(meta, dtype=str, keep_default_na=False)
-    except Exception as exc:  # pandas raises many parser errors
-        raise ValueError(f"{meta}: unreadable CSV ({type(exc).__name__}: {exc})") from None
+    df = read_csv(meta)
     for col in ("lesion_id", "image_id"):
         if col not in df.columns:
             raise ValueError(f"{meta}: expected a column '{col}' (columns: {list(df.columns)})")

@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 
 from ..taxonomy import load_taxonomy
 from .base import SPLITS, DataIndex, make_table, scan_class_folders
+from ..io import read_csv
 from .paths import safe_join
 
 
@@ -27,10 +27,7 @@ def _folder_metadata(root: Path, metadata_csv: str, rows: list[dict], allow_outs
     path = safe_join(root, metadata_csv, allow_outside_root, source="data.options.metadata_csv")
     if not path.is_file():
         raise FileNotFoundError(f"Expected the metadata file {path} (data.options.metadata_csv)")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as exc:
-        raise ValueError(f"{path}: unreadable CSV ({type(exc).__name__}: {exc})") from None
+    df = read_csv(path)
     if "file" not in df.columns:
         raise ValueError(f"{path}: expected a column 'file' (the image file name) and metadata columns, but got "
                          f"{list(df.columns)}")
@@ -70,10 +67,7 @@ def index_csv(root: str | Path, csv: str = "labels.csv", taxonomy: Any = None, m
     path = safe_join(root, csv, allow_outside_root, source="data.options.csv")
     if not path.is_file():
         raise FileNotFoundError(f"Expected the label file {path}")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as exc:
-        raise ValueError(f"{path}: unreadable CSV ({type(exc).__name__}: {exc})") from None
+    df = read_csv(path)
     for col in ("path", "label"):
         if col not in df.columns:
             raise ValueError(f"{path}: missing column '{col}'; expected path,label[,group][,split] "

@@ -23,7 +23,7 @@ from ..data.augment import to_model_input
 from ..data.images import resize_uint8
 from ..decision import decide, softmax
 from ..experiment.folder import RunFolder
-from ..io import atomic_write_json, atomic_write_with
+from ..io import atomic_write_json, atomic_write_with, make_folder
 from ..metrics import malignant_probability
 from ..taxonomy import Taxonomy
 from .predict import operating_point, predict_arrays
@@ -136,10 +136,7 @@ def explain_files(run_dir: str | Path, images: Sequence[str | Path], out_dir: st
     """Write ``<stem>_class.png``, ``<stem>_malignant.png`` and ``<stem>_panel.png`` per image into ``out_dir``."""
     folder = RunFolder(run_dir)
     folder.require_finished()
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} is a file; expected a folder for the overlays")
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out_dir, "overlays")
     arrays = [decode_rgb(p) for p in images]
     rows = []
     for path, arr, r in zip(images, arrays, explain_arrays(folder, arrays, method)):

@@ -33,7 +33,7 @@ from ..data.augment import IMAGENET_MEAN, IMAGENET_STD
 from ..data.images import resize_images
 from ..decision import decide
 from ..experiment.folder import RunFolder
-from ..io import atomic_write_json, atomic_write_with
+from ..io import atomic_write_json, atomic_write_with, make_folder
 from ..metrics import malignant_probability
 from .predict import operating_point, predict_arrays
 
@@ -212,10 +212,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, fmt: str = "onnx", chec
         raise ValueError(f"Expected --format in {sorted(FORMATS)}, but got {fmt!r}")
     folder = RunFolder(run_dir)
     folder.require_finished()
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} is a file; expected a folder for the exported model")
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out_dir, "exported model")
     use_cal = folder.file("calibration").is_file() if calibrated is None else calibrated
     op = operating_point(folder, use_cal)
     if op.get("groups"):

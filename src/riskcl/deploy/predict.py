@@ -20,7 +20,7 @@ from ..data.augment import to_model_input
 from ..data.images import resize_uint8
 from ..decision import decide, softmax
 from ..experiment.folder import RunFolder
-from ..io import atomic_write_text, check_writable_target
+from ..io import atomic_write_text, check_writable_target, read_csv
 from ..metrics import malignant_probability
 from ..taxonomy import Taxonomy
 
@@ -86,16 +86,11 @@ def write_rows_csv(rows: list[dict[str, Any]], out_csv: str | Path) -> None:
 
 def image_thresholds(op: dict[str, Any], images: Sequence[str | Path], metadata: str | Path | None) -> np.ndarray:
     """Per-image thresholds of a per-group calibration, from a metadata CSV (``image`` + the group column)."""
-    import pandas as pd
-
     by = op["by"]
     if metadata is None:
         raise ValueError(f"calibration.json holds one threshold per '{by}' group: predict --calibrated needs each "
                          f"image's group (--metadata CSV with columns image,{by})")
-    try:
-        df = pd.read_csv(metadata, dtype=str, keep_default_na=False)
-    except Exception as exc:
-        raise ValueError(f"{metadata}: unreadable CSV ({type(exc).__name__}: {exc})") from None
+    df = read_csv(metadata)
     if "image" not in df.columns or by not in df.columns:
         raise ValueError(f"{metadata}: expected columns 'image' and '{by}', but got {list(df.columns)}")
     group_of = {**dict(zip(df["image"], df[by])), **{Path(i).name: g for i, g in zip(df["image"], df[by])}}

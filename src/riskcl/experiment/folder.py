@@ -33,8 +33,8 @@ import yaml
 from ..config import (ConfigError, ExperimentConfig, config_from_dict, config_taxonomy, parse_yaml_text,
                       run_cost_matrix, save_config)
 from ..data import ImageDataset, SplitData
-from ..io import (atomic_write_json, atomic_write_npz, atomic_write_text, atomic_write_with, load_npz, read_json,
-                  remove_stale_temps)
+from ..io import (atomic_write_json, atomic_write_npz, atomic_write_text, atomic_write_with, load_npz, make_folder,
+                  read_csv, read_json, remove_stale_temps)
 from ..taxonomy import Taxonomy
 
 FILES = {
@@ -71,12 +71,7 @@ class RunFolder:
     # --- the folder itself -------------------------------------------------------------------------------------
     def prepare(self) -> None:
         """Create the folder for a new run (errors name a file standing where the folder should be)."""
-        if self.path.exists() and not self.path.is_dir():
-            raise NotADirectoryError(f"--out {self.path} is a file; expected a folder for the run")
-        for parent in self.path.parents:
-            if parent.exists() and not parent.is_dir():
-                raise NotADirectoryError(f"--out {self.path}: {parent} is a file, not a folder")
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_folder(self.path, "run")
         remove_stale_temps(self.path)
 
     def require(self) -> None:
@@ -176,10 +171,7 @@ class RunFolder:
         path = self.file("splits")
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: the run never got as far as splitting its data")
-        try:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False)
-        except Exception as exc:
-            raise RunFolderError(f"{path}: unreadable CSV ({type(exc).__name__}: {exc})") from None
+        df = read_csv(path)
         missing = [c for c in ("id", "split", "group", "label", "path") if c not in df.columns]
         if missing:
             raise RunFolderError(f"{path}: missing column(s) {missing}")

@@ -10,19 +10,11 @@ import os
 import socket
 from pathlib import Path
 
+from ..io import pid_alive
+
 
 class RunLocked(RuntimeError):
     """Another live process holds the run folder."""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class RunLock:
@@ -54,7 +46,7 @@ class RunLock:
                     owner = {}
                 same_host = owner.get("host") == me["host"]
                 pid = owner.get("pid")
-                if same_host and isinstance(pid, int) and pid != me["pid"] and _alive(pid):
+                if same_host and isinstance(pid, int) and pid != me["pid"] and pid_alive(pid):
                     raise RunLocked(f"{self.path.parent} is being run by pid {pid} on {owner['host']}")
                 if owner and not same_host:
                     raise RunLocked(f"{self.path.parent} is locked by {owner}; remove {self.path} if that "
