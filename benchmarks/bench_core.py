@@ -73,9 +73,11 @@ def main() -> None:
             t0 = time.perf_counter()
             data = create_datasets("brain_mri", root, image_size=48, cache_dir=cache, progress=False)
             res["brain_mri_cached_index_s_48px"] = time.perf_counter() - t0
-            loader = torch.utils.data.DataLoader(data.datasets["train"], batch_size=32, shuffle=True)
+            from riskcl.engine import BatchFeeder
+
+            feeder = BatchFeeder(data.datasets["train"], 32, torch.device("cpu"), train=True)
             t0 = time.perf_counter()
-            count = sum(len(xb) for xb, _ in loader)
+            count = sum(len(xb) for xb, _ in feeder.batches(0))
             res["brain_mri_train_epoch_read_images_per_s_48px"] = count / (time.perf_counter() - t0)
     for k, v in res.items():
         print(f"{k:50s} {v:10.4f}")

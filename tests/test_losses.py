@@ -202,3 +202,71 @@ def test_custom_cost_matrix_through_registry():
     x = torch.zeros(1, 7)
     x[0, 1] = 5.0
     assert loss(x, torch.tensor([0])).item() == pytest.approx(100 * F.cross_entropy(x, torch.tensor([0])).item())
+
+
+# --- the frontier's contenders: reference, gradient check, bf16 ------------------------------------------------
+def _mal_logodds_reference(x):
+    p = torch.softmax(x.double(), 1)
+    sup = torch.as_tensor(TAX.superclass, dtype=torch.bool)
+    p_mal = p[:, sup].sum(1)
+    return p_mal, torch.log(p_mal) - torch.log(1 - p_mal)
+
+
+def test_logit_adjusted_ce_against_its_formula():
+    x, y = _batch(32, seed=21)
+    prior = torch.tensor(COUNTS, dtype=torch.float64) / sum(COUNTS)
+    for tau in (0.0, 1.0, 2.5):
+        want = F.cross_entropy(x.double() + tau * torch.log(prior), y)
+        got = create_loss("logit-adjust", taxonomy=TAX, class_counts=COUNTS, tau=tau)(x.double(), y)
+        assert got.item() == pytest.approx(want.item(), rel=1e-6)  # the log priors are a float32 buffer
+    torch.testing.assert_close(create_loss("logit-adjust", taxonomy=TAX, class_counts=COUNTS, tau=0.0)(x, y),
+                               F.cross_entropy(x, y))
+
+
+def test_marginal_bce_against_a_plain_reference():
+    x, y = _batch(32, seed=22)
+    p_mal, _ = _mal_logodds_reference(x)
+    s = torch.as_tensor(TAX.superclass)[y].double()
+    for weight, pos_weight in ((1.0, 1.0), (0.5, 3.0)):
+        bce = -(pos_weight * s * torch.log(p_mal) + (1 - s) * torch.log(1 - p_mal))
+        want = (F.cross_entropy(x.double(), y, reduction="none") + weight * bce).mean()
+        got = create_loss("marginal-bce", taxonomy=TAX, weight=weight, pos_weight=pos_weight)(x.double(), y)
+        assert got.item() == pytest.approx(want.item(), rel=1e-9)
+    auto = create_loss("marginal-bce", taxonomy=TAX, class_counts=COUNTS, pos_weight="auto")
+    sup = np.asarray(TAX.superclass)
+    assert auto.pos_weight == pytest.approx(np.sum(np.array(COUNTS)[sup == 0]) / np.sum(np.array(COUNTS)[sup == 1]))
+
+
+def test_partial_auc_surrogate_against_a_pairwise_loop():
+    x, y = _batch(40, seed=23)
+    _, z = _mal_logodds_reference(x)
+    mal = torch.as_tensor(TAX.superclass, dtype=torch.bool)[y]
+    beta, margin, weight = 0.25, 1.0, 0.7
+    pos, neg = sorted(z[mal].tolist()), z[~mal].tolist()
+    hardest = pos[: max(1, int(np.ceil(beta * len(pos))))]
+    pairs = [max(0.0, margin - (p - n)) ** 2 for p in hardest for n in neg]
+    want = F.cross_entropy(x.double(), y).item() + weight * float(np.mean(pairs))
+    got = create_loss("pauc", taxonomy=TAX, weight=weight, beta=beta, margin=margin)(x.double(), y)
+    assert got.item() == pytest.approx(want, rel=1e-9)
+    only_benign = torch.tensor([1, 4, 5, 6, 1, 4])  # no malignant case: the surrogate adds nothing
+    xb = x[:6].double()
+    assert create_loss("pauc", taxonomy=TAX)(xb, only_benign).item() == pytest.approx(
+        F.cross_entropy(xb, only_benign).item())
+
+
+def test_rcl_warmup_is_ce_until_the_warmup_ends():
+    x, y = _batch(32, seed=24)
+    loss = create_loss("rcl-proposed", taxonomy=TAX, warmup_epochs=2)
+    for epoch, same_as_ce in ((0, True), (1, True), (2, False)):
+        loss.set_epoch(epoch)
+        assert torch.equal(loss(x, y), F.cross_entropy(x, y, reduction="none").mean()) == same_as_ce
+    loss.set_epoch(5)
+    torch.testing.assert_close(loss(x, y), create_loss("rcl-proposed", taxonomy=TAX)(x, y))
+
+
+@pytest.mark.parametrize("name,params", [("logit-adjust", {}), ("marginal-bce", {"pos_weight": 2.0}),
+                                         ("pauc", {"beta": 0.5}), ("rcl-proposed", {"warmup_epochs": 1})])
+def test_new_losses_pass_gradcheck(name, params):
+    x, y = _batch(12, seed=25, scale=1.0, dtype=torch.float64)
+    loss = create_loss(name, taxonomy=TAX, class_counts=COUNTS, **params).double()
+    assert torch.autograd.gradcheck(lambda z: loss(z, y), (x.requires_grad_(True),))

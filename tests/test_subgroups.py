@@ -152,6 +152,18 @@ def test_isic_sample_subgroups_end_to_end(tmp_path, capsys):
     got = pd.read_csv(tmp_path / "p.csv")
     want = [cal["groups"].get(r["sex"], {"threshold": cal["unseen_group_threshold"]})["threshold"] for r in rows]
     assert got["threshold"].tolist() == pytest.approx(want)
+    # A per-group operating point still ships: the card decides each test case at its group's threshold (its
+    # numbers equal calibration.json's), the export applies the pooled one and carries the groups' own.
+    assert main(["card", str(out), "--bootstrap", "20"]) == 0
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "One threshold per `sex` group" in card and "(pooled)" in card
+    cer = [ln for ln in card.split("## Test results")[1].splitlines() if ln.startswith("| CER |")][0]
+    assert float(cer.split("|")[2]) == pytest.approx(cal["test"]["cer"], abs=6e-5)
+    assert main(["export", str(out), "--format", "torchscript", "--out", str(tmp_path / "exp"), "--check-limit",
+                 "16"]) == 0
+    meta = json.loads((tmp_path / "exp" / "riskcl_export.json").read_text())
+    assert meta["operating_point"]["groups"].keys() == cal["groups"].keys() and "pooled" in \
+        meta["operating_point"]["note"]
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "rep"), "--by", "sex", "--bootstrap", "50"]) == 0
     md = (tmp_path / "rep" / "REPORT.md").read_text()
     assert "## Subgroups by `sex`" in md and "female" in md

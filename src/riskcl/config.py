@@ -42,7 +42,7 @@ class DataConfig:
     on_bad_image: str = "error"        # "error" or "skip" (skipped files are listed in the run folder)
     duplicates: str = "warn"           # "warn", "drop" (from later splits) or "error"
     cache_dir: str | None = None       # decoded-image cache (default ~/.cache/riskcl or $RISKCL_CACHE_DIR)
-    num_workers: int = 1               # background threads gathering the next batches (0: in the training loop)
+    num_workers: int = 2               # batches a background thread gathers ahead (0: gather in the training loop)
     options: dict = field(default_factory=dict)  # adapter options, e.g. magnifications for breakhis
 
 

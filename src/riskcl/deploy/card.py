@@ -22,7 +22,7 @@ from ..metrics import (accuracy, auroc_malignant, bootstrap_ci, critical_error_r
                        f1_macro, malignant_probability, predictive_values, sensitivity_specificity)
 from ..report import plots
 from ..report.render import Document
-from .predict import operating_point
+from .predict import group_thresholds, operating_point
 
 CARD_FILE, CARD_HTML, FIGURES = "MODEL_CARD.md", "model_card.html", "card_figures"
 TYPE_II_ROWS = 50
@@ -67,12 +67,13 @@ def _counts_table(info: dict[str, Any]) -> pd.DataFrame:
                           "groups": info.get("groups", {}).get(s, "-")} for s in counts])
 
 
-def _type_ii(test: dict[str, np.ndarray], probs: np.ndarray, tax, threshold: float) -> pd.DataFrame:
+def _type_ii(test: dict[str, np.ndarray], probs: np.ndarray, tax, threshold: float | np.ndarray) -> pd.DataFrame:
     p_mal = malignant_probability(probs, tax)
-    missed = np.flatnonzero((tax.superclass[test["target"]] == 1) & (p_mal < threshold))
+    t = np.broadcast_to(np.asarray(threshold, dtype=np.float64), p_mal.shape)
+    missed = np.flatnonzero((tax.superclass[test["target"]] == 1) & (p_mal < t))
     missed = missed[np.argsort(p_mal[missed])]
     return pd.DataFrame([{"id": str(test["ids"][i]), "true class": tax.classes[int(test["target"][i])],
-                          "p(malignant)": float(p_mal[i]), "threshold": threshold} for i in missed])
+                          "p(malignant)": float(p_mal[i]), "threshold": float(t[i])} for i in missed])
 
 
 def _find_export(folder: RunFolder, export_dir: str | Path | None) -> dict[str, Any] | None:
@@ -112,8 +113,11 @@ def _limitations(folder: RunFolder, metrics: dict, info: dict, cal: dict | None,
 
 
 def build_card(run_dir: str | Path, out: str | Path | None = None, n_boot: int = 1000,
-               export_dir: str | Path | None = None) -> Path:
-    """Write ``MODEL_CARD.md`` (default: in the run folder) and ``model_card.html`` beside it; returns the path."""
+               export_dir: str | Path | None = None, gallery_cap: int = 12) -> Path:
+    """Write ``MODEL_CARD.md`` (default: in the run folder) and ``model_card.html`` beside it; returns the path.
+
+    The Type II errors are shown with their saliency: from ``RUN/gallery`` (``riskcl explain --type-ii``), made
+    here (up to ``gallery_cap``, 0 for none) when it is absent."""
     folder = RunFolder(run_dir)
     folder.require_finished()
     md_path = Path(out) if out else folder.path / CARD_FILE
@@ -126,11 +130,10 @@ def build_card(run_dir: str | Path, out: str | Path | None = None, n_boot: int =
     cfg, tax, metrics, info = folder.read_config(), folder.taxonomy(), folder.metrics(), folder.data_info()
     cal = folder.calibration() if folder.file("calibration").is_file() else None
     op = operating_point(folder, cal is not None)
-    if op.get("groups"):
-        raise ValueError("The card describes one operating point; this run is calibrated per group (--by). "
-                         "Recalibrate without --by for the card.")
-    threshold = float(op["threshold"])
     test = folder.predictions("test")
+    threshold = float(op["threshold"])
+    if op.get("groups"):  # each test case at its group's threshold, as calibration.json's test numbers
+        threshold = group_thresholds(op, test[f"meta__{op['by']}"])
     probs = softmax(test["logits"])
     run = metrics["run"]
     export = _find_export(folder, export_dir)
@@ -200,10 +203,18 @@ def build_card(run_dir: str | Path, out: str | Path | None = None, n_boot: int =
     else:
         n = cal["n_calibration"]
         doc.table(pd.DataFrame([{"item": k, "value": v} for k, v in {
-            "threshold": repr(threshold), "method": cal["method"], "alpha": cal["alpha"],
+            "threshold": repr(float(cal["threshold"])) + (" (pooled)" if cal.get("groups") else ""),
+            "method": cal["method"], "alpha": cal["alpha"],
             "delta": cal.get("delta"), "calibration set": f"the {cal['calibration_split']} split: {n} malignant "
                                                           f"{cal.get('unit', 'sample')}s",
             "guarantee": cal.get("guarantee")}.items()]))
+        if cal.get("groups"):
+            doc.para(f"One threshold per `{cal['by']}` group ({cal.get('correction', '')}); uncertified and unseen "
+                     f"groups use the {cal.get('fallback')} fallback {cal.get('unseen_group_threshold')}. The test "
+                     f"results below decide each case at its group's threshold.")
+            doc.table(pd.DataFrame([{"group": g, "threshold": v["threshold"], "certified": v["certified"],
+                                     "malignant calibration units": v["n_calibration"], "test CER": v.get("test_cer")}
+                                    for g, v in sorted(cal["groups"].items())]))
         promise = (f"with probability at least {1 - cal['delta']:g}" if cal["method"] == "ltt" else "on average")
         doc.para(f"In plain words: on new cases like the calibration set, the model misses at most "
                  f"{100 * cal['alpha']:g}% of malignant cases, {promise} over the draw of the calibration set. "
@@ -233,8 +244,12 @@ def build_card(run_dir: str | Path, out: str | Path | None = None, n_boot: int =
              + (f"; the {TYPE_II_ROWS} lowest p(malignant) first:" if len(missed) > TYPE_II_ROWS else ":"))
     doc.table(missed.head(TYPE_II_ROWS))
     gallery = folder.path / "gallery" / "gallery.json"
+    if not gallery.is_file() and len(missed) and gallery_cap:
+        from .explain import explain_type_ii
+
+        explain_type_ii(folder.path, cap=gallery_cap)
     if gallery.is_file():
-        for item in read_json(gallery).get("items", [])[:12]:
+        for item in read_json(gallery).get("items", [])[:max(gallery_cap, 12)]:
             png = folder.path / "gallery" / item["file"]
             if png.is_file():
                 doc.figure(f"{item['id']}: true {item['true_class']}, p(malignant) {item['p_malignant']:.3f} < "

@@ -168,7 +168,7 @@ def _check_images(folder: RunFolder, check_images: Sequence[str] | None, limit: 
 def export_metadata(folder: RunFolder, fmt: str, op: dict[str, Any]) -> dict[str, Any]:
     cfg, taxonomy, metrics = folder.read_config(), folder.taxonomy(), folder.metrics()
     keep = ("threshold", "method", "rule", "how", "alpha", "delta", "calibration_split", "guarantee", "n_calibration",
-            "unit", "groups", "by")
+            "unit", "groups", "by", "unseen_group_threshold", "note")
     return {
         "riskcl_version": __version__, "torch_version": torch.__version__, "format": fmt, "file": FORMATS[fmt],
         "input": {"name": "images", "dtype": "uint8", "shape": "(N, H, W, 3)", "channels": "RGB",
@@ -215,9 +215,10 @@ def export_run(run_dir: str | Path, out_dir: str | Path, fmt: str = "onnx", chec
     out = make_folder(out_dir, "exported model")
     use_cal = folder.file("calibration").is_file() if calibrated is None else calibrated
     op = operating_point(folder, use_cal)
-    if op.get("groups"):
-        raise ValueError(f"{folder.file('calibration')} holds one threshold per '{op.get('by')}' group; an exported "
-                         f"model carries one threshold: recalibrate without --by, or export with --uncalibrated")
+    if op.get("groups"):  # the graph carries one threshold: the pooled one; the groups' own go into the metadata
+        op = {**op, "note": f"the model's `refer` output applies the pooled threshold {op['threshold']:.4f}; for a "
+                            f"case whose '{op['by']}' is known, compare p_malignant with "
+                            f"operating_point.groups[<{op['by']}>].threshold instead"}
     cfg, taxonomy = folder.read_config(), folder.taxonomy()
     model = TriageModel(folder.load_model(), cfg.data.image_size, taxonomy.superclass, float(op["threshold"]))
     model.eval().requires_grad_(False)  # inference only: no autograd state in the exported graph

@@ -32,8 +32,19 @@ def operating_point(folder: RunFolder, calibrated: bool) -> dict[str, Any]:
                 "how": "the default rule, not calibrated: refer when p(malignant) >= 0.5, then the most probable "
                        "class within the decided superclass (no guarantee; `riskcl calibrate` gives one)"}
     cal = folder.calibration()
+    if cal.get("groups"):
+        return {**cal, "how": f"calibrated per '{cal['by']}' group by {cal['method']} on the "
+                              f"{cal['calibration_split']} split ({len(cal.get('certified_groups', []))} of "
+                              f"{len(cal['groups'])} groups certified); {cal['threshold']:.4f} is the pooled threshold"}
     return {**cal, "how": f"calibrated by {cal['method']} on the {cal['calibration_split']} split: "
                           f"{cal.get('guarantee', '')}"}
+
+
+def group_thresholds(op: dict[str, Any], strata: Sequence[str]) -> np.ndarray:
+    """Per-sample thresholds of a per-group operating point (unseen groups get its fallback)."""
+    fallback = float(op.get("unseen_group_threshold", op["threshold"]))
+    return np.array([float(op["groups"][g]["threshold"]) if g in op["groups"] else fallback
+                     for g in np.asarray(strata).astype(str)])
 
 
 def predict_arrays(model: torch.nn.Module, images: Sequence[np.ndarray], image_size: int,
@@ -99,9 +110,8 @@ def image_thresholds(op: dict[str, Any], images: Sequence[str | Path], metadata:
         g = group_of.get(str(img), group_of.get(Path(img).name))
         if g is None:
             raise ValueError(f"{metadata}: no row for image {img} (column 'image' holds paths or file names)")
-        entry = op["groups"].get(g)
-        out.append(float(entry["threshold"]) if entry else float(op["unseen_group_threshold"]))
-    return np.asarray(out)
+        out.append(g)
+    return group_thresholds(op, out)
 
 
 def predict_files(run_dir: str | Path, images: Sequence[str | Path], out_csv: str | Path | None = None,

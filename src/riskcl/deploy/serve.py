@@ -38,6 +38,10 @@ DEFAULT_MAX_UPLOAD_MB = 20.0
 
 def operating_point_text(op: dict[str, Any]) -> str:
     """The operating point in one plain sentence."""
+    if op.get("groups"):
+        return (f"Refers a case when p(malignant) >= {float(op['threshold']):.4f}, the pooled threshold of a "
+                f"per-'{op['by']}' calibration ({op['method']}, alpha {op['alpha']}); the page does not know the "
+                f"case's group, so the groups' own thresholds are not applied here.")
     if op.get("method") == "default":
         return (f"Refers a case when p(malignant) >= {op['threshold']:g}. Not calibrated: no guarantee on the "
                 f"share of malignant cases it misses.")
@@ -57,9 +61,6 @@ class TriageService:
         self.cfg, self.taxonomy = self.folder.read_config(), self.folder.taxonomy()
         calibrated = self.folder.file("calibration").is_file()
         self.op = operating_point(self.folder, calibrated)
-        if self.op.get("groups"):
-            raise ValueError(f"{self.folder.file('calibration')} holds per-group thresholds; the service needs one "
-                             f"operating point (recalibrate without --by)")
         self.model = self.folder.load_model()
         self.method = method
         self.lock = threading.Lock()

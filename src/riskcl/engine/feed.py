@@ -40,7 +40,7 @@ class BatchFeeder:
         train: shuffle and augment (else the split's order, no augmentation).
         seed: the run's seed. rank / world_size: this process's shard under torchrun.
         channels_last: return ``x`` in channels-last memory format (CUDA convolutions prefer it).
-        prefetch: background threads gathering the next batches (0: gather in the calling thread).
+        prefetch: batches a background thread gathers ahead (0: gather in the calling thread).
     """
 
     def __init__(self, dataset: ImageDataset, batch_size: int, device: torch.device, train: bool = False,

@@ -29,9 +29,12 @@ class RunFailed(RuntimeError):
 
 
 def _comparable(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The config without the settings of the machine it runs on (they do not change the results)."""
     d = cfg.to_dict()
-    d.pop("progress", None)
-    d.pop("threads", None)  # a machine setting, not part of the experiment
+    for key in ("progress", "threads"):
+        d.pop(key, None)
+    for key in ("num_workers", "cache_dir"):
+        d["data"].pop(key, None)
     return d
 
 

@@ -1,0 +1,73 @@
+"""The fair safety frontier (riskcl.report.frontier): thresholds from held-out predictions only, scored on test."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from _tiny import tiny
+from riskcl.experiment import RunFolder
+from riskcl.io import atomic_write_npz
+from riskcl.metrics import REPORT_KEYS
+from riskcl.report.collect import find_runs
+from riskcl.report.frontier import fair_frontier_table, threshold_for_sensitivity
+from riskcl.taxonomy import Taxonomy
+
+TAX = Taxonomy("hand", ("benign", "malignant"), (0, 1))
+
+
+def _logits(p_mal):
+    p = np.clip(np.asarray(p_mal, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.c_[np.zeros_like(p), np.log(p / (1 - p))].astype(np.float32)
+
+
+def _run(folder: RunFolder, split_scores: dict, method: str = "ce", seed: int = 0) -> None:
+    folder.prepare()
+    folder.write_config(tiny())
+    folder.write_taxonomy(TAX)
+    for split, (mal, ben) in split_scores.items():
+        scores = np.r_[mal, ben]
+        target = np.r_[np.ones(len(mal)), np.zeros(len(ben))].astype(np.int64)
+        ids = np.array([f"{split}{i}" for i in range(len(scores))])
+        atomic_write_npz(folder.prediction_file(split), logits=_logits(scores), target=target, ids=ids, groups=ids)
+    run = {"name": method, "dataset": "hand", "model": "m", "loss": method, "loss_params": {}, "seed": seed,
+           "epochs": 1, "classes": list(TAX.classes), "levels": list(TAX.levels), "decision_rule": "superclass"}
+    folder.write_metrics({**{k: 0.5 for k in REPORT_KEYS}, "n": 20, "run": run})
+    folder.mark("finished")
+
+
+def test_threshold_from_calibration_that_misses_on_test_is_reported(tmp_path):
+    # Calibration: 10 malignant cases; the 90% target allows one miss, so t = the second lowest score, 0.50.
+    calib = (np.array([0.45, 0.50, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9]), np.linspace(0.0, 0.4, 10))
+    # Test: only 7 of 10 malignant cases reach 0.50: the threshold misses the target there.
+    test = (np.array([0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]), np.array([0.1] * 8 + [0.6, 0.7]))
+    # Validation (which chose the model) would give another threshold; it must not be read.
+    val = (np.array([0.05] * 10), np.array([0.01] * 10))
+    _run(RunFolder(tmp_path / "runs" / "a"), {"calib": calib, "test": test, "val": val})
+    records, _ = find_runs(tmp_path / "runs")
+    assert threshold_for_sensitivity(_softmax_pmal(calib), np.r_[np.ones(10), np.zeros(10)] == 1, 0.9) == \
+        pytest.approx(0.5, abs=1e-6)
+    table = fair_frontier_table(records, targets=[0.9], n_boot=50)
+    (row,) = table.to_dict("records")
+    assert row["thresholds from"] == "calib"
+    assert row["test sensitivity"] == pytest.approx(0.7)  # what the test split actually reached ...
+    assert row["missed target (seeds)"] == 1  # ... and that it missed the 90% target
+    assert row["test specificity"] == pytest.approx(0.8)  # 8 of 10 benign cases under 0.50
+
+
+def _softmax_pmal(scores):
+    lg = _logits(np.r_[scores[0], scores[1]])
+    e = np.exp(lg - lg.max(1, keepdims=True))
+    return (e / e.sum(1, keepdims=True))[:, 1]
+
+
+def test_runs_without_a_calibration_split_use_validation_labelled_so_and_ranking(tmp_path):
+    strong = (np.linspace(0.6, 0.99, 20), np.linspace(0.0, 0.3, 20))
+    weak = (np.linspace(0.3, 0.99, 20), np.linspace(0.0, 0.7, 20))
+    _run(RunFolder(tmp_path / "runs" / "strong"), {"val": strong, "test": strong}, method="strong")
+    _run(RunFolder(tmp_path / "runs" / "weak"), {"calib": weak, "val": weak, "test": weak}, method="weak")
+    records, _ = find_runs(tmp_path / "runs")
+    table = fair_frontier_table(records, targets=[0.95], n_boot=50).set_index("method")
+    assert table.loc["strong", "thresholds from"] == "val (selection split!)"
+    assert table.loc["weak", "thresholds from"] == "calib"
+    assert table.loc["strong", "rank by specificity"] == 1 and table.loc["weak", "rank by specificity"] == 2
+    assert table.loc["strong", "pAUROC sens>=0.9"] > table.loc["weak", "pAUROC sens>=0.9"]
