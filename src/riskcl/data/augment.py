@@ -35,6 +35,10 @@ class AugmentParams:
     def __getitem__(self, index) -> "AugmentParams":
         return AugmentParams(self.angle[index], self.hflip[index], self.vflip[index])
 
+    def to(self, device: torch.device | str) -> "AugmentParams":
+        """The parameters on ``device`` (moved once per epoch, so batches slice them without a host copy)."""
+        return AugmentParams(self.angle.to(device), self.hflip.to(device), self.vflip.to(device))
+
 
 def sample_params(n: int, generator: torch.Generator, rotation: float = ROTATION_DEGREES,
                   vertical_flip: bool = True) -> AugmentParams:
@@ -73,10 +77,20 @@ def augment(images: torch.Tensor, params: AugmentParams) -> torch.Tensor:
     return flip(rotate(images, params.angle), params.hflip, params.vflip)
 
 
+_STATS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ImageNet mean and std on ``device``, made once per device (no host copy per batch)."""
+    if device not in _STATS:
+        _STATS[device] = (torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1).to(device),
+                          torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1).to(device))
+    return _STATS[device]
+
+
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """``(B, 3, H, W)`` pixels in [0, 1] -> ImageNet-normalised float32."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=torch.float32)[None, :, None, None]
-    std = torch.tensor(IMAGENET_STD, device=images.device, dtype=torch.float32)[None, :, None, None]
+    mean, std = _stats(images.device)
     return (images.float() - mean) / std
 
 

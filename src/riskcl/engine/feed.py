@@ -70,7 +70,7 @@ class BatchFeeder:
         if not self.train:
             return None
         g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch) * 1009 + self.rank + 1)
-        return sample_params(n, g)
+        return sample_params(n, g).to(self.device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Epoch 0's batches (evaluation feeders are the same every epoch)."""
