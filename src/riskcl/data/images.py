@@ -5,7 +5,8 @@ named ``.jpg``: Pillow reads by content, not by extension). 16-bit and 32-bit gr
 ``I``, ``F``: MRI and microscopy exports) are scaled to 8 bits by the image's own range (its minimum maps to 0,
 its maximum to 255), not clipped. The square resize is :func:`resize_images`: antialiased bilinear
 interpolation (Pillow's and ``torch.nn.functional.interpolate(antialias=True)``'s triangle filter, widened by
-the scale when shrinking) written as two float64 matrix products with dyadic weights, rounded back to whole pixel values.
+the scale when shrinking) written as two float64 matrix products with dyadic weights, rounded back to whole
+pixel values.
 The exported models run the very same function in their graph, and with those weights every runtime computes
 the same pixels bit for bit (checked: ONNX Runtime and PyTorch on all 1,311 Brain Tumor MRI test images and 500
 ISIC images). A deployed model sees the pixels riskcl trained and evaluated on; in float32, ONNX Runtime's own
