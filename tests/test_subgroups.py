@@ -114,6 +114,19 @@ def test_subgroup_metrics_against_a_hand_count_and_exact_intervals():
     assert (lo, hi) == pytest.approx((ref.low, ref.high))
 
 
+def test_a_rate_of_0_or_1_gets_an_exact_interval_over_units_not_a_zero_width_bootstrap():
+    y = np.zeros(76, dtype=np.int64)  # 76 benign images of 38 patients, all called benign
+    units = np.repeat(np.arange(38), 2)
+    row = subgroup_metrics(y, y, BINARY, np.array(["g"] * 76), units, n_boot=50)[0]
+    spec = row["specificity"]
+    assert spec["value"] == 1.0 and spec["ci"] == "clopper-pearson (units)"
+    assert (spec["low"], spec["high"]) == pytest.approx(clopper_pearson(38, 38)) and spec["low"] < 0.95
+    yhat = y.copy()
+    yhat[:4] = 1  # two patients' images called malignant: a rate strictly inside (0, 1) is bootstrapped
+    spec = subgroup_metrics(yhat, y, BINARY, np.array(["g"] * 76), units, n_boot=200)[0]["specificity"]
+    assert spec["ci"] == "bootstrap" and spec["low"] < spec["value"] < spec["high"]
+
+
 @needs_isic
 @pytest.mark.slow
 def test_isic_sample_subgroups_end_to_end(tmp_path, capsys):

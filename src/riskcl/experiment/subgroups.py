@@ -16,7 +16,7 @@ import numpy as np
 from ..decision import decide, group_risk_control, softmax
 from ..io import atomic_write_json
 from ..metrics import safety_report
-from ..metrics.subgroups import MIN_MALIGNANT, subgroup_metrics
+from ..metrics.subgroups import MIN_MALIGNANT, intervals_note, subgroup_metrics
 from .calibrate import SELECTION_WARNING, TEST_KEYS, _check_split
 from .folder import RunFolder
 
@@ -52,9 +52,7 @@ def evaluate_subgroups(run_dir: str | Path, column: str, split: str = "test", n_
     overall = safety_report(labels, arrays["target"], tax)
     result = {"column": column, "split": split, "operating_point": how, "threshold": threshold,
               "n": int(len(labels)), "overall_cer": overall["cer"], "groups": rows,
-              "rule": f"95% CIs: bootstrap over the run's grouping unit ({n_boot} resamples), exact Clopper-Pearson "
-                      f"where a rate rests on fewer than 30 cases; a group with fewer than {min_malignant} malignant "
-                      f"units is flagged: too few to say anything about its CER"}
+              "rule": f"{intervals_note(min_malignant)} ({n_boot} bootstrap resamples)"}
     name = f"subgroups_{column}.json" if split == "test" else f"subgroups_{column}_{split}.json"
     atomic_write_json(folder.path / name, result)
     return result

@@ -60,9 +60,14 @@ def split_preds(preds: Any, target: Any,
     return labels, probs, t.astype(np.int64)
 
 
-def _nan(msg: str) -> float:
-    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+def _nan(msg: str, stacklevel: int = 3) -> float:
+    warnings.warn(msg, RuntimeWarning, stacklevel=stacklevel)
     return float("nan")
+
+
+def _share(hit: np.ndarray, among: np.ndarray, empty: str) -> float:
+    """The share of ``hit`` among the cases where ``among`` holds; NaN with the warning ``empty`` when none do."""
+    return float(hit[among].mean()) if among.any() else _nan(empty, stacklevel=4)
 
 
 def error_taxonomy(preds: Any, target: Any, taxonomy: Taxonomy) -> dict[str, int]:
@@ -107,9 +112,8 @@ def sensitivity_specificity(preds: Any, target: Any, taxonomy: Taxonomy) -> tupl
     yhat, _, y = split_preds(preds, target, taxonomy.num_classes)
     s = taxonomy.superclass
     sy, sp = s[y], s[yhat]
-    sens = float((sp[sy == 1] == 1).mean()) if (sy == 1).any() else _nan("sensitivity: no malignant sample")
-    spec = float((sp[sy == 0] == 0).mean()) if (sy == 0).any() else _nan("specificity: no benign sample")
-    return sens, spec
+    return (_share(sp == 1, sy == 1, "sensitivity: no malignant sample"),
+            _share(sp == 0, sy == 0, "specificity: no benign sample"))
 
 
 def predictive_values(preds: Any, target: Any, taxonomy: Taxonomy) -> tuple[float, float]:
@@ -124,9 +128,8 @@ def predictive_values(preds: Any, target: Any, taxonomy: Taxonomy) -> tuple[floa
     yhat, _, y = split_preds(preds, target, taxonomy.num_classes)
     s = taxonomy.superclass
     sy, sp = s[y], s[yhat]
-    ppv = float((sy[sp == 1] == 1).mean()) if (sp == 1).any() else _nan("ppv: no case called malignant")
-    npv = float((sy[sp == 0] == 0).mean()) if (sp == 0).any() else _nan("npv: no case called benign")
-    return ppv, npv
+    return (_share(sy == 1, sp == 1, "ppv: no case called malignant"),
+            _share(sy == 0, sp == 0, "npv: no case called benign"))
 
 
 def accuracy(preds: Any, target: Any) -> float:

@@ -3,6 +3,8 @@
 Each rate gets a 95% interval: a percentile bootstrap that resamples whole grouping units (patients, lesions)
 within the subgroup, or, when the count behind the rate is small (fewer than ``EXACT_BELOW`` = 30 cases), the
 exact Clopper-Pearson interval of the binomial count (treating images as independent, which is then stated).
+A rate of exactly 0 or 1 also gets the exact interval, over its grouping units: the bootstrap of a constant has
+zero width and would claim certainty (100% specificity on 76 benign images is [95.3%, 100%], not [100%, 100%]).
 A subgroup with fewer than ``min_malignant`` (default 10) malignant cases is flagged: its CER interval is too
 wide to say anything, so no conclusion should be drawn from it.
 """
@@ -18,6 +20,13 @@ from .functional import split_preds, to_numpy
 
 EXACT_BELOW = 30
 MIN_MALIGNANT = 10
+
+
+def intervals_note(min_malignant: int = MIN_MALIGNANT) -> str:
+    """The one sentence that says how the subgroup intervals and flags were made (CLI, run folder, report)."""
+    return (f"95% CIs: bootstrap over the grouping unit, exact Clopper-Pearson where a rate rests on fewer than "
+            f"{EXACT_BELOW} cases or is 0% or 100%; a group with fewer than {min_malignant} malignant units is "
+            f"flagged: too few to say anything about its CER")
 
 
 def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -47,6 +56,10 @@ def _rate(hits: np.ndarray, units: np.ndarray, n_boot: int, seed: int) -> dict[s
     if n < EXACT_BELOW:
         lo, hi = clopper_pearson(k, n)
         return {"value": k / n, "low": lo, "high": hi, "n": n, "ci": "clopper-pearson"}
+    if k in (0, n):  # the bootstrap of a constant has zero width: exact, over units
+        n_units = len(np.unique(units))
+        lo, hi = clopper_pearson(0 if k == 0 else n_units, n_units)
+        return {"value": k / n, "low": lo, "high": hi, "n": n, "ci": "clopper-pearson (units)"}
     _, lo, hi = bootstrap_ci(lambda h, _t: float(np.mean(h)), hits.astype(float), np.zeros(n, dtype=np.int64),
                              groups=units, n_resamples=n_boot, seed=seed)
     return {"value": k / n, "low": lo, "high": hi, "n": n, "ci": "bootstrap"}

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..io import atomic_write_text
+from ..metrics.subgroups import intervals_note
 from . import plots
 from .render import Document
 from .collect import find_runs, runs_table
@@ -58,9 +59,7 @@ def _subgroups(doc: Document, records: list, column: str, n_boot: int, out: Path
     if not tables:
         doc.para(f"No run carries the metadata column `{column}`.")
         return
-    doc.para("Test split, each run's own decision rule, seeds stacked. 95% CIs: bootstrap over the grouping unit, "
-             "exact Clopper-Pearson where a rate rests on fewer than 30 cases; groups with fewer than 10 malignant "
-             "units are flagged (too few to say anything).")
+    doc.para(f"Test split, each run's own decision rule, seeds stacked. {intervals_note()}.")
     for (ds, model, method), rows in tables.items():
         doc.heading(f"{ds} / {model} / {method}", 3).table(subgroup_frame(rows))
     for ds, model in sorted({(k[0], k[1]) for k in tables}):
