@@ -1,4 +1,4 @@
-"""Shared fixtures: where the real data lives, a per-session image cache, and one trained tiny run."""
+"""Shared fixtures: where the real data lives, a per-session image cache, one trained tiny run and one ISIC run."""
 from __future__ import annotations
 
 import os
@@ -50,6 +50,30 @@ def tiny_copy(tiny_run, tmp_path):
     """A private copy of the tiny run folder, for tests that write into it."""
     dst = tmp_path / "run"
     shutil.copytree(tiny_run[0], dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def isic_run(tmp_path_factory):
+    """One finished 1-epoch run of ``configs/isic2018_cpu.yaml`` on the real ISIC sample, trained through the CLI;
+    read it, never write it (use ``isic_copy``)."""
+    if not ISIC_SAMPLE.is_dir():
+        pytest.skip(f"ISIC 2018 / HAM10000 sample not found at {ISIC_SAMPLE}")
+    from riskcl.cli import main
+
+    os.environ.setdefault("RISKCL_TEST_CACHE", str(tmp_path_factory.getbasetemp() / "riskcl-cache"))
+    os.environ["RISKCL_CACHE_DIR"] = os.environ["RISKCL_TEST_CACHE"]
+    out = tmp_path_factory.mktemp("runs") / "isic"
+    assert main(["train", "configs/isic2018_cpu.yaml", f"data.root={ISIC_SAMPLE}", "epochs=1", "--out", str(out),
+                 "--quiet"]) == 0
+    return out
+
+
+@pytest.fixture
+def isic_copy(isic_run, tmp_path):
+    """A private copy of the ISIC run folder, for tests that calibrate or evaluate into it."""
+    dst = tmp_path / "isic"
+    shutil.copytree(isic_run, dst)
     return dst
 
 

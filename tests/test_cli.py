@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from _tiny import TINY
-from conftest import BRAIN_MRI, ISIC_SAMPLE, demo_png, needs_brain_mri, needs_isic
+from conftest import BRAIN_MRI, demo_png, needs_brain_mri, needs_isic
 from riskcl.cli import COMMANDS, main
 from riskcl.decision import softmax
 from riskcl.experiment import RunFolder
@@ -109,10 +109,8 @@ def test_python_dash_m_runs_the_cli():
 
 @needs_isic
 @pytest.mark.slow
-def test_isic_ham10000_layout_trains_and_calibrates_on_its_calibration_split(tmp_path, capsys):
-    out = tmp_path / "isic"
-    assert main(["train", "configs/isic2018_cpu.yaml", f"data.root={ISIC_SAMPLE}", "epochs=1", "--out", str(out),
-                 "--quiet"]) == 0
+def test_isic_ham10000_layout_trains_and_calibrates_on_its_calibration_split(isic_copy, capsys):
+    out = isic_copy
     folder = RunFolder(out)
     splits = folder.splits()
     lesions = {s: set(g) for s, g in splits.groupby("split")["group"]}

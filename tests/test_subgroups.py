@@ -129,10 +129,8 @@ def test_a_rate_of_0_or_1_gets_an_exact_interval_over_units_not_a_zero_width_boo
 
 @needs_isic
 @pytest.mark.slow
-def test_isic_sample_subgroups_end_to_end(tmp_path, capsys):
-    out = tmp_path / "isic"
-    assert main(["train", "configs/isic2018_cpu.yaml", f"data.root={ISIC_SAMPLE}", "epochs=1", "--out", str(out),
-                 "--quiet"]) == 0
+def test_isic_sample_subgroups_end_to_end(isic_copy, tmp_path, capsys):
+    out = isic_copy
     assert main(["evaluate", str(out), "--by", "sex", "--by", "localization", "--bootstrap", "100"]) == 0
     assert "too few malignant" in capsys.readouterr().out
     folder = RunFolder(out)

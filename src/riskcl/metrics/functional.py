@@ -157,15 +157,26 @@ def malignant_probability(probs: Any, taxonomy: Taxonomy) -> np.ndarray:
     return p[:, taxonomy.superclass == 1].sum(axis=1)
 
 
+def _superclass_scores(probs: Any, target: Any, taxonomy: Taxonomy, what: str):
+    """``(superclass of each target, p(malignant))``, or None after a warning when ``what`` (a ranking metric of
+    p(malignant)) is undefined: hard predictions, or only one superclass present."""
+    _, pr, y = split_preds(probs, target, taxonomy.num_classes)
+    s = taxonomy.superclass[y]
+    if pr is None:
+        _nan(f"{what}: needs probabilities, got hard predictions", stacklevel=4)
+    elif s.min() == s.max():
+        _nan(f"{what}: only one superclass present in `target`", stacklevel=4)
+    else:
+        return s, malignant_probability(pr, taxonomy)
+    return None
+
+
 def auroc_malignant(probs: Any, target: Any, taxonomy: Taxonomy) -> float:
     """AUROC of ``p(malignant)`` for the superclass task; NaN (with a warning) when one superclass is absent."""
-    _, pr, y = split_preds(probs, target, taxonomy.num_classes)
-    if pr is None:
-        return _nan("auroc: needs probabilities, got hard predictions")
-    s = taxonomy.superclass[y]
-    if s.min() == s.max():
-        return _nan("auroc: only one superclass present in `target`")
-    score = malignant_probability(pr, taxonomy)
+    scored = _superclass_scores(probs, target, taxonomy, "auroc")
+    if scored is None:
+        return float("nan")
+    s, score = scored
     # Mann-Whitney U with average ranks for ties (equals the ROC area).
     from scipy.stats import rankdata
 
@@ -184,13 +195,11 @@ def partial_auroc_high_sensitivity(probs: Any, target: Any, taxonomy: Taxonomy,
     """
     from sklearn.metrics import roc_auc_score
 
-    _, pr, y = split_preds(probs, target, taxonomy.num_classes)
-    if pr is None:
-        return _nan("partial auroc: needs probabilities, got hard predictions")
-    s = taxonomy.superclass[y]
-    if s.min() == s.max():
-        return _nan("partial auroc: only one superclass present in `target`")
-    return float(roc_auc_score(1 - s, -malignant_probability(pr, taxonomy), max_fpr=1 - min_sensitivity))
+    scored = _superclass_scores(probs, target, taxonomy, "partial auroc")
+    if scored is None:
+        return float("nan")
+    s, score = scored
+    return float(roc_auc_score(1 - s, -score, max_fpr=1 - min_sensitivity))
 
 
 def expected_calibration_error(probs: Any, target: Any, n_bins: int = 15) -> float:
