@@ -105,11 +105,10 @@ def _add_calibrate(p: argparse.ArgumentParser) -> None:
 
 
 def _calibrate(a: argparse.Namespace) -> int:
-    from ..experiment.calibrate import calibrate_run
+    from ..experiment.calibrate import SELECTION_WARNING, calibrate_run
 
     if a.split == "val":
-        print("WARNING: calibrating on the validation split, which chose the best epoch: its predictions are "
-              "optimistic, so the guarantee may not carry to new data")
+        print(f"WARNING: calibrating on the validation split: {SELECTION_WARNING}")
     if a.by:
         from ..experiment.subgroups import calibrate_by_group, format_group_calibration
 

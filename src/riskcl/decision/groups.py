@@ -14,7 +14,7 @@ calibration get the same fallback.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -23,6 +23,18 @@ from ..taxonomy import Taxonomy
 from .risk_control import RiskControlResult, control_risk
 
 FALLBACKS = ("pooled", "conservative")
+
+
+def thresholds_per_sample(groups: Mapping[str, Mapping[str, Any]], fallback: float, strata: Any) -> np.ndarray:
+    """Each sample's threshold: its group's (``groups[value]["threshold"]``), or ``fallback`` for a group unseen
+    at calibration.
+
+    Example:
+        >>> thresholds_per_sample({"f": {"threshold": 0.2}}, 0.5, ["f", "m"]).tolist()
+        [0.2, 0.5]
+    """
+    return np.array([float(groups[v]["threshold"]) if v in groups else float(fallback)
+                     for v in np.asarray(to_numpy(strata)).astype(str)], dtype=np.float64)
 
 
 def group_risk_control(method: str, probs: Any, target: Any, taxonomy: Taxonomy, strata: Any, alpha: float,

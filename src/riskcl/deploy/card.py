@@ -129,7 +129,7 @@ def build_card(run_dir: str | Path, out: str | Path | None = None, n_boot: int =
     fig_dir.mkdir(exist_ok=True)
     cfg, tax, metrics, info = folder.read_config(), folder.taxonomy(), folder.metrics(), folder.data_info()
     cal = folder.calibration() if folder.file("calibration").is_file() else None
-    op = operating_point(folder, cal is not None)
+    op = operating_point(folder)
     test = folder.predictions("test")
     threshold = float(op["threshold"])
     if op.get("groups"):  # each test case at its group's threshold, as calibration.json's test numbers
@@ -243,14 +243,14 @@ def build_card(run_dir: str | Path, out: str | Path | None = None, n_boot: int =
     doc.para(f"{len(missed)} malignant test case(s) called benign"
              + (f"; the {TYPE_II_ROWS} lowest p(malignant) first:" if len(missed) > TYPE_II_ROWS else ":"))
     doc.table(missed.head(TYPE_II_ROWS))
-    gallery = folder.path / "gallery" / "gallery.json"
-    if not gallery.is_file() and len(missed) and gallery_cap:
+    gallery = folder.gallery()
+    if gallery is None and len(missed) and gallery_cap:
         from .explain import explain_type_ii
 
-        explain_type_ii(folder.path, cap=gallery_cap)
-    if gallery.is_file():
-        for item in read_json(gallery).get("items", [])[:max(gallery_cap, 12)]:
-            png = folder.path / "gallery" / item["file"]
+        gallery = explain_type_ii(folder.path, cap=gallery_cap)
+    if gallery is not None:
+        for item in gallery.get("items", [])[:max(gallery_cap, 12)]:
+            png = folder.gallery_dir / item["file"]
             if png.is_file():
                 doc.figure(f"{item['id']}: true {item['true_class']}, p(malignant) {item['p_malignant']:.3f} < "
                            f"threshold {item['threshold']:.3f} (saliency: {item['method']})", png)

@@ -23,7 +23,7 @@ from ..data.augment import to_model_input
 from ..data.images import resize_uint8
 from ..decision import decide, softmax
 from ..experiment.folder import RunFolder
-from ..io import atomic_write_json, atomic_write_with, make_folder
+from ..io import atomic_write_with, make_folder
 from ..metrics import malignant_probability
 from ..taxonomy import Taxonomy
 from .predict import operating_point, predict_arrays
@@ -121,7 +121,7 @@ def explain_arrays(folder: RunFolder, images: Sequence[np.ndarray], method: str 
     cfg, tax = folder.read_config(), folder.taxonomy()
     model = folder.load_model()
     probs = predict_arrays(model, images, cfg.data.image_size)
-    threshold = float(operating_point(folder, folder.file("calibration").is_file())["threshold"])
+    threshold = float(operating_point(folder)["threshold"])
     labels = decide(probs, tax, "superclass", threshold)
     for_class = saliency(model, images, cfg.data.image_size, tax, "class", method, labels)
     for_mal = saliency(model, images, cfg.data.image_size, tax, "malignant", method)
@@ -158,10 +158,11 @@ def explain_type_ii(run_dir: str | Path, cap: int = 16, method: str = "gradcam")
     cfg, tax = folder.read_config(), folder.taxonomy()
     test = folder.predictions("test")
     p_mal = malignant_probability(softmax(test["logits"]), tax)
-    threshold = float(operating_point(folder, folder.file("calibration").is_file())["threshold"])
-    missed = np.flatnonzero((tax.superclass[test["target"]] == 1) & (p_mal < threshold))
+    threshold = float(operating_point(folder)["threshold"])
+    is_missed = (tax.superclass[test["target"]] == 1) & (p_mal < threshold)
+    missed = np.flatnonzero(is_missed)
     missed = missed[np.argsort(p_mal[missed])][:cap]
-    out = folder.path / "gallery"
+    out = folder.gallery_dir
     out.mkdir(exist_ok=True)
     items = []
     if len(missed):
@@ -176,7 +177,7 @@ def explain_type_ii(run_dir: str | Path, cap: int = 16, method: str = "gradcam")
             _save_png(out / name, panel(img, [overlay(img, cam)]))
             items.append({"id": str(test["ids"][i]), "true_class": tax.classes[int(test["target"][i])],
                           "p_malignant": float(p_mal[i]), "threshold": threshold, "file": name, "method": method})
-    total = int(((tax.superclass[test["target"]] == 1) & (p_mal < threshold)).sum())
-    gallery = {"split": "test", "threshold": threshold, "type_ii_total": total, "shown": len(items), "items": items}
-    atomic_write_json(out / "gallery.json", gallery)
+    gallery = {"split": "test", "threshold": threshold, "type_ii_total": int(is_missed.sum()), "shown": len(items),
+               "items": items}
+    folder.write_gallery(gallery)
     return gallery

@@ -213,8 +213,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, fmt: str = "onnx", chec
     folder = RunFolder(run_dir)
     folder.require_finished()
     out = make_folder(out_dir, "exported model")
-    use_cal = folder.file("calibration").is_file() if calibrated is None else calibrated
-    op = operating_point(folder, use_cal)
+    op = operating_point(folder, calibrated)
     if op.get("groups"):  # the graph carries one threshold: the pooled one; the groups' own go into the metadata
         op = {**op, "note": f"the model's `refer` output applies the pooled threshold {op['threshold']:.4f}; for a "
                             f"case whose '{op['by']}' is known, compare p_malignant with "

@@ -18,15 +18,19 @@ import torch
 from ..data import decode_rgb
 from ..data.augment import to_model_input
 from ..data.images import resize_uint8
-from ..decision import decide, softmax
+from ..decision import decide, softmax, thresholds_per_sample
 from ..experiment.folder import RunFolder
 from ..io import atomic_write_text, check_writable_target, read_csv
 from ..metrics import malignant_probability
 from ..taxonomy import Taxonomy
 
 
-def operating_point(folder: RunFolder, calibrated: bool) -> dict[str, Any]:
-    """``{"threshold", "method", "alpha", ...}``: the calibrated operating point, or the 0.5 default rule."""
+def operating_point(folder: RunFolder, calibrated: bool | None = None) -> dict[str, Any]:
+    """``{"threshold", "method", "alpha", ...}``: the calibrated operating point, or the 0.5 default rule.
+
+    ``calibrated``: True requires ``calibration.json``; None (the default) uses it when it exists."""
+    if calibrated is None:
+        calibrated = folder.file("calibration").is_file()
     if not calibrated:
         return {"threshold": 0.5, "method": "default", "rule": "superclass-first at 0.5",
                 "how": "the default rule, not calibrated: refer when p(malignant) >= 0.5, then the most probable "
@@ -42,9 +46,7 @@ def operating_point(folder: RunFolder, calibrated: bool) -> dict[str, Any]:
 
 def group_thresholds(op: dict[str, Any], strata: Sequence[str]) -> np.ndarray:
     """Per-sample thresholds of a per-group operating point (unseen groups get its fallback)."""
-    fallback = float(op.get("unseen_group_threshold", op["threshold"]))
-    return np.array([float(op["groups"][g]["threshold"]) if g in op["groups"] else fallback
-                     for g in np.asarray(strata).astype(str)])
+    return thresholds_per_sample(op["groups"], op.get("unseen_group_threshold", op["threshold"]), strata)
 
 
 def predict_arrays(model: torch.nn.Module, images: Sequence[np.ndarray], image_size: int,

@@ -59,8 +59,7 @@ class TriageService:
         self.folder = RunFolder(run_dir)
         self.folder.require_finished()
         self.cfg, self.taxonomy = self.folder.read_config(), self.folder.taxonomy()
-        calibrated = self.folder.file("calibration").is_file()
-        self.op = operating_point(self.folder, calibrated)
+        self.op = operating_point(self.folder)
         self.model = self.folder.load_model()
         self.method = method
         self.lock = threading.Lock()

@@ -47,8 +47,5 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data_root: str | Path
     report = {**split_report(logits, target, taxonomy, folder.cost_matrix(), cfg.decision), "split": split,
               "data_root": str(data_root or cfg.data.root), "source": source, "note": note}
     if note is None:
-        name = f"eval_{split}.json" if data_root is None else f"eval_external_{split}.json"
-        from ..io import atomic_write_json
-
-        atomic_write_json(folder.path / name, report)
+        folder.write_evaluation(split, report, external=data_root is not None)
     return report

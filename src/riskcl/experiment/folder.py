@@ -14,7 +14,12 @@ A run folder holds:
   ``ids``, ``groups``, ``paths`` and one ``meta__<column>`` array per metadata column;
 * ``metrics.json`` -- the test report under the run's decision rule, the report under each rule, validation and
   calibration reports, and run facts (``run``: classes, levels, cost matrix, best epoch, ...);
-* ``calibration.json`` -- the operating point chosen by ``riskcl calibrate``.
+* ``calibration.json`` -- the operating point chosen by ``riskcl calibrate``;
+* ``eval_<split>.json`` / ``eval_external_<split>.json`` -- reports of ``riskcl evaluate`` on the run's own split
+  or on another data folder; ``subgroups_<column>.json`` (``subgroups_<column>_<split>.json`` off test) -- the
+  per-group report of ``riskcl evaluate --by``;
+* ``gallery/`` -- ``gallery.json`` and one PNG per Type II error of ``riskcl explain --type-ii`` (read by the report
+  and the model card).
 
 Every write is atomic. Every read names the file and what is wrong with it when it is damaged.
 """
@@ -206,10 +211,7 @@ class RunFolder:
         path = self.file("history")
         if not path.is_file():
             return pd.DataFrame()
-        try:
-            return pd.read_csv(path)
-        except Exception as exc:
-            raise RunFolderError(f"{path}: unreadable CSV ({type(exc).__name__}: {exc})") from None
+        return read_csv(path, dtype=None, keep_default_na=True)
 
     # --- weights and model -------------------------------------------------------------------------------------
     def save_weights(self, model: torch.nn.Module) -> None:
@@ -319,6 +321,25 @@ class RunFolder:
         if not isinstance(run, dict) or not all(k in run for k in ("classes", "levels", "dataset")):
             raise RunFolderError(f"{path}: expected a `run` section with classes, levels and dataset")
         return data
+
+    def write_evaluation(self, split: str, report: dict[str, Any], external: bool = False) -> None:
+        atomic_write_json(self.path / (f"eval_external_{split}.json" if external else f"eval_{split}.json"), report)
+
+    def write_subgroups(self, column: str, split: str, result: dict[str, Any]) -> None:
+        name = f"subgroups_{column}.json" if split == "test" else f"subgroups_{column}_{split}.json"
+        atomic_write_json(self.path / name, result)
+
+    @property
+    def gallery_dir(self) -> Path:
+        return self.path / "gallery"
+
+    def write_gallery(self, gallery: dict[str, Any]) -> None:
+        atomic_write_json(self.gallery_dir / "gallery.json", gallery)
+
+    def gallery(self) -> dict[str, Any] | None:
+        """``gallery/gallery.json`` (the Type II gallery), or None when the run has none."""
+        path = self.gallery_dir / "gallery.json"
+        return read_json(path) if path.is_file() else None
 
     def write_calibration(self, result: dict[str, Any]) -> None:
         atomic_write_json(self.file("calibration"), result)

@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..decision import decide, group_risk_control, softmax
-from ..io import atomic_write_json
+from ..decision import decide, group_risk_control, softmax, thresholds_per_sample
 from ..metrics import safety_report
 from ..metrics.subgroups import MIN_MALIGNANT, intervals_note, subgroup_metrics
 from .calibrate import SELECTION_WARNING, TEST_KEYS, _check_split
@@ -53,8 +52,7 @@ def evaluate_subgroups(run_dir: str | Path, column: str, split: str = "test", n_
     result = {"column": column, "split": split, "operating_point": how, "threshold": threshold,
               "n": int(len(labels)), "overall_cer": overall["cer"], "groups": rows,
               "rule": f"{intervals_note(min_malignant)} ({n_boot} bootstrap resamples)"}
-    name = f"subgroups_{column}.json" if split == "test" else f"subgroups_{column}_{split}.json"
-    atomic_write_json(folder.path / name, result)
+    folder.write_subgroups(column, split, result)
     return result
 
 
@@ -97,8 +95,7 @@ def calibrate_by_group(run_dir: str | Path, column: str, alpha: float, delta: fl
                              cal["groups"], fallback)
     pooled = res["pooled"]
     test_probs = softmax(test["logits"])
-    per_image = np.array([res["groups"].get(v, {"threshold": res["fallback_threshold"]})["threshold"]
-                          for v in test_strata.astype(str)])
+    per_image = thresholds_per_sample(res["groups"], res["fallback_threshold"], test_strata)
     labels = decide(test_probs, tax, "superclass", per_image)
     overall = safety_report(labels, test["target"], tax)
     for v, g in res["groups"].items():

@@ -75,21 +75,20 @@ def _gallery(doc: Document, records: list, runs_dir: Path, out: Path) -> None:
 
     shown = False
     for r in records:
-        gallery = r.path / "gallery" / "gallery.json"
-        if not gallery.is_file():
+        g = r.folder.gallery()
+        if g is None:
             continue
         if not shown:
             doc.heading("Fatal errors (Type II) with saliency").para(
                 "Every Type II error of the test split at each run's operating point, lowest p(malignant) first, "
                 "up to the cap of `riskcl explain --type-ii`: the image and where the model looked for p(malignant).")
             shown = True
-        g = json.loads(gallery.read_text())
         rel = r.path.relative_to(runs_dir)
         doc.heading(f"{rel}: {g['shown']} of {g['type_ii_total']} Type II errors at threshold {g['threshold']:.4f}", 3)
         target = out / "figures" / "gallery" / str(rel).replace("/", "__")
         target.mkdir(parents=True, exist_ok=True)
         for item in g["items"]:
-            shutil.copy(r.path / "gallery" / item["file"], target / item["file"])
+            shutil.copy(r.folder.gallery_dir / item["file"], target / item["file"])
             doc.figure(f"{item['id']}: true {item['true_class']}, p(malignant) {item['p_malignant']:.3f}",
                        target / item["file"])
 
