@@ -65,6 +65,7 @@ def test_feeder_shards_an_epoch_across_ranks(demo_train):
     assert len(orders[0]) == len(orders[1]) == -(-len(demo_train) // 2)
     assert set(orders[0]) | set(orders[1]) == set(range(len(demo_train)))
     assert len(shards[0]) == len(shards[1])  # every rank runs the same number of steps
+    assert len(shards[0]) == -(-len(orders[0]) // 16)  # the length is that of the rank's shard
 
 
 def test_thread_count_shares_the_cores(tmp_path, monkeypatch):

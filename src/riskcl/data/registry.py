@@ -150,6 +150,13 @@ def _images_and_hashes(name: str, index: DataIndex, table: pd.DataFrame, image_s
     return images, table
 
 
+def check_root(name: str, root: str | Path | None) -> None:
+    """``FileNotFoundError`` naming ``data.root`` when the data folder of ``name`` does not exist (the generated
+    demo data needs none)."""
+    if root is not None and name != "demo" and not Path(root).exists():
+        raise FileNotFoundError(f"Data folder {root} (data.root) does not exist")
+
+
 def _index(name: str, root: str | Path | None, options: dict[str, Any]) -> DataIndex:
     adapter = _lookup(name)
     allowed = dataset_options(name)
@@ -158,8 +165,7 @@ def _index(name: str, root: str | Path | None, options: dict[str, Any]) -> DataI
             raise ValueError(f"Dataset '{name}' has no option '{key}'; expected some of {sorted(allowed)}")
     if root is None and inspect.signature(adapter).parameters["root"].default is inspect.Parameter.empty:
         raise ValueError(f"Dataset '{name}' needs `root` (the data folder)")
-    if root is not None and not Path(root).exists() and name not in ("demo",):
-        raise FileNotFoundError(f"Data folder {root} (data.root) does not exist")
+    check_root(name, root)
     index = adapter(root, **options)
     clash = [c for c in index.metadata if c in RESERVED_COLUMNS]
     if clash:

@@ -22,7 +22,7 @@ from ..metrics import (accuracy, auroc_malignant, bootstrap_ci, critical_error_r
                        f1_macro, malignant_probability, predictive_values, sensitivity_specificity)
 from ..report import plots
 from ..report.render import Document
-from .predict import group_thresholds, operating_point
+from .predict import group_thresholds, missed_malignant, operating_point
 
 CARD_FILE, CARD_HTML, FIGURES = "MODEL_CARD.md", "model_card.html", "card_figures"
 TYPE_II_ROWS = 50
@@ -70,8 +70,7 @@ def _counts_table(info: dict[str, Any]) -> pd.DataFrame:
 def _type_ii(test: dict[str, np.ndarray], probs: np.ndarray, tax, threshold: float | np.ndarray) -> pd.DataFrame:
     p_mal = malignant_probability(probs, tax)
     t = np.broadcast_to(np.asarray(threshold, dtype=np.float64), p_mal.shape)
-    missed = np.flatnonzero((tax.superclass[test["target"]] == 1) & (p_mal < t))
-    missed = missed[np.argsort(p_mal[missed])]
+    missed = missed_malignant(p_mal, test["target"], tax, t)
     return pd.DataFrame([{"id": str(test["ids"][i]), "true class": tax.classes[int(test["target"][i])],
                           "p(malignant)": float(p_mal[i]), "threshold": float(t[i])} for i in missed])
 

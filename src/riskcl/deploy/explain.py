@@ -26,7 +26,7 @@ from ..experiment.folder import RunFolder
 from ..io import atomic_write_with, make_folder
 from ..metrics import malignant_probability
 from ..taxonomy import Taxonomy
-from .predict import operating_point, predict_arrays
+from .predict import missed_malignant, operating_point, predict_arrays
 
 DISPLAY = 224
 METHODS = ("gradcam", "gradcam++", "xgradcam", "eigencam", "layercam")
@@ -159,9 +159,8 @@ def explain_type_ii(run_dir: str | Path, cap: int = 16, method: str = "gradcam")
     test = folder.predictions("test")
     p_mal = malignant_probability(softmax(test["logits"]), tax)
     threshold = float(operating_point(folder)["threshold"])
-    is_missed = (tax.superclass[test["target"]] == 1) & (p_mal < threshold)
-    missed = np.flatnonzero(is_missed)
-    missed = missed[np.argsort(p_mal[missed])][:cap]
+    all_missed = missed_malignant(p_mal, test["target"], tax, threshold)
+    missed = all_missed[:cap]
     out = folder.gallery_dir
     out.mkdir(exist_ok=True)
     items = []
@@ -177,7 +176,7 @@ def explain_type_ii(run_dir: str | Path, cap: int = 16, method: str = "gradcam")
             _save_png(out / name, panel(img, [overlay(img, cam)]))
             items.append({"id": str(test["ids"][i]), "true_class": tax.classes[int(test["target"][i])],
                           "p_malignant": float(p_mal[i]), "threshold": threshold, "file": name, "method": method})
-    gallery = {"split": "test", "threshold": threshold, "type_ii_total": int(is_missed.sum()), "shown": len(items),
+    gallery = {"split": "test", "threshold": threshold, "type_ii_total": len(all_missed), "shown": len(items),
                "items": items}
     folder.write_gallery(gallery)
     return gallery

@@ -49,6 +49,14 @@ def group_thresholds(op: dict[str, Any], strata: Sequence[str]) -> np.ndarray:
     return thresholds_per_sample(op["groups"], op.get("unseen_group_threshold", op["threshold"]), strata)
 
 
+def missed_malignant(p_mal: np.ndarray, target: np.ndarray, taxonomy: Taxonomy,
+                     threshold: float | np.ndarray) -> np.ndarray:
+    """Indices of the Type II errors at ``threshold`` (one, or one per case): malignant cases with p(malignant)
+    below it, lowest p(malignant) first."""
+    missed = np.flatnonzero((taxonomy.superclass[target] == 1) & (p_mal < threshold))
+    return missed[np.argsort(p_mal[missed], kind="stable")]
+
+
 def predict_arrays(model: torch.nn.Module, images: Sequence[np.ndarray], image_size: int,
                    batch_size: int = 64) -> np.ndarray:
     """``(N, K)`` class probabilities of ``uint8`` ``(H, W, 3)`` images: resized as the cache resizes them

@@ -77,7 +77,9 @@ class BatchFeeder:
         return self.batches(0)
 
     def __len__(self) -> int:
-        n = len(self._order(0)) if self.train else len(self.dataset)
+        n = len(self.dataset)
+        if self.train and self.world_size > 1:  # each rank's shard, padded as in _order
+            n = -(-n // self.world_size)
         return -(-n // self.batch_size)
 
     def _host_batches(self, order: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor, slice]]:

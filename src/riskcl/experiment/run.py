@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import torch
 
 from ..config import ConfigError, ExperimentConfig
-from ..data import SplitData, create_datasets
+from ..data import SplitData, check_root, create_datasets
 from ..distributed import DistInfo, barrier, device_for, init_distributed
 from ..engine import NonFiniteError, TrainingSlot, resolve_device
 from ..models import check_model_name
@@ -75,8 +75,7 @@ def build_data(cfg: ExperimentConfig, progress: bool, fixed_splits: Mapping[str,
 def _check_before_start(cfg: ExperimentConfig) -> None:
     """What can be checked before a run folder is created: the model name and the data folder."""
     check_model_name(cfg.model.name)
-    if cfg.data.root is not None and not Path(cfg.data.root).exists():
-        raise FileNotFoundError(f"Data folder {cfg.data.root} (data.root) does not exist")
+    check_root(cfg.data.name, cfg.data.root)
 
 
 def _claim(folder: RunFolder, cfg: ExperimentConfig) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..decision import decide, group_risk_control, softmax, thresholds_per_sample
 from ..metrics import safety_report
-from ..metrics.subgroups import MIN_MALIGNANT, intervals_note, subgroup_metrics
+from ..metrics.subgroups import MIN_MALIGNANT, PRINTABLE_COLUMNS, intervals_note, printable_rows, subgroup_metrics
 from .calibrate import SELECTION_WARNING, TEST_KEYS, _check_split
 from .folder import RunFolder
 
@@ -56,22 +56,14 @@ def evaluate_subgroups(run_dir: str | Path, column: str, split: str = "test", n_
     return result
 
 
-def _pct(r: dict[str, Any]) -> str:
-    if r["n"] == 0:
-        return "-"
-    return f"{100 * r['value']:.1f}% [{100 * r['low']:.1f}, {100 * r['high']:.1f}]"
-
-
 def format_subgroups(result: dict[str, Any]) -> str:
     from io import StringIO
 
     buf = StringIO()
     buf.write(f"{result['split']} split by '{result['column']}' at {result['operating_point']} (overall CER "
               f"{100 * result['overall_cer']:.2f}%):\n")
-    cols = ["group", "n", "malignant", "CER [95% CI]", "sensitivity [95% CI]", "specificity [95% CI]", "note"]
-    rows = [{"group": r["group"], "n": r["n"], "malignant": r["n_malignant"], "CER [95% CI]": _pct(r["cer"]),
-             "sensitivity [95% CI]": _pct(r["sensitivity"]), "specificity [95% CI]": _pct(r["specificity"]),
-             "note": "too few malignant" if r["too_few_malignant"] else ""} for r in result["groups"]]
+    cols = PRINTABLE_COLUMNS
+    rows = printable_rows(result["groups"])
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     buf.write("  ".join(c.ljust(widths[c]) for c in cols) + "\n")
     for r in rows:

@@ -47,6 +47,30 @@ def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     return lo, hi
 
 
+def format_rate(rate: dict[str, Any]) -> str:
+    """``"12.3% [4.5, 25.0]"`` for a rate of :func:`subgroup_metrics`; ``"-"`` when it rests on no case.
+
+    Example:
+        >>> format_rate({"value": 0.5, "low": 0.25, "high": 0.75, "n": 8})
+        '50.0% [25.0, 75.0]'
+    """
+    if rate["n"] == 0:
+        return "-"
+    return f"{100 * rate['value']:.1f}% [{100 * rate['low']:.1f}, {100 * rate['high']:.1f}]"
+
+
+def printable_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of :func:`subgroup_metrics` as table rows (rates with their intervals as text), in the order of
+    ``PRINTABLE_COLUMNS``."""
+    return [{"group": r["group"], "n": r["n"], "malignant": r["n_malignant"], "CER [95% CI]": format_rate(r["cer"]),
+             "sensitivity [95% CI]": format_rate(r["sensitivity"]),
+             "specificity [95% CI]": format_rate(r["specificity"]),
+             "note": "too few malignant" if r["too_few_malignant"] else ""} for r in rows]
+
+
+PRINTABLE_COLUMNS = ("group", "n", "malignant", "CER [95% CI]", "sensitivity [95% CI]", "specificity [95% CI]", "note")
+
+
 def _rate(hits: np.ndarray, units: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
     """Mean of a 0/1 array with its 95% interval (bootstrap over units, or exact when small)."""
     n = int(hits.size)

@@ -42,13 +42,9 @@ def held_out_split(record: RunRecord) -> str:
     return "calib" if record.has_predictions("calib") else "val"
 
 
-def _at(record: RunRecord, threshold: float) -> dict[str, np.ndarray]:
-    test = record.predictions("test")
-    return {"labels": threshold_decision(softmax(test["logits"]), record.taxonomy, threshold), "target": test["target"]}
-
-
 def run_operating_points(record: RunRecord, targets: Sequence[float]) -> list[dict]:
-    """One row per target: the held-out threshold and the test metrics it gives (read from files only)."""
+    """One row per target: the held-out threshold, the test decisions at it (``labels``) and the test metrics
+    they give (read from files only)."""
     tax = record.taxonomy
     split = held_out_split(record)
     held = record.predictions(split)
@@ -61,7 +57,7 @@ def run_operating_points(record: RunRecord, targets: Sequence[float]) -> list[di
         t = threshold_for_sensitivity(held_pm, tax.superclass[held["target"]] == 1, target)
         labels = threshold_decision(test_probs, tax, t)
         sens, spec = sensitivity_specificity(labels, test["target"], tax)
-        rows.append({"target": target, "held_out": split, "threshold": t, "sensitivity": sens,
+        rows.append({"target": target, "held_out": split, "threshold": t, "labels": labels, "sensitivity": sens,
                      "specificity": spec, "f1_macro": f1_macro(labels, test["target"]),
                      "accuracy": accuracy(labels, test["target"]), "missed_target": sens < target,
                      "pauc_sens90": pauc})
@@ -89,7 +85,7 @@ def fair_frontier_table(records: Sequence[RunRecord], targets: Sequence[float] =
             raise ValueError(f"{ds}/{model}/{method}: runs disagree on the test split; seeds must share it")
         per_run = [run_operating_points(r, targets) for r in recs]
         for k, target in enumerate(targets):
-            labels = np.stack([_at(r, pr[k]["threshold"])["labels"] for r, pr in zip(recs, per_run)], 1)
+            labels = np.stack([pr[k]["labels"] for pr in per_run], 1)
             ci = {}
             for name, fn in (("sensitivity", lambda lab, y: sensitivity_specificity(lab, y, tax)[0]),
                              ("specificity", lambda lab, y: sensitivity_specificity(lab, y, tax)[1]),

@@ -158,10 +158,6 @@ def subgroup_tables(records: list[RunRecord], column: str, n_boot: int = 1000) -
 
 def subgroup_frame(rows: list[dict]) -> pd.DataFrame:
     """Subgroup rows as a printable table (rates with their 95% intervals)."""
-    def cell(r: dict) -> str:
-        return "-" if r["n"] == 0 else f"{100 * r['value']:.1f}% [{100 * r['low']:.1f}, {100 * r['high']:.1f}]"
+    from ..metrics.subgroups import PRINTABLE_COLUMNS, printable_rows
 
-    return pd.DataFrame([{"group": r["group"], "n": r["n"], "malignant": r["n_malignant"], "CER [95% CI]":
-                          cell(r["cer"]), "sensitivity [95% CI]": cell(r["sensitivity"]),
-                          "specificity [95% CI]": cell(r["specificity"]),
-                          "note": "too few malignant" if r["too_few_malignant"] else ""} for r in rows])
+    return pd.DataFrame(printable_rows(rows), columns=list(PRINTABLE_COLUMNS))
