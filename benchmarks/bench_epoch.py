@@ -4,12 +4,15 @@
         --dataset brain_mri --root ../shared/data/brain_tumor_mri
     python benchmarks/bench_epoch.py --device cuda --model resnet50 --size 224 --batch 128 --dataset demo
     python benchmarks/bench_epoch.py ... --side-by-side 2     # two trainings at once, default thread share
+    python benchmarks/bench_epoch.py ... --host-only          # the host side of the path alone (no model)
 
 * ceiling: the same engine step (model, loss, optimizer, autocast, gradient checks) on a random batch already
   on the device (no data path);
 * end to end: riskcl's engine on the cached data: ``BatchFeeder`` (batched gather from the memory map, pinned
   non-blocking copy, device-side augmentation, prefetch) + ``train_one_epoch``.
 Both run the same number of steps after a warm-up; the JSON line has images/s of each and their ratio.
+With ``--host-only`` it times only what the feeder's background thread does per epoch on the host (the batched
+gather from the memory map; the pinning needs CUDA and is left out), the CPU budget of the CUDA path.
 With ``--side-by-side N`` the end-to-end epoch runs in N processes at once (each with riskcl's default thread
 share) and the line reports each one's epoch time next to the time of one alone.
 """
@@ -25,16 +28,20 @@ import time
 import torch
 
 
-def _setup(a):
+def _train_split(a):
     from riskcl.data import create_datasets
+
+    kwargs = {"scale": a.scale} if a.dataset == "demo" else {}
+    return create_datasets(a.dataset, a.root, image_size=a.size, progress=False, **kwargs).datasets["train"]
+
+
+def _setup(a):
     from riskcl.engine import BatchFeeder, resolve_device
     from riskcl.losses import create_loss
     from riskcl.models import create_model
 
     device = resolve_device(a.device)
-    kwargs = {"scale": a.scale} if a.dataset == "demo" else {}
-    data = create_datasets(a.dataset, a.root, image_size=a.size, progress=False, **kwargs)
-    train = data.datasets["train"]
+    train = _train_split(a)
     tax = train.taxonomy
     torch.manual_seed(0)
     model = create_model(a.model, tax.num_classes, pretrained=False).to(device)
@@ -81,6 +88,21 @@ def end_to_end(a, device, model, loss_fn, opt, feeder, epoch=1):
     return steps * a.batch / seconds, seconds, steps
 
 
+def host_only(a, repeat):
+    """Images/s of the feeder's host side (order + batched gather), best of ``repeat`` epochs; no model."""
+    from riskcl.engine import BatchFeeder
+
+    train = _train_split(a)
+    feeder = BatchFeeder(train, a.batch, torch.device("cpu"), train=True, seed=0, prefetch=0)
+    best = 0.0
+    for epoch in range(repeat):
+        t0, n = time.perf_counter(), 0
+        for _, y, _ in feeder._host_batches(feeder._order(epoch)):
+            n += len(y)
+        best = max(best, n / (time.perf_counter() - t0))
+    return {"train_images": len(train), "host_gather_images_per_s": round(best)}
+
+
 def _one_epoch_process(a, queue, start):
     from riskcl.engine import TrainingSlot, apply_threads
 
@@ -123,6 +145,7 @@ def main():
     p.add_argument("--side-threads", type=int, default=None, help="threads of each side-by-side process (default: "
                    "riskcl's share; e.g. the core count to see what happens without it)")
     p.add_argument("--repeat", type=int, default=2, help="alternate end-to-end and ceiling this often; best of each")
+    p.add_argument("--host-only", action="store_true", help="time only the host side of the data path")
     a = p.parse_args()
     from riskcl.engine import TrainingSlot, apply_threads
 
@@ -130,6 +153,11 @@ def main():
            "size": a.size, "batch": a.batch, "dataset": a.dataset, "loss": a.loss}
     with TrainingSlot() as slot:
         row["threads"] = apply_threads(a.threads, slot)
+        if a.host_only:  # no model, loss or device involved
+            row = {k: v for k, v in row.items() if k not in ("model", "loss", "threads")}
+            row.update(host_only(a, max(a.repeat, 3)))
+            print(json.dumps(row), flush=True)
+            return
         device, model, loss_fn, opt, feeder, train = _setup(a)
         row["device"] = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
         e2e, seconds, ceil = 0.0, float("inf"), 0.0
