@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..io import read_csv
 from ..taxonomy import get_taxonomy
 from .base import CONTENT_GROUPS, IMAGE_EXTENSIONS, DataIndex, check_member, make_table
-from ..io import read_csv
 from .paths import safe_join
 
 PREFIX = "ISIC2018_Task3"

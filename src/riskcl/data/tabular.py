@@ -10,10 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
+from ..io import read_csv
 from ..taxonomy import load_taxonomy
 from .base import SPLITS, DataIndex, make_table, scan_class_folders
-from ..io import read_csv
 from .paths import safe_join
 
 

@@ -16,13 +16,14 @@ import pandas as pd
 
 from .. import __version__
 from ..decision import decide, softmax
+from ..experiment.calibrate import operating_point
 from ..experiment.folder import RunFolder
 from ..io import read_json
 from ..metrics import (accuracy, auroc_malignant, bootstrap_ci, critical_error_rate, expected_calibration_error,
                        f1_macro, malignant_probability, predictive_values, sensitivity_specificity)
 from ..report import plots
 from ..report.render import Document
-from .predict import group_thresholds, missed_malignant, operating_point
+from .predict import group_thresholds, missed_malignant
 
 CARD_FILE, CARD_HTML, FIGURES = "MODEL_CARD.md", "model_card.html", "card_figures"
 TYPE_II_ROWS = 50
@@ -127,8 +128,8 @@ def build_card(run_dir: str | Path, out: str | Path | None = None, n_boot: int =
     fig_dir = md_path.parent / FIGURES
     fig_dir.mkdir(exist_ok=True)
     cfg, tax, metrics, info = folder.read_config(), folder.taxonomy(), folder.metrics(), folder.data_info()
-    cal = folder.calibration() if folder.file("calibration").is_file() else None
     op = operating_point(folder)
+    cal = None if op["method"] == "default" else op  # calibration.json, when the run has one
     test = folder.predictions("test")
     threshold = float(op["threshold"])
     if op.get("groups"):  # each test case at its group's threshold, as calibration.json's test numbers

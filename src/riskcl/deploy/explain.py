@@ -22,11 +22,12 @@ from ..data import decode_rgb, load_source_images
 from ..data.augment import to_model_input
 from ..data.images import resize_uint8
 from ..decision import decide, softmax
+from ..experiment.calibrate import operating_point
 from ..experiment.folder import RunFolder
 from ..io import atomic_write_with, make_folder
 from ..metrics import malignant_probability
 from ..taxonomy import Taxonomy
-from .predict import missed_malignant, operating_point, predict_arrays
+from .predict import missed_malignant, predict_arrays
 
 DISPLAY = 224
 METHODS = ("gradcam", "gradcam++", "xgradcam", "eigencam", "layercam")

@@ -32,10 +32,11 @@ from ..data import decode_rgb, load_source_images
 from ..data.augment import IMAGENET_MEAN, IMAGENET_STD
 from ..data.images import resize_images
 from ..decision import decide
+from ..experiment.calibrate import operating_point
 from ..experiment.folder import RunFolder
 from ..io import atomic_write_json, atomic_write_with, make_folder
 from ..metrics import malignant_probability
-from .predict import operating_point, predict_arrays
+from .predict import predict_arrays
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 METADATA_FILE = "riskcl_export.json"

@@ -19,29 +19,11 @@ from ..data import decode_rgb
 from ..data.augment import to_model_input
 from ..data.images import resize_uint8
 from ..decision import decide, softmax, thresholds_per_sample
+from ..experiment.calibrate import operating_point
 from ..experiment.folder import RunFolder
 from ..io import atomic_write_text, check_writable_target, read_csv
 from ..metrics import malignant_probability
 from ..taxonomy import Taxonomy
-
-
-def operating_point(folder: RunFolder, calibrated: bool | None = None) -> dict[str, Any]:
-    """``{"threshold", "method", "alpha", ...}``: the calibrated operating point, or the 0.5 default rule.
-
-    ``calibrated``: True requires ``calibration.json``; None (the default) uses it when it exists."""
-    if calibrated is None:
-        calibrated = folder.file("calibration").is_file()
-    if not calibrated:
-        return {"threshold": 0.5, "method": "default", "rule": "superclass-first at 0.5",
-                "how": "the default rule, not calibrated: refer when p(malignant) >= 0.5, then the most probable "
-                       "class within the decided superclass (no guarantee; `riskcl calibrate` gives one)"}
-    cal = folder.calibration()
-    if cal.get("groups"):
-        return {**cal, "how": f"calibrated per '{cal['by']}' group by {cal['method']} on the "
-                              f"{cal['calibration_split']} split ({len(cal.get('certified_groups', []))} of "
-                              f"{len(cal['groups'])} groups certified); {cal['threshold']:.4f} is the pooled threshold"}
-    return {**cal, "how": f"calibrated by {cal['method']} on the {cal['calibration_split']} split: "
-                          f"{cal.get('guarantee', '')}"}
 
 
 def group_thresholds(op: dict[str, Any], strata: Sequence[str]) -> np.ndarray:

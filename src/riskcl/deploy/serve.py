@@ -27,10 +27,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from ..data import BadImageError, decode_bytes
+from ..experiment.calibrate import operating_point
 from ..experiment.folder import RunFolder
 from .explain import overlay, panel, saliency
 from .export import export_metadata
-from .predict import decision_rows, operating_point, predict_arrays
+from .predict import decision_rows, predict_arrays
 
 MIN_SIDE = 8
 DEFAULT_MAX_UPLOAD_MB = 20.0

@@ -6,6 +6,9 @@ threshold is fitted on the run's calibration split (``calib_predictions.npz``, c
 for selection), and applied unchanged to the test split. Calibrating on the validation split needs an explicit
 ``allow_selection_split`` and says why it is unsafe. Only prediction files are read: no weights, no model.
 
+:func:`operating_point` is the one answer to "which threshold does this run decide at": ``calibration.json`` when
+it exists, else the 0.5 default rule; predict, export, the card, the web service and the subgroup report all ask it.
+
 A shift check compares the p(malignant) of malignant cases in the calibration and test splits (two-sample
 Kolmogorov-Smirnov test): the guarantee holds for data exchangeable with the calibration set, and a small p-value
 says the test data is not.
@@ -43,6 +46,25 @@ def shift_check(cal_scores: np.ndarray, eval_scores: np.ndarray) -> dict[str, An
             f"the guarantee need not hold on it") if shifted else "no shift detected"
     return {"test": "ks_2samp", "statistic": float(res.statistic), "p_value": float(res.pvalue), "shift": shifted,
             "note": note}
+
+
+def operating_point(folder: RunFolder, calibrated: bool | None = None) -> dict[str, Any]:
+    """``{"threshold", "method", "alpha", ...}``: the calibrated operating point, or the 0.5 default rule.
+
+    ``calibrated``: True requires ``calibration.json``; None (the default) uses it when it exists."""
+    if calibrated is None:
+        calibrated = folder.file("calibration").is_file()
+    if not calibrated:
+        return {"threshold": 0.5, "method": "default", "rule": "superclass-first at 0.5",
+                "how": "the default rule, not calibrated: refer when p(malignant) >= 0.5, then the most probable "
+                       "class within the decided superclass (no guarantee; `riskcl calibrate` gives one)"}
+    cal = folder.calibration()
+    if cal.get("groups"):
+        return {**cal, "how": f"calibrated per '{cal['by']}' group by {cal['method']} on the "
+                              f"{cal['calibration_split']} split ({len(cal.get('certified_groups', []))} of "
+                              f"{len(cal['groups'])} groups certified); {cal['threshold']:.4f} is the pooled threshold"}
+    return {**cal, "how": f"calibrated by {cal['method']} on the {cal['calibration_split']} split: "
+                          f"{cal.get('guarantee', '')}"}
 
 
 def _check_split(folder: RunFolder, split: str, allow_selection_split: bool) -> None:

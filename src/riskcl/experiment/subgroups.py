@@ -16,7 +16,7 @@ import numpy as np
 from ..decision import decide, group_risk_control, softmax, thresholds_per_sample
 from ..metrics import safety_report
 from ..metrics.subgroups import MIN_MALIGNANT, PRINTABLE_COLUMNS, intervals_note, printable_rows, subgroup_metrics
-from .calibrate import SELECTION_WARNING, TEST_KEYS, _check_split
+from .calibrate import SELECTION_WARNING, TEST_KEYS, _check_split, operating_point
 from .folder import RunFolder
 
 
@@ -30,10 +30,10 @@ def _column(folder: RunFolder, arrays: dict[str, np.ndarray], column: str, split
 
 
 def _threshold(folder: RunFolder) -> tuple[float, str]:
-    if folder.file("calibration").is_file():
-        cal = folder.calibration()
-        return float(cal["threshold"]), f"calibrated threshold {cal['threshold']:.4f} ({cal['method']})"
-    return 0.5, "the default rule (p(malignant) >= 0.5, not calibrated)"
+    op = operating_point(folder)
+    if op["method"] == "default":
+        return float(op["threshold"]), f"the default rule (p(malignant) >= {op['threshold']:g}, not calibrated)"
+    return float(op["threshold"]), f"calibrated threshold {op['threshold']:.4f} ({op['method']})"
 
 
 def evaluate_subgroups(run_dir: str | Path, column: str, split: str = "test", n_boot: int = 1000,

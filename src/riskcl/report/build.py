@@ -11,11 +11,12 @@ import pandas as pd
 from ..io import atomic_write_text
 from ..metrics.subgroups import intervals_note
 from . import plots
-from .render import Document
 from .collect import find_runs, runs_table
 from .frontier import DEFAULT_TARGETS, fair_frontier_table
+from .render import Document
 from .tables import (matched_sensitivity_table, paired_table, pareto_front, pooled_cer_ci, run_labels, subgroup_frame,
                      subgroup_tables, summary_table, threshold_curve)
+
 
 def _methods_table(summary: pd.DataFrame, ci: dict) -> pd.DataFrame:
     rows = []
