@@ -9,7 +9,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "riskcl"
 # ARCHITECTURE.md, "Layers": a module may import its own layer (without cycles) and the layers below.
 LAYERS = [
-    ("util", ["riskcl._names", "riskcl.io"]),
+    ("util", ["riskcl._names", "riskcl._checks", "riskcl.defaults", "riskcl.io"]),
     ("core", ["riskcl", "riskcl.taxonomy", "riskcl.losses", "riskcl.metrics", "riskcl.decision"]),
     ("components", ["riskcl.data", "riskcl.models", "riskcl.distributed", "riskcl.engine"]),
     ("config", ["riskcl.config"]),
@@ -97,3 +97,29 @@ def test_the_checker_can_fail():
     assert layer_of("riskcl.cli.main") > layer_of("riskcl.experiment.run") > layer_of("riskcl.engine.loop")
     assert "riskcl.experiment.folder" in GRAPH["riskcl.experiment.run"]
     assert "riskcl.io" in GRAPH["riskcl.data.images"]
+
+
+def _run_folder_names() -> set[str]:
+    from riskcl.experiment.folder import FILES, PREDICTIONS
+
+    return set(FILES.values()) | set(PREDICTIONS.values())
+
+
+def _spelled_names(module: str, names: set[str]) -> list[str]:
+    """String constants in ``module`` that are exactly a run-folder file name (prose mentioning one is fine)."""
+    tree = ast.parse(MODULES[module].read_text(), str(MODULES[module]))
+    return [f"{module}:{n.lineno} {n.value!r}" for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in names]
+
+
+def test_only_the_run_folder_module_spells_run_folder_file_names():
+    names = _run_folder_names()
+    found = [hit for m in MODULES if m != "riskcl.experiment.folder" for hit in _spelled_names(m, names)]
+    assert found == [], f"run-folder file names spelled outside experiment/folder.py: {found}"
+
+
+def test_the_file_name_check_can_fail(tmp_path, monkeypatch):
+    bad = tmp_path / "bad.py"
+    bad.write_text('PATH = "calibration.json"\n')
+    monkeypatch.setitem(MODULES, "riskcl.bad", bad)
+    assert _spelled_names("riskcl.bad", _run_folder_names()) == ["riskcl.bad:1 'calibration.json'"]

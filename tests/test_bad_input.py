@@ -352,3 +352,165 @@ def test_no_noise_and_uniform_file_modes(tmp_path, tiny_run):
 def test_config_from_dict_rejects_a_config_without_keys():
     with pytest.raises(ConfigError):
         config_from_dict({"data": {"name": "demo", "val_fraction": 0.7}})  # with test and calib: no training data
+
+
+# --- issue 21: what an adversarial user broke ---------------------------------------------------------------------
+def test_pixel_limit_is_riskcls_own_and_checked_before_decoding(tmp_path, monkeypatch):
+    """An 11000 x 11000 PNG (117 KB) passed Pillow's bomb check and took 6.9 GB: refused from its header."""
+    import tracemalloc
+
+    from riskcl.data import BadImageError, decode_bytes, decode_rgb
+
+    big = tmp_path / "big.png"
+    Image.new("L", (11000, 11000)).save(big, optimize=True)
+    assert big.stat().st_size < 1_000_000
+    tracemalloc.start()
+    with pytest.raises(BadImageError, match=r"11000 x 11000 .*exceeds the limit of 50 megapixels"):
+        decode_rgb(big)
+    with pytest.raises(BadImageError, match="exceeds the limit"):
+        decode_bytes(big.read_bytes(), "upload.png")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 50_000_000  # nothing decoded (121 MB of pixels)
+    monkeypatch.setenv("RISKCL_MAX_PIXELS", "100")
+    with pytest.raises(BadImageError, match="limit of 0.0001 megapixels"):
+        decode_rgb(demo_png(tmp_path))  # 16 x 16 = 256 pixels
+    monkeypatch.setenv("RISKCL_MAX_PIXELS", "lots")
+    with pytest.raises(ValueError, match="RISKCL_MAX_PIXELS"):
+        decode_rgb(demo_png(tmp_path))
+
+
+def test_an_all_nan_image_is_refused_and_decode_errors_hold_no_python_reprs(tmp_path):
+    from riskcl.data import BadImageError, decode_bytes, decode_rgb
+
+    nan = tmp_path / "nan.tif"
+    Image.fromarray(np.full((16, 16), np.nan, dtype=np.float32)).save(nan)
+    with pytest.raises(BadImageError, match="no finite pixel value"):
+        decode_rgb(nan)
+    with pytest.raises(BadImageError) as info:
+        decode_bytes(b"%PDF-1.4 not an image", "scan.pdf")
+    assert "0x" not in str(info.value) and "BytesIO" not in str(info.value) and "scan.pdf" in str(info.value)
+    folder = tmp_path / "x.jpg"
+    folder.mkdir()
+    with pytest.raises(BadImageError, match="folder"):
+        decode_rgb(folder)
+
+
+def test_predict_never_writes_a_file_unasked_and_never_overwrites_anything_else(tmp_path, capsys, tiny_run,
+                                                                              monkeypatch):
+    img = demo_png(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    rc, out, _ = cli(["predict", tiny_run[0], img], capsys)
+    assert rc == 0 and out.startswith("image,decision") and not (tmp_path / "predictions.csv").exists()
+    original = img.read_bytes()
+    rc, _, err = cli(["predict", tiny_run[0], img, "--out", img], capsys)
+    assert rc == 2 and "not a riskcl prediction CSV" in err and img.read_bytes() == original
+    metrics = Path(tiny_run[0]) / "metrics.json"
+    before = metrics.read_bytes()
+    rc, _, err = cli(["predict", tiny_run[0], img, "--out", metrics], capsys)
+    assert rc == 2 and metrics.read_bytes() == before
+    csv_out = tmp_path / "p.csv"
+    assert cli(["predict", tiny_run[0], img, "--out", csv_out], capsys)[0] == 0
+    assert cli(["predict", tiny_run[0], img, "--out", csv_out], capsys)[0] == 0  # its own CSV: replaced
+    other = tmp_path / "notes.csv"
+    other.write_text("a,b\n1,2\n")
+    assert cli(["predict", tiny_run[0], img, "--out", other], capsys)[0] == 2
+    assert cli(["predict", tiny_run[0], img, "--out", other, "--force"], capsys)[0] == 0
+
+
+def test_explain_keeps_overlays_of_same_named_inputs_apart(tmp_path, capsys, tiny_run):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    shutil.copy(demo_png(tmp_path, 0), a / "x.png")
+    shutil.copy(demo_png(tmp_path, 1), b / "x.png")
+    assert cli(["explain", tiny_run[0], a / "x.png", b / "x.png", "--out", tmp_path / "ov"], capsys)[0] == 0
+    panels = sorted((tmp_path / "ov").glob("*_panel.png"))
+    assert len(panels) == 2 and panels[0].read_bytes() != panels[1].read_bytes()
+
+
+def test_a_csv_listing_one_file_twice(tmp_path):
+    from riskcl.data.tabular import index_csv
+
+    root = _folder_data(tmp_path / "data")
+    files = sorted(p.relative_to(root) for p in root.rglob("*.png"))
+    tax = root.parent / "tax.yaml"
+    first = files[0]
+    (root / "labels.csv").write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in files)
+                                     + f"{first},{first.parent.name}\n")
+    with pytest.warns(UserWarning, match="repeats .* it is used once"):
+        index = index_csv(root, taxonomy=str(tax))
+    assert len(index.table) == len(files)
+    other = next(p.parent.name for p in files if p.parent.name != first.parent.name)
+    (root / "labels.csv").write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in files)
+                                     + f"{first},{other}\n")
+    with pytest.raises(ValueError, match=rf"lines 2 and {len(files) + 2} list the same image .*conflicting labels"):
+        index_csv(root, taxonomy=str(tax))
+
+
+def test_data_check_keeps_every_option(tmp_path, capsys):
+    root = _folder_data(tmp_path / "data")
+    rc, out, err = cli(["data", "check", "folder", "--root", root, "--option", f"taxonomy={root.parent / 'tax.yaml'}",
+                        "--option", "metadata_csv=nope.csv"], capsys)
+    assert rc != 0 and "nope.csv" in out + err and "needs the option" not in out + err  # both options kept
+
+
+def test_a_cost_matrix_that_makes_the_loss_vanish_is_refused():
+    with pytest.raises(ConfigError, match="no error would cost anything"):
+        config_from_dict(TINY, {"loss.name": "rcl", "cost.matrix": [[0] * 4] * 4})
+
+
+def test_evaluate_warns_when_other_data_overlaps_the_training_split(tmp_path, capsys):
+    root = _folder_data(tmp_path / "data")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(_folder_cfg(root)))
+    assert cli(["train", cfg, "--out", tmp_path / "run", "--quiet"], capsys)[0] == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    rc, out, err = cli(["evaluate", tmp_path / "run", "--data-root", copy], capsys)
+    assert rc == 0 and "were in the run's training split" in out + err
+
+
+def test_sweeps_refuse_a_finished_run_of_another_config(tmp_path, capsys):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(yaml.safe_dump({"overrides": TINY, "grid": {"seed": [0]}}))
+    assert cli(["sweep", sweep, "--out", tmp_path / "runs", "--quiet"], capsys)[0] == 0
+    rc, out, _ = cli(["sweep", sweep, "--out", tmp_path / "runs", "--quiet", "--set", "epochs=5",
+                      "--set", "loss.name=focal"], capsys)
+    assert rc == 1 and "1 failed" in out and "epochs: 2 -> 5" in out and "loss.name: 'ce' -> 'focal'" in out
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({"overrides": TINY, "grid": {"optim.lr": [2, 2.0]}}))
+    with pytest.raises(ConfigError, match="same run name"):
+        from riskcl.experiment.sweep import load_sweep
+
+        load_sweep(grid)
+
+
+@pytest.mark.parametrize("args,match", [
+    (["card", "RUN", "--bootstrap", "-5"], "--bootstrap"),
+    (["report", "RUNS", "--targets", "1.5", "0"], "--targets"),
+    (["explain", "RUN", "--type-ii", "--cap", "-1"], "--cap"),
+    (["serve", "RUN", "--max-upload-mb", "0"], "--max-upload-mb"),
+    (["serve", "RUN", "--max-upload-mb", "nan"], "--max-upload-mb"),
+    (["serve", "RUN", "--port", "99999"], "--port"),
+    (["serve", "RUN", "--method", "nosuch"], "nosuch"),
+    (["export", "RUN", "--out", "OUT", "--allow-unfinished"], None),
+])
+def test_bad_numbers_on_the_command_line_are_named(tmp_path, capsys, tiny_run, args, match):
+    args = [str(tiny_run[0]) if a == "RUN" else str(Path(tiny_run[0]).parent) if a == "RUNS" else
+            str(tmp_path / "o") if a == "OUT" else a for a in args]
+    if match is None:  # an option the command does not have is argparse's error, exit 2
+        with pytest.raises(SystemExit) as info:
+            main(args)
+        assert info.value.code == 2
+        return
+    rc, _, err = cli(args, capsys)
+    assert rc == 2 and match in err and "internal error" not in err
+
+
+def test_export_card_and_serve_never_offer_an_option_they_lack(tmp_path, capsys, tiny_run):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run)
+    RunFolder(run).mark("interrupted")
+    for args in (["export", run, "--out", tmp_path / "e"], ["card", run]):
+        rc, _, err = cli(args, capsys)
+        assert rc == 2 and "not a finished run" in err and "--allow-unfinished" not in err

@@ -87,3 +87,15 @@ def test_every_shipped_config_and_sweep_validates():
         load_taxonomy(str(path))
 
 
+
+
+def test_config_reference_doc_matches_the_dataclasses():
+    """docs/CONFIG.md is generated from the dataclasses; regenerate with `python -m riskcl.config > docs/CONFIG.md`."""
+    from pathlib import Path
+
+    from riskcl.config import config_reference
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "CONFIG.md").read_text()
+    assert doc == config_reference(), "docs/CONFIG.md is stale: run `python -m riskcl.config > docs/CONFIG.md`"
+    assert "| `data.limit_train` |" in doc and "| `cost.within` |" in doc
+    assert "|  |" not in doc, "every key needs a meaning (a comment after its field)"

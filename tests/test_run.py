@@ -62,7 +62,9 @@ def test_run_folder_contract(tiny_run):
     assert {"train_loss", "val_cer", "val_f1_macro", "val_type_i", "val_type_ii"} <= set(rows[0])
     run = metrics["run"]
     assert run["dataset"] == "demo" and run["loss"] == "ce" and run["seed"] == 0 and run["device"] == "cpu"
-    assert run["cost_matrix"] == severity_matrix(tax, 5, 20).tolist()
+    clinical = severity_matrix(tax, 5, 20)
+    np.fill_diagonal(clinical, 0.0)  # a correct decision costs nothing; the paper's weight matrix has 1 there
+    assert run["cost_matrix"] == clinical.tolist() and run["loss_matrix"] is None  # CE has no weight matrix
     assert run["n_calib"] == len(data["calib"]) and metrics["calib"]["n"] == len(data["calib"])
     assert metrics["wall_time_s"] > 0
     splits = folder.splits()
@@ -112,7 +114,10 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, tiny_run, monk
     # The same run resumes with the plain loss (same numbers: the hooked loss is CE).
     cfg_text = (out / "config.yaml").read_text().replace("ce-interrupted", "ce")
     (out / "config.yaml").write_text(cfg_text)
+    first = int(folder.history()["threads"].iloc[0])
+    monkeypatch.setenv("OMP_NUM_THREADS", str(first + 1))  # a fresh start would now choose another count
     resumed = run_experiment(tiny(), out)
+    assert folder.history()["threads"].tolist() == [first, first]  # the resumed run kept the count it started with
     assert np.array_equal(folder.predictions("test")["logits"], RunFolder(tiny_run[0]).predictions("test")["logits"])
     assert _without_time(resumed) == _without_time(full)
 
@@ -200,14 +205,16 @@ def test_cost_section_sets_selection_metric_and_rcl_default(tmp_path):
     cfg = tiny(**{"epochs": 1, "loss.name": "rcl", "cost.lambda1": 2, "cost.lambda2": 40})
     metrics = run_experiment(cfg, tmp_path / "r")
     tax = get_taxonomy("demo")
-    m = severity_matrix(tax, 2, 40)
-    assert metrics["run"]["cost_matrix"] == m.tolist()
+    m = severity_matrix(tax, 2, 40)     # the paper's weights: 1 on the diagonal
+    cost = m.copy()
+    np.fill_diagonal(cost, 0.0)         # the clinical cost: a correct decision costs 0
+    assert metrics["run"]["cost_matrix"] == cost.tolist() and metrics["run"]["loss_matrix"] == m.tolist()
     preds = RunFolder(tmp_path / "r").predictions("test")
     probs = softmax(preds["logits"])
     labels = decide(probs, tax)
-    assert metrics["mean_cost"] == pytest.approx(m[preds["target"], labels].mean())
-    # rcl without parameters of its own trains with the run's cost matrix.
-    loss = create_loss("rcl", taxonomy=tax, cost=m)
+    assert metrics["mean_cost"] == pytest.approx(cost[preds["target"], labels].mean())
+    # rcl without parameters of its own trains with the run's cost, weighted as the paper weights (1 if correct).
+    loss = create_loss("rcl", taxonomy=tax, cost=cost)
     assert loss.matrix.tolist() == m.tolist()
     assert create_loss("rcl", taxonomy=tax, cost=m, lambda2=10).matrix.tolist() == severity_matrix(tax, 5, 10).tolist()
 

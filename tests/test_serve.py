@@ -42,16 +42,18 @@ def test_predict_matches_riskcl_predict_and_explain_returns_png(client, tiny_run
     r = client.post("/predict", files={"file": ("x.png", img.read_bytes(), "image/png")})
     assert r.status_code == 200
     body = r.json()
-    (row,) = predict_files(tiny_run[0], [str(img)])
+    (row,), _ = predict_files(tiny_run[0], [str(img)])
     assert body["decision"] == row["decision"] and body["predicted"] == row["predicted"]
     assert body["p_malignant"] == pytest.approx(row["p_malignant"], abs=1e-9)
     assert body["threshold"] == 0.5 and body["operating_point"]["method"] == "default"
     assert sum(body["probabilities"].values()) == pytest.approx(1, abs=1e-6)
     ex = client.post("/explain", files={"file": ("x.png", img.read_bytes(), "image/png")})
     assert ex.status_code == 200 and ex.headers["content-type"] == "image/png"
-    assert Image.open(io.BytesIO(ex.content)).size == (448, 224)
+    assert Image.open(io.BytesIO(ex.content)).size == (224 + 224 + 18, 224)  # image | overlay + colour bar
     page = client.get("/")
     assert page.status_code == 200 and "<script>" in page.text and "http" not in page.text.split("<body>")[1]
+    assert "innerHTML" not in page.text  # server text (class names from a user's taxonomy) never parsed as HTML
+    assert body["borderline"] == (abs(body["p_malignant"] - 0.5) <= 0.05)
     model = client.get("/model").json()
     assert model["classes"] == ["nevus", "keratosis", "melanoma", "carcinoma"] and "Not calibrated" in \
         model["operating_point_text"]
@@ -134,9 +136,10 @@ def _wait_up(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
     raise TimeoutError(f"riskcl serve did not answer at {url}")
 
 
-def screenshot_page(run: Path, image: Path, shot: Path) -> dict[str, str]:
+def screenshot_page(run: Path, image: Path, shot: Path, bad: Path | None = None) -> dict[str, str]:
     """Start `riskcl serve` on a free port, upload ``image`` through the page in headless Chromium, wait for the
-    decision and the overlay, save a screenshot; returns what the page shows. The server is stopped by its PID."""
+    decision and the overlay, save a screenshot; then (``bad``) upload a file that is no image. Returns what the
+    page shows. The server is stopped by its PID."""
     from playwright.sync_api import sync_playwright
 
     port = _free_port()
@@ -156,8 +159,17 @@ def screenshot_page(run: Path, image: Path, shot: Path) -> dict[str, str]:
             page.wait_for_selector("#result:not([hidden])")
             page.wait_for_function("document.getElementById('overlay').complete && "
                                    "document.getElementById('overlay').naturalWidth > 0")
-            shown = {k: page.inner_text(f"#{k}") for k in ("decision", "predicted", "p_malignant", "op")}
+            shown = {k: page.inner_text(f"#{k}") for k in ("decision", "predicted", "p_malignant", "op", "filename",
+                                                            "notice")}
+            shown["preview"] = page.evaluate("document.getElementById('preview').naturalWidth > 0")
             page.screenshot(path=str(shot), full_page=True)
+            if bad is not None:  # a failed upload clears the previous result: no old overlay beside a new file
+                page.set_input_files("#file", str(bad))
+                page.wait_for_function("document.getElementById('error').textContent.length > 0")
+                shown["bad_error"] = page.inner_text("#error")
+                shown["bad_filename"] = page.inner_text("#filename")
+                shown["bad_result_hidden"] = page.evaluate("document.getElementById('result').hidden")
+                shown["bad_overlay_src"] = page.evaluate("document.getElementById('overlay').getAttribute('src')")
             browser.close()
         return shown
     finally:
@@ -189,12 +201,149 @@ def brain_run(tmp_path_factory):
 def test_page_in_headless_chromium_shows_what_riskcl_predict_says(brain_run, tmp_path):
     image = BRAIN_MRI / "Testing" / "glioma" / "Te-gl_0010.jpg"
     shot = tmp_path / "serve_page.png"
-    shown = screenshot_page(brain_run, image, shot)
-    (row,) = predict_files(brain_run, [str(image)], calibrated=True)
-    assert shown["decision"] == row["decision"].upper()
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"these are my notes, not an image")
+    shown = screenshot_page(brain_run, image, shot, bad)
+    (row,), _ = predict_files(brain_run, [str(image)], calibrated=True)
+    assert shown["decision"].split(" ")[0] == row["decision"].upper()
+    assert shown["filename"] == image.name and shown["preview"] and "does not rule out disease" in shown["notice"]
+    assert shown["bad_result_hidden"] and shown["bad_overlay_src"] is None and shown["bad_filename"] == "notes.png"
+    assert "could not be analysed" in shown["bad_error"] and "0x" not in shown["bad_error"]
     assert shown["predicted"] == row["predicted"]
     assert float(shown["p_malignant"]) == pytest.approx(row["p_malignant"], abs=5e-5)
     assert "sensitivity on data like the calibration set" in shown["op"]
     assert shot.is_file() and Image.open(shot).size[0] >= 1000
     if os.environ.get("RISKCL_SCREENSHOT"):  # how the README's picture is made
         shutil.copy(shot, os.environ["RISKCL_SCREENSHOT"])
+
+
+# --- a real uvicorn under hostile uploads (issue 21): memory and disk stay under the limits ------------------------
+def _vm_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _spooled_bytes(pid: int, tmpdir: Path) -> int:
+    """Bytes of the regular files under ``tmpdir`` the server holds open (spooled uploads are unlinked files)."""
+    total = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd).startswith(str(tmpdir)):
+                total += os.stat(fd).st_size
+        except OSError:
+            continue
+    return total
+
+
+@pytest.fixture(scope="module")
+def live_server(tiny_run, tmp_path_factory):
+    """`riskcl serve` in its own process on 127.0.0.1 with a 1 MB upload limit and a private temp folder."""
+    tmpdir = tmp_path_factory.mktemp("spool")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    env = {**os.environ, "TMPDIR": str(tmpdir)}
+    proc = subprocess.Popen([sys.executable, "-m", "riskcl", "serve", str(tiny_run[0]), "--port", str(port),
+                             "--max-upload-mb", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+    try:
+        _wait_up(url, proc)
+        yield port, proc, tmpdir
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _multipart(data: bytes, name: str = "x.png") -> tuple[bytes, str]:
+    boundary = "riskclboundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode()
+    return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_a_small_png_of_a_huge_image_is_refused_from_its_header(live_server, tmp_path):
+    import http.client
+
+    port, proc, _ = live_server
+    base = _vm_hwm_mb(proc.pid)
+    big = tmp_path / "big.png"
+    Image.new("L", (11000, 11000)).save(big, optimize=True)  # 121 megapixels in about 117 KB
+    body, ctype = _multipart(big.read_bytes())
+    for _ in range(3):  # bounded
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/predict", body=body, headers={"Content-Type": ctype})
+        r = conn.getresponse()
+        answer = r.read().decode()
+        conn.close()
+        assert r.status == 413 and "exceeds the limit of 50 megapixels" in answer
+    assert _vm_hwm_mb(proc.pid) - base < 200  # decoding would take 121 MB per copy (6.9 GB before the fix)
+
+
+def test_uploads_over_the_limit_are_cut_while_they_stream(live_server):
+    import http.client
+    import threading
+
+    port, proc, tmpdir = live_server
+    # Declared too large: answered before the body is sent.
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.putrequest("POST", "/predict")
+    conn.putheader("Content-Type", "multipart/form-data; boundary=b")
+    conn.putheader("Content-Length", str(300 * 2**20))
+    conn.endheaders()
+    r = conn.getresponse()
+    assert r.status == 413 and "exceeds the limit of 1 MB" in r.read().decode()
+    conn.close()
+    # Chunked, no length: cut at the limit; never more than the limit spooled to disk.
+    peak = {"spooled": 0}
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            peak["spooled"] = max(peak["spooled"], _spooled_bytes(proc.pid, tmpdir))
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    head, _ = _multipart(b"")
+    chunk = os.urandom(64 * 1024)
+
+    def body():
+        yield head[:-len("\r\n--riskclboundary--\r\n")]
+        for _ in range(800):  # 50 MB offered, bounded
+            yield chunk
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("POST", "/predict", body=body(), encode_chunked=True,
+                     headers={"Content-Type": "multipart/form-data; boundary=riskclboundary",
+                              "Transfer-Encoding": "chunked"})
+        r = conn.getresponse()
+        status, answer = r.status, r.read().decode()
+    except (BrokenPipeError, ConnectionResetError):  # the server may close while we still send: it cut us off
+        status, answer = 413, "exceeds the limit"
+    finally:
+        conn.close()
+        stop.set()
+        watcher.join()
+    assert status == 413 and "exceeds the limit" in answer
+    assert peak["spooled"] <= 1.1 * 2**20
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as h:  # still serving
+        assert h.status == 200
+
+
+def test_serve_checks_its_options_and_binds_before_saying_it_serves(tiny_run, capsys):
+    from riskcl.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert main(["serve", str(tiny_run[0]), "--port", str(port)]) == 2
+    out, err = capsys.readouterr()
+    assert f"cannot serve on 127.0.0.1:{port}" in err and "serving on" not in out and "riskcl serve:" not in out

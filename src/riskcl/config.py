@@ -38,11 +38,12 @@ class DataConfig:
     calib_fraction: float = 0.1        # share carved for calibration (risk control only; 0 = none)
     split_seed: int = 0                # seed of the carved splits (kept apart from the training seed)
     fold: int | None = None            # use validation fold `fold` of `num_folds` group folds instead
-    num_folds: int | None = None
+    num_folds: int | None = None       # number of group folds for `fold` (None: the carved validation split)
     on_bad_image: str = "error"        # "error" or "skip" (skipped files are listed in the run folder)
     duplicates: str = "warn"           # "warn", "drop" (from later splits) or "error"
     cache_dir: str | None = None       # decoded-image cache (default ~/.cache/riskcl or $RISKCL_CACHE_DIR)
     num_workers: int = 2               # batches a background thread gathers ahead (0: gather in the training loop)
+    limit_train: int | None = None     # at most this many training images (class-stratified, seeded): quick trials
     options: dict = field(default_factory=dict)  # adapter options, e.g. magnifications for breakhis
 
 
@@ -51,7 +52,7 @@ class ModelConfig:
     name: str = "resnet18"             # any timm architecture
     pretrained: Any = "auto"           # "auto": hub if reachable else random init (recorded); true; false
     weights_path: str | None = None    # local .safetensors weights
-    drop_rate: float = 0.0
+    drop_rate: float = 0.0             # dropout before the classifier head
 
 
 @dataclass
@@ -65,34 +66,36 @@ class LossConfig:
 class CostConfig:
     lambda1: float = DEFAULT_LAMBDA1   # clinical cost of a Type I error (benign called malignant)
     lambda2: float = DEFAULT_LAMBDA2   # clinical cost of a Type II error (malignant called benign)
-    matrix: Any = None                 # or a full K x K matrix / {true: {predicted: cost}}; overrides the lambdas
+    within: float = 1.0                # clinical cost of a confusion inside a superclass (a correct decision costs 0)
+    matrix: Any = None                 # or a full K x K matrix / {true: {predicted: cost}}; overrides the others
 
 
 @dataclass
 class OptimConfig:
     lr: float = 1e-4                   # AdamW learning rate (the paper does not give one; 1e-4 fine-tunes well)
-    weight_decay: float = 0.05
+    weight_decay: float = 0.05         # AdamW weight decay
     batch_size: int = 32               # paper: 32
     grad_clip: float | None = None     # max gradient norm, None for no clipping
-    eval_batch_size: int = 128
+    eval_batch_size: int = 128         # batch size of validation, calibration and test predictions
 
 
 @dataclass
 class ExperimentConfig:
-    name: str = "run"
+    name: str = "run"                  # the run's name in reports and model cards
     seed: int = 0                      # training seed (initialisation, shuffling, augmentation)
-    epochs: int = 10
+    epochs: int = 10                   # training epochs (shorten a trial with epochs=1 data.limit_train=500)
     device: str = "auto"               # "auto" (cuda if available), "cpu", "cuda", "cuda:1"
     amp: bool = True                   # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True         # on CUDA
     deterministic: bool = True         # deterministic algorithms (bit-identical reruns on CPU)
-    threads: int | None = None         # CPU threads; None: cores / riskcl trainings running on this machine
+    threads: int | None = None         # CPU threads; None: OMP_NUM_THREADS, else the free cores shared among riskcl
+                                       # trainings; chosen at start, recorded, kept on resume
     select_metric: str = "mean_cost"   # best epoch on validation: "mean_cost", "cer" (lower) or "f1_macro", "accuracy"
     decision: str = "superclass"       # "superclass": malignant iff p(malignant) >= 0.5, then the best class
                                        # within the decided superclass; "argmax": the paper's fine-class argmax
     tta: str = "none"                  # test-time augmentation at evaluation: "none" or "flip" (mean of 4 flips)
     max_steps_per_epoch: int | None = None  # cap for smoke tests
-    progress: bool = True
+    progress: bool = True              # progress bars and per-epoch lines
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -297,7 +300,7 @@ def _check_top(cfg: ExperimentConfig) -> None:
            "'auto', true or false")
     _check(0 <= cfg.model.drop_rate < 1, "model.drop_rate", cfg.model.drop_rate, "in [0, 1)")
     c = cfg.cost
-    for key, value in (("cost.lambda1", c.lambda1), ("cost.lambda2", c.lambda2)):
+    for key, value in (("cost.lambda1", c.lambda1), ("cost.lambda2", c.lambda2), ("cost.within", c.within)):
         _check(math.isfinite(value) and value >= 0, key, value, "a finite number >= 0")
 
 
@@ -311,6 +314,7 @@ def _check_data(d: DataConfig) -> None:
     _check(8 <= d.image_size <= 2048, "data.image_size", d.image_size, "an integer in [8, 2048]")
     _check(0 < d.val_fraction < 1, "data.val_fraction", d.val_fraction, "in (0, 1)")
     _check(0 < d.test_fraction < 1, "data.test_fraction", d.test_fraction, "in (0, 1)")
+    _check(d.limit_train is None or d.limit_train >= 1, "data.limit_train", d.limit_train, "None or an integer >= 1")
     _check(0 <= d.calib_fraction < 1, "data.calib_fraction", d.calib_fraction, "in [0, 1) (0: no calibration split)")
     _check(d.val_fraction + d.test_fraction + d.calib_fraction < 0.95, "data.val_fraction + test_fraction + "
            "calib_fraction", d.val_fraction + d.test_fraction + d.calib_fraction, "< 0.95 (training needs data)")
@@ -381,12 +385,63 @@ def config_taxonomy(cfg: ExperimentConfig):
 
 
 def run_cost_matrix(cfg: ExperimentConfig, taxonomy) -> Any:
-    """The run's clinical cost matrix (K x K numpy array) from the ``cost`` section."""
+    """The run's clinical cost matrix (K x K numpy array, 0 for a correct decision) from the ``cost`` section."""
     from .taxonomy import resolve_cost_matrix
 
-    return resolve_cost_matrix(taxonomy, cfg.cost.lambda1, cfg.cost.lambda2, cfg.cost.matrix)
+    return resolve_cost_matrix(taxonomy, cfg.cost.lambda1, cfg.cost.lambda2, cfg.cost.matrix, cfg.cost.within)
 
 
 def save_config(cfg: ExperimentConfig) -> str:
     """The resolved config as YAML text (stable key order)."""
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """The comment after each field of a config dataclass (continued on comment-only lines below it)."""
+    import inspect
+    import re
+
+    out: dict[str, str] = {}
+    last = None
+    for line in inspect.getsource(cls).splitlines()[1:]:
+        m = re.match(r"\s+(\w+):[^#]*?(?:#\s*(.*))?$", line)
+        if m and not line.strip().startswith("#") and "def " not in line:
+            last = m.group(1)
+            out[last] = (m.group(2) or "").strip()
+        elif last and line.strip().startswith("#"):
+            out[last] = (out[last] + " " + line.strip().lstrip("#").strip()).strip()
+        elif line.strip().startswith("def "):
+            break
+    return out
+
+
+def config_reference() -> str:
+    """``docs/CONFIG.md``: every config key with its type, default and meaning, generated from the dataclasses
+    (``python -m riskcl.config > docs/CONFIG.md``; a test fails when the file and the dataclasses differ)."""
+    lines = ["# Config reference", "",
+             "Generated from `src/riskcl/config.py` by `python -m riskcl.config > docs/CONFIG.md`; do not edit by hand "
+             "(`tests/test_config.py` checks that it matches). Any key can be set in a YAML config or on the command "
+             "line as `key=value` (dotted for nested keys, values parsed as YAML).", ""]
+
+    def section(cls: type, prefix: str) -> None:
+        comments = _field_comments(cls)
+        hints = typing.get_type_hints(cls)
+        rows, nested = [], []
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                nested.append((hints[f.name], f"{prefix}{f.name}."))
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            kind = str(f.type).replace("|", "or")
+            rows.append(f"| `{prefix}{f.name}` | {kind} | `{default!r}` | {comments.get(f.name, '')} |")
+        lines.extend([f"## `{prefix.rstrip('.') or 'top level'}`", "", "| key | type | default | meaning |",
+                      "|---|---|---|---|", *rows, ""])
+        for sub, p in nested:
+            section(sub, p)
+
+    section(ExperimentConfig, "")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(config_reference(), end="")

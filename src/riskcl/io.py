@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import shutil
 import stat
 import zipfile
 from pathlib import Path
@@ -78,6 +79,48 @@ def make_folder(path: str | os.PathLike, what: str = "output") -> Path:
             raise NotADirectoryError(f"{path} {where}; expected a folder for the {what}")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (hex)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_folder_atomically(path: str | os.PathLike, build: Callable[[Path], Any], marker: str) -> Any:
+    """Let ``build(tmp)`` fill a fresh temp folder beside ``path``, then swap it in for ``path``: a reader, or a
+    process killed mid-build, sees the old folder or the new one, never a mix. An existing ``path`` is replaced
+    only when it holds ``marker`` (it was built this way) or is empty; the temp folder is removed on any failure."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path} is a file; expected a folder")
+    if path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
+        raise FileExistsError(f"{path} exists and holds files that are not a previous output of this command (no "
+                              f"{marker}); refusing to replace it: name another folder or empty it")
+    make_folder(path.parent)
+    for stale in path.parent.glob(f".{path.name}.tmp*"):
+        m = _TEMP.search(stale.name)
+        if stale.is_dir() and (m is None or not pid_alive(int(m.group(1)))):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = path.parent / f".{path.name}.tmp{os.getpid()}"
+    old = path.parent / f".{path.name}.old.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        result = build(tmp)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return result
 
 
 def read_csv(path: str | os.PathLike, **kwargs: Any):

@@ -33,7 +33,7 @@ __all__ = [
     "severity_matrix",
     "validate_cost_matrix",
     "cost_matrix_from_mapping",
-    "resolve_cost_matrix",
+    "loss_weight_matrix", "resolve_cost_matrix",
     "DEFAULT_LAMBDA1",
     "DEFAULT_LAMBDA2",
 ]
@@ -304,10 +304,10 @@ def validate_cost_matrix(matrix: Any, taxonomy: Taxonomy | None = None, name: st
 
 def cost_matrix_from_mapping(costs: Mapping[str, Mapping[str, float]], taxonomy: Taxonomy,
                              default: float = 1.0) -> np.ndarray:
-    """A cost matrix from ``{true_class: {predicted_class: cost}}``; unnamed entries get ``default``
-    (the diagonal is 1 unless given)."""
+    """A clinical cost matrix from ``{true_class: {predicted_class: cost}}``; unnamed errors get ``default``, and
+    a correct decision costs 0 unless given."""
     m = np.full((taxonomy.num_classes,) * 2, float(default))
-    np.fill_diagonal(m, 1.0)
+    np.fill_diagonal(m, 0.0)
     for true_name, row in costs.items():
         i = taxonomy.index(true_name)
         if not isinstance(row, Mapping):
@@ -318,19 +318,46 @@ def cost_matrix_from_mapping(costs: Mapping[str, Mapping[str, float]], taxonomy:
 
 
 def resolve_cost_matrix(taxonomy: Taxonomy, lambda1: float = DEFAULT_LAMBDA1, lambda2: float = DEFAULT_LAMBDA2,
-                        matrix: Any = None) -> np.ndarray:
-    """The K x K cost matrix of a run: ``matrix`` when given (a K x K list or ``{true: {predicted: cost}}`` by
-    class names), else the severity matrix with ``lambda1`` / ``lambda2``.
+                        matrix: Any = None, within: float = 1.0) -> np.ndarray:
+    """The K x K clinical cost matrix of a run: what a decision costs, 0 when it is correct. ``matrix`` when given
+    (a K x K list or ``{true: {predicted: cost}}`` by class names), else the severity matrix's errors (``lambda1``
+    / ``lambda2`` across superclasses) with ``within`` for a confusion inside a superclass and 0 on the diagonal.
+
+    The paper's severity matrix (:func:`severity_matrix`) is a loss weight, 1 for a correct prediction; a clinical
+    cost is not (a correct answer costing as much as a confusion inside the superclass would make ``mean_cost``
+    reward nothing). :func:`loss_weight_matrix` turns a cost back into loss weights.
 
     Example:
         >>> tax = Taxonomy("t", ("b", "m"), (0, 1))
         >>> resolve_cost_matrix(tax, 2, 40).tolist()
-        [[1.0, 2.0], [40.0, 1.0]]
+        [[0.0, 2.0], [40.0, 0.0]]
         >>> resolve_cost_matrix(tax, matrix={"m": {"b": 100}}).tolist()
-        [[1.0, 1.0], [100.0, 1.0]]
+        [[0.0, 1.0], [100.0, 0.0]]
     """
     if matrix is None:
-        return severity_matrix(taxonomy, lambda1, lambda2)
-    if isinstance(matrix, Mapping):
-        return cost_matrix_from_mapping(matrix, taxonomy)
-    return validate_cost_matrix(matrix, taxonomy)
+        m = severity_matrix(taxonomy, lambda1, lambda2)
+        lv = np.asarray(taxonomy.levels)
+        m[(lv[:, None] == lv[None, :])] = _check_lambda("within", within)
+        np.fill_diagonal(m, 0.0)
+        return m
+    m = cost_matrix_from_mapping(matrix, taxonomy) if isinstance(matrix, Mapping) else \
+        validate_cost_matrix(matrix, taxonomy)
+    off = ~np.eye(m.shape[0], dtype=bool)
+    if not np.any(m[off] > 0):
+        raise ValueError("Expected `cost_matrix` to give some error a cost > 0, but every off-diagonal entry is 0 "
+                         "(no error would cost anything: the risk-calibrated loss would vanish and selection by "
+                         "mean cost would choose at random)")
+    return m
+
+
+def loss_weight_matrix(cost: Any) -> np.ndarray:
+    """Loss weights from a clinical cost: the cost with 1 on the diagonal (the paper's weight of a correct
+    prediction, so a correct answer keeps its plain cross-entropy).
+
+    Example:
+        >>> loss_weight_matrix([[0, 5], [20, 0]]).tolist()
+        [[1.0, 5.0], [20.0, 1.0]]
+    """
+    m = np.array(cost, dtype=np.float64)
+    np.fill_diagonal(m, 1.0)
+    return m

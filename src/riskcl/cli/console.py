@@ -14,12 +14,29 @@ def fmt(v: Any, pct: bool = False) -> str:
     return f"{100 * v:.2f}%" if pct else f"{v:.4f}"
 
 
+SUMMARY_LEGEND = ("CER: share of malignant cases called benign; type I: benign called malignant (false alarms); "
+                  "type II: malignant called benign (missed cancers); vis.amb.: confusions between classes of the "
+                  "same superclass that the taxonomy marks visually ambiguous")
+
+
 def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
-    """Left-aligned columns, one header line."""
+    """Left-aligned columns, one header line; the summary table is followed by its legend."""
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
     print("  ".join(c.ljust(widths[c]) for c in columns))
     for r in rows:
         print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
+    if list(columns) == SUMMARY_COLUMNS:
+        print(f"({SUMMARY_LEGEND})")
+
+
+def degenerate_warning(m: Mapping[str, Any]) -> str | None:
+    """A warning when the model calls every case one superclass (sensitivity or specificity 0 on test)."""
+    if m.get("sensitivity") == 0.0:
+        return ("WARNING: the model called every malignant test case benign (sensitivity 0 at this rule): it is "
+                "not usable as it is; train longer, or calibrate a threshold (`riskcl calibrate`)")
+    if m.get("specificity") == 0.0:
+        return "WARNING: the model called every benign test case malignant (specificity 0 at this rule)"
+    return None
 
 
 def summary_row(name: str, m: Mapping[str, Any]) -> dict[str, Any]:

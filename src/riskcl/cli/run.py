@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..defaults import N_BOOT
 from .command import Command
-from .console import SUMMARY_COLUMNS, print_table, summary_row
+from .console import SUMMARY_COLUMNS, degenerate_warning, print_table, summary_row
 
 
 def _add_demo(p: argparse.ArgumentParser) -> None:
@@ -50,8 +51,11 @@ def _train(a: argparse.Namespace) -> int:
     metrics = run_experiment(cfg, a.out, progress=not a.quiet)
     if not metrics:  # a non-zero rank under torchrun: rank 0 reports
         return 0
-    print(f"test split, decision rule '{metrics.get('decision_rule', cfg.decision)}':")
+    print(f"test split, decision rule '{metrics.get('decision_rule', cfg.decision)}' at p(malignant) 0.5:")
     print_table([summary_row(cfg.loss.name, metrics)], SUMMARY_COLUMNS)
+    warning = degenerate_warning(metrics)
+    if warning:
+        print(warning)
     print(f"run folder: {a.out}")
     return 0
 
@@ -66,9 +70,14 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", choices=["train", "val", "calib", "test"])
     p.add_argument("--by", action="append", default=[], metavar="COLUMN",
                    help="per-group safety from the saved predictions (repeatable), e.g. --by sex --by localization")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the subgroup CIs")
+    p.add_argument("--bootstrap", type=int, default=N_BOOT, help="bootstrap resamples for the subgroup CIs")
     p.add_argument("--allow-unfinished", action="store_true", help="use an unfinished run's best weights so far")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--threshold", type=float, default=None, help="report at this p(malignant) threshold instead of "
+                   "the run's operating point")
+    g.add_argument("--default-rule", action="store_true", help="report at the 0.5 default rule, ignoring "
+                   "calibration.json")
 
 
 def _evaluate(a: argparse.Namespace) -> int:
@@ -76,23 +85,29 @@ def _evaluate(a: argparse.Namespace) -> int:
 
     if a.by:
         return _subgroups(a)
-    report = evaluate_run(a.run_dir, a.split, a.data_root, a.allow_unfinished)
+    report = evaluate_run(a.run_dir, a.split, a.data_root, a.allow_unfinished, threshold=a.threshold,
+                          default_rule=a.default_rule)
     if report["note"]:
         print(report["note"])
-    print(f"evaluated {report['source']}, decision rule '{report['decision_rule']}':")
+    op = report["operating_point"]
+    print(f"evaluated {report['source']}\n  operating point: {op['how']}")
     if a.json:
         print(json.dumps(report, indent=2, default=str))
     else:
-        print_table([summary_row("run", report), summary_row("(argmax)", report["by_rule"]["argmax"])],
-                    SUMMARY_COLUMNS)
+        print_table([summary_row("operating point", op), summary_row(f"{report['decision_rule']} at 0.5", report),
+                     summary_row("argmax", report["by_rule"]["argmax"])], SUMMARY_COLUMNS)
     return 0
 
 
 def _subgroups(a: argparse.Namespace) -> int:
+    from .._checks import check_count
     from ..experiment.subgroups import evaluate_subgroups, format_subgroups
 
+    check_count("--bootstrap", a.bootstrap, minimum=1)
     if a.data_root:
         raise ValueError("--by reads the run's saved predictions; it does not combine with --data-root")
+    if a.threshold is not None or a.default_rule:
+        raise ValueError("--by decides at the run's operating point; --threshold / --default-rule do not apply")
     for column in a.by:
         result = evaluate_subgroups(a.run_dir, column, a.split, n_boot=a.bootstrap)
         print(json.dumps(result, indent=2, default=str) if a.json else format_subgroups(result))

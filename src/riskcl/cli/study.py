@@ -5,6 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..defaults import DELTA, FRONTIER_TARGETS, N_BOOT
 from .command import Command
 
 
@@ -12,7 +13,8 @@ def _add_sweep(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="sweep YAML (base, overrides, grid)")
     p.add_argument("--out", required=True, help="folder that holds one sub-folder per run")
     p.add_argument("--shard", default=None, help="I/N: run only the I-th of N shares of the grid (0 <= I < N)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="overrides for every run (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="list this shard's runs and exit")
     p.add_argument("--quiet", action="store_true")
 
@@ -28,7 +30,9 @@ def _sweep(a: argparse.Namespace) -> int:
         return 0
     summary = run_sweep(a.config, a.out, a.shard, extra, progress=not a.quiet)
     failed = [k for k, v in summary.items() if v.startswith("failed")]
-    print(f"{len(summary)} runs: {len(summary) - len(failed)} ok, {len(failed)} failed")
+    locked = [k for k, v in summary.items() if v.startswith("locked")]
+    print(f"{len(summary)} runs: {len(summary) - len(failed) - len(locked)} ok, {len(failed)} failed"
+          + (f", {len(locked)} locked by another process (not run here)" if locked else ""))
     return 1 if failed else 0
 
 
@@ -40,7 +44,8 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     c = sub.add_parser("check", help="validate a data folder: counts, groups, duplicates, bad and dropped files")
     c.add_argument("name", help="dataset registry name (brain_mri, isic2018, breakhis, sicapv2, medmnist, ...)")
     c.add_argument("--root", default=None, help="the data folder")
-    c.add_argument("--option", nargs="*", default=[], metavar="KEY=VALUE", help="adapter options")
+    c.add_argument("--option", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="adapter options (repeatable)")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     sub.add_parser("list", help="list the registered datasets and their options")
 
@@ -68,14 +73,21 @@ def _add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", default="focal", help="baseline of the Table III comparison")
     p.add_argument("--method", default="rcl-proposed", help="method of the Table III comparison")
     p.add_argument("--reference", default="ce", help="model whose post-hoc threshold is compared")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
-    p.add_argument("--targets", type=float, nargs="+", default=[0.95, 0.98, 0.99],
+    p.add_argument("--bootstrap", type=int, default=N_BOOT, help="bootstrap resamples for the CIs")
+    p.add_argument("--targets", type=float, nargs="+", default=list(FRONTIER_TARGETS),
                    help="target sensitivities of the fair comparison (thresholds chosen on held-out data)")
     p.add_argument("--by", action="append", default=[], metavar="COLUMN", help="subgroup tables per method")
 
 
 def _report(a: argparse.Namespace) -> int:
+    from .._checks import check_count, check_number
     from ..report.build import build_report
+
+    check_count("--bootstrap", a.bootstrap, minimum=1)
+    for t in a.targets:
+        check_number("--targets", t, 0, 1, low_open=True, high_open=True)
+    if a.out and Path(a.out).is_file():
+        raise NotADirectoryError(f"--out {a.out} is a file; expected a folder for the report")
 
     out = Path(a.out) if a.out else Path(a.runs_dir) / "report"
     path = build_report(a.runs_dir, out, a.baseline, a.method, a.reference, a.bootstrap, targets=a.targets,
@@ -91,7 +103,7 @@ REPORT = Command("report", "tables, the fair frontier, Pareto and CER plots from
 def _add_calibrate(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir")
     p.add_argument("--alpha", type=float, required=True, help="target bound on the Critical Error Rate")
-    p.add_argument("--delta", type=float, default=0.1, help="failure probability of the ltt guarantee")
+    p.add_argument("--delta", type=float, default=DELTA, help="failure probability of the ltt guarantee")
     p.add_argument("--method", choices=["ltt", "crc"], default="ltt",
                    help="ltt: CER <= alpha with prob. >= 1 - delta; crc: expected CER <= alpha")
     p.add_argument("--split", choices=["calib", "val"], default="calib",
@@ -102,6 +114,8 @@ def _add_calibrate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--by", default=None, metavar="COLUMN", help="one threshold per group of this metadata column")
     p.add_argument("--fallback", choices=["pooled", "conservative"], default="pooled",
                    help="threshold of a group too small to certify: the pooled one or the most conservative")
+    p.add_argument("--allow-uncertified", action="store_true",
+                   help="write calibration.json even when no threshold is certified (exit 0; marked uncertified)")
 
 
 def _calibrate(a: argparse.Namespace) -> int:
@@ -113,17 +127,22 @@ def _calibrate(a: argparse.Namespace) -> int:
         from ..experiment.subgroups import calibrate_by_group, format_group_calibration
 
         r = calibrate_by_group(a.run_dir, a.by, a.alpha, a.delta, a.method, a.split, a.allow_selection_split,
-                               a.fallback)
+                               a.fallback, a.allow_uncertified)
         print(format_group_calibration(r))
         return 0
-    r = calibrate_run(a.run_dir, a.alpha, a.delta, a.method, a.temperature, a.split, a.allow_selection_split)
+    r = calibrate_run(a.run_dir, a.alpha, a.delta, a.method, a.temperature, a.split, a.allow_selection_split,
+                      a.allow_uncertified)
     t, d = r["test"], r["test_default_rule"]
+    if not r["certified"]:
+        print("WARNING: NOT CERTIFIED: no threshold could be certified; written with --allow-uncertified, so export, "
+              "serve and card will refuse it unless told --allow-uncertified too")
     print(f"threshold p(malignant) >= {r['threshold']:.4f} ({r['method']} on the {r['calibration_split']} split, "
           f"{r['n_calibration']} malignant {r['unit']}s)\n  guarantee: {r['guarantee']}\n  test: CER "
           f"{100 * t['cer']:.2f}%  sensitivity {100 * t['sensitivity']:.2f}%  specificity "
           f"{100 * t['specificity']:.2f}%  F1-macro {t['f1_macro']:.4f}\n  (threshold 0.5: CER {100 * d['cer']:.2f}%,"
           f" specificity {100 * d['specificity']:.2f}%)\n  shift check: {r['shift_check']['note']}\n"
-          f"wrote {a.run_dir}/calibration.json; use it with `riskcl predict {a.run_dir} ... --calibrated`")
+          + (f"  temperature {r['temperature']:.4g} (fitted on validation)\n" if r["temperature"] != 1.0 else "")
+          + f"wrote {a.run_dir}/calibration.json: predict, evaluate, export, card and serve now decide at it")
     return 0
 
 

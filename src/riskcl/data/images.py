@@ -26,7 +26,6 @@ import json
 import os
 import signal
 import threading
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -37,9 +36,9 @@ from PIL import Image, UnidentifiedImageError
 
 from ..io import remove_stale_temps
 from .duplicates import file_md5
+from .rgb import ImageTooLargeError, decode_image
 
 CACHE_VERSION = 5
-WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 class BadImageError(ValueError):
@@ -50,29 +49,20 @@ class BadImageError(ValueError):
         self.path, self.reason = path, reason
 
 
-def _to_rgb(im: Image.Image) -> np.ndarray:
-    if im.mode in WIDE_MODES:
-        a = np.asarray(im, dtype=np.float64)
-        finite = a[np.isfinite(a)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-        scaled = np.zeros(a.shape) if hi <= lo else (np.nan_to_num(a, nan=lo) - lo) / (hi - lo) * 255.0
-        grey = np.clip(np.round(scaled), 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2)
-    return np.array(im.convert("RGB"), dtype=np.uint8)
-
-
 def _decode(source, name: str) -> np.ndarray:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(source) as im:
-                im.load()
-                return _to_rgb(im)
+        return decode_image(source)
     except FileNotFoundError:
         raise BadImageError(name, "file not found") from None
+    except ImageTooLargeError as exc:
+        raise BadImageError(name, f"refused: {exc}") from None
     except Image.DecompressionBombError as exc:
         raise BadImageError(name, f"refused as a decompression bomb ({exc})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, MemoryError) as exc:
+    except UnidentifiedImageError:
+        raise BadImageError(name, "cannot decode image: not an image in a format Pillow reads") from None
+    except IsADirectoryError:
+        raise BadImageError(name, "is a folder, not an image file") from None
+    except (OSError, SyntaxError, ValueError, MemoryError) as exc:
         raise BadImageError(name, f"cannot decode image ({type(exc).__name__}: {exc})") from None
 
 

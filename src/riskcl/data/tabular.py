@@ -7,6 +7,7 @@ Metadata for subgroup analysis: the CSV's own columns named in ``metadata``; for
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ def index_csv(root: str | Path, csv: str = "labels.csv", taxonomy: Any = None, m
     if missing:
         raise ValueError(f"{path}: metadata column(s) {missing} (data.options.metadata) not found; columns are "
                          f"{list(df.columns)}")
-    rows = []
+    rows, seen = [], {}
     for i, rec in enumerate(df.to_dict("records")):
         where = f"{path}, line {i + 2}"
         if rec["label"] not in tax.classes:
@@ -87,6 +88,16 @@ def index_csv(root: str | Path, csv: str = "labels.csv", taxonomy: Any = None, m
         file = safe_join(root, rec["path"], allow_outside_root, source=where)
         if not file.is_file():
             raise FileNotFoundError(f"{where}: names a missing image {file}")
+        key = str(file.resolve())
+        if key in seen:  # one file listed twice: the same label is a harmless repeat, another label a conflict
+            line, label = seen[key]
+            if label != rec["label"]:
+                raise ValueError(f"{path}: lines {line} and {i + 2} list the same image {rec['path']} with "
+                                 f"conflicting labels '{label}' and '{rec['label']}'; keep one")
+            warnings.warn(f"{path}: line {i + 2} repeats {rec['path']} (line {line}, same label); it is used once",
+                          UserWarning, stacklevel=2)
+            continue
+        seen[key] = (i + 2, rec["label"])
         rows.append({"path": str(file), "label": tax.index(rec["label"]), "group": rec.get("group") or None,
                      "id": Path(rec["path"]).stem, "split": split,
                      **{c: rec[c] or "unknown" for c in columns}})

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..defaults import DELTA
 from ..metrics.functional import to_numpy
 from ..taxonomy import Taxonomy
 from .risk_control import RiskControlResult, control_risk
@@ -38,7 +39,7 @@ def thresholds_per_sample(groups: Mapping[str, Mapping[str, Any]], fallback: flo
 
 
 def group_risk_control(method: str, probs: Any, target: Any, taxonomy: Taxonomy, strata: Any, alpha: float,
-                       delta: float = 0.1, groups: Any = None, fallback: str = "pooled") -> dict[str, Any]:
+                       delta: float = DELTA, groups: Any = None, fallback: str = "pooled") -> dict[str, Any]:
     """Thresholds per value of ``strata`` (``(N,)`` subgroup labels); ``groups``: patient units as in
     :func:`~riskcl.decision.control_risk`.
 

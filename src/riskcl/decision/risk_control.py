@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..defaults import DELTA
 from ..metrics.functional import malignant_probability, to_numpy
 from ..taxonomy import Taxonomy
 
@@ -122,7 +123,7 @@ def _pvalues(units: list[np.ndarray], thresholds: np.ndarray, alpha: float) -> n
     return binom.cdf(misses, n, alpha)
 
 
-def learn_then_test(probs: Any, target: Any, taxonomy: Taxonomy, alpha: float, delta: float = 0.1,
+def learn_then_test(probs: Any, target: Any, taxonomy: Taxonomy, alpha: float, delta: float = DELTA,
                     groups: Any = None, grid_size: int = 1001) -> RiskControlResult:
     """Threshold with ``P(CER <= alpha) >= 1 - delta`` (Learn-then-Test, fixed-sequence testing)."""
     if not 0 < delta < 1:
@@ -149,8 +150,32 @@ RISK_CONTROL = {
 
 
 def control_risk(method: str, probs: Any, target: Any, taxonomy: Taxonomy, alpha: float,
-                 delta: float = 0.1, groups: Any = None) -> RiskControlResult:
+                 delta: float = DELTA, groups: Any = None) -> RiskControlResult:
     """Choose the threshold by ``method`` (``crc`` ignores ``delta``)."""
     if method not in RISK_CONTROL:
         raise ValueError(f"Unknown risk-control method '{method}'; expected one of {sorted(RISK_CONTROL)}")
     return RISK_CONTROL[method](probs, target, taxonomy, alpha, delta, groups)
+
+
+def smallest_certifiable_alpha(method: str, probs: Any, target: Any, taxonomy: Taxonomy, delta: float = DELTA,
+                               groups: Any = None, tol: float = 1e-4) -> float:
+    """The smallest ``alpha`` (to within ``tol``) at which ``method`` certifies a threshold on this calibration
+    set; certification is monotone in ``alpha``, so a bisection finds it.
+
+    Example:
+        >>> from riskcl.taxonomy import Taxonomy
+        >>> tax = Taxonomy("t", ("b", "m"), (0, 1))
+        >>> p = np.array([[0.1, 0.9]] * 9 + [[0.9, 0.1]])    # 10 malignant cases
+        >>> round(smallest_certifiable_alpha("crc", p, np.ones(10, int), tax), 3)   # CRC's floor 1 / (n + 1)
+        0.091
+    """
+    lo, hi = 0.0, 1.0
+    if not control_risk(method, probs, target, taxonomy, 1.0 - tol, delta, groups).certified:
+        return 1.0
+    while hi - lo > tol:
+        mid = (lo + hi) / 2
+        if mid > 0 and control_risk(method, probs, target, taxonomy, mid, delta, groups).certified:
+            hi = mid
+        else:
+            lo = mid
+    return hi

@@ -8,6 +8,7 @@ or computed from them here (bootstrap confidence intervals, the Type II list); n
 from __future__ import annotations
 
 import datetime as _dt
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +16,20 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
-from ..decision import decide, softmax
+from .._checks import check_count, check_number
+from ..data.registry import dataset_license
+from ..decision import OperatingPoint, decide
+from ..defaults import MIN_SENSITIVITY, MIN_SPECIFICITY, N_BOOT
 from ..experiment.calibrate import operating_point
 from ..experiment.folder import RunFolder
-from ..io import read_json
+from ..io import file_sha256, read_json
 from ..metrics import (accuracy, auroc_malignant, bootstrap_ci, critical_error_rate, expected_calibration_error,
-                       f1_macro, malignant_probability, predictive_values, sensitivity_specificity)
+                       f1_macro, predictive_values, sensitivity_specificity)
+from ..metrics.subgroups import MIN_MALIGNANT, PRINTABLE_COLUMNS, intervals_note, printable_rows, subgroup_metrics
 from ..report import plots
 from ..report.render import Document
-from .predict import group_thresholds, missed_malignant
+from .explain import BLANK_NOTE, type_ii_cases
+from .export import METADATA_FILE
 
 CARD_FILE, CARD_HTML, FIGURES = "MODEL_CARD.md", "model_card.html", "card_figures"
 TYPE_II_ROWS = 50
@@ -43,11 +49,10 @@ METRICS_JSON_KEY = {"sensitivity": "sensitivity", "specificity": "specificity", 
                     "accuracy": "accuracy", "AUROC": "auroc", "ECE": "ece"}
 
 
-def results_table(probs: np.ndarray, target: np.ndarray, groups: np.ndarray, tax, threshold: float, rule: str,
+def results_table(probs: np.ndarray, target: np.ndarray, groups: np.ndarray, tax, op_labels: np.ndarray, rule: str,
                   n_boot: int) -> pd.DataFrame:
-    """Test metrics at the operating point with 95% bootstrap CIs (resampling groups), and under the run's own
-    decision rule at 0.5 (the numbers of ``metrics.json``)."""
-    op_labels = decide(probs, tax, "superclass", threshold)
+    """Test metrics at the operating point (``op_labels``) with 95% bootstrap CIs (resampling groups), and under the
+    run's own decision rule at 0.5 (the numbers of ``metrics.json``)."""
     default_labels = decide(probs, tax, rule)
     rows = []
     for name, fn in _label_metrics(tax).items():
@@ -68,31 +73,40 @@ def _counts_table(info: dict[str, Any]) -> pd.DataFrame:
                           "groups": info.get("groups", {}).get(s, "-")} for s in counts])
 
 
-def _type_ii(test: dict[str, np.ndarray], probs: np.ndarray, tax, threshold: float | np.ndarray) -> pd.DataFrame:
-    p_mal = malignant_probability(probs, tax)
-    t = np.broadcast_to(np.asarray(threshold, dtype=np.float64), p_mal.shape)
-    missed = missed_malignant(p_mal, test["target"], tax, t)
-    return pd.DataFrame([{"id": str(test["ids"][i]), "true class": tax.classes[int(test["target"][i])],
-                          "p(malignant)": float(p_mal[i]), "threshold": float(t[i])} for i in missed])
-
-
-def _find_export(folder: RunFolder, export_dir: str | Path | None) -> dict[str, Any] | None:
-    candidates = [Path(export_dir)] if export_dir else [folder.path / "export"]
-    for c in candidates:
-        if (c / "riskcl_export.json").is_file():
-            return read_json(c / "riskcl_export.json")
-    return None
+def export_status(folder: RunFolder, op: OperatingPoint, export_dir: str | Path | None) -> dict[str, Any] | None:
+    """The export the card cites (``export_dir``, else ``RUN/export``) and whether it is current: its recorded
+    weights hash and operating point (threshold, temperature, TTA) against the run's current ones."""
+    path = Path(export_dir) if export_dir else folder.export_dir
+    meta_path = path / METADATA_FILE
+    if not meta_path.is_file():
+        return None
+    meta = read_json(meta_path)
+    stale = []
+    if meta.get("weights_sha256") != folder.weights_sha256():
+        stale.append("its weights differ from the run's model.safetensors")
+    recorded = meta.get("operating_point", {})
+    for key in ("threshold", "temperature", "tta", "method"):
+        if key in recorded and recorded[key] != getattr(op, key):
+            stale.append(f"its {key} {recorded[key]} differs from the run's current {getattr(op, key)}")
+    files = meta.get("files_sha256", {})
+    for name, digest in files.items():
+        f = path / name
+        if not f.is_file() or file_sha256(f) != digest:
+            stale.append(f"{name} is missing or changed since export")
+    return {"path": str(path), "meta": meta, "stale": stale}
 
 
 def _limitations(folder: RunFolder, metrics: dict, info: dict, cal: dict | None, tax, cfg) -> list[str]:
     out = []
     val = metrics.get("val", {})
-    if "cer" in val:
-        out.append(f"Validation CER {100 * val['cer']:.2f}% vs test CER {100 * metrics['cer']:.2f}% at the default "
-                   f"rule: the validation split chose the best epoch, so its numbers are optimistic.")
+    if "cer" in val and val["cer"] < metrics["cer"]:
+        out.append(f"Validation CER {100 * val['cer']:.2f}% is below the test CER {100 * metrics['cer']:.2f}% (share "
+                   f"of malignant images called benign at the default rule): the validation split chose the best "
+                   f"epoch, so its numbers are optimistic.")
     if cal is not None:
-        out.append(f"Calibration-split miss rate at the threshold {100 * cal['calibration_cer']:.2f}% vs test CER "
-                   f"{100 * cal['test']['cer']:.2f}%. Shift check: {cal.get('shift_check', {}).get('note', 'n/a')}.")
+        out.append(f"Calibration-split miss rate at the threshold {100 * cal['calibration_cer']:.2f}% of malignant "
+                   f"{cal.get('unit', 'sample')}s vs test CER {100 * cal['test']['cer']:.2f}% of malignant images. "
+                   f"Shift check: {cal.get('shift_check', {}).get('note', 'n/a')}.")
     weights = metrics["run"].get("weights", "")
     if str(weights).startswith("random"):
         out.append(f"Trained from random initialisation ({weights}); ImageNet-pretrained weights would be the "
@@ -112,35 +126,56 @@ def _limitations(folder: RunFolder, metrics: dict, info: dict, cal: dict | None,
     return out
 
 
-def build_card(run_dir: str | Path, out: str | Path | None = None, n_boot: int = 1000,
-               export_dir: str | Path | None = None, gallery_cap: int = 12) -> Path:
-    """Write ``MODEL_CARD.md`` (default: in the run folder) and ``model_card.html`` beside it; returns the path.
+@dataclass
+class CardContext:
+    """What every section reads: the run's files, its operating point, and the test decisions taken at it."""
 
-    The Type II errors are shown with their saliency: from ``RUN/gallery`` (``riskcl explain --type-ii``), made
-    here (up to ``gallery_cap``, 0 for none) when it is absent."""
-    folder = RunFolder(run_dir)
-    folder.require_finished()
-    md_path = Path(out) if out else folder.path / CARD_FILE
-    if md_path.is_dir():
-        md_path = md_path / CARD_FILE
-    if not md_path.parent.is_dir():
-        raise FileNotFoundError(f"Cannot write {md_path}: the folder {md_path.parent} does not exist")
-    fig_dir = md_path.parent / FIGURES
-    fig_dir.mkdir(exist_ok=True)
-    cfg, tax, metrics, info = folder.read_config(), folder.taxonomy(), folder.metrics(), folder.data_info()
-    op = operating_point(folder)
-    cal = None if op["method"] == "default" else op  # calibration.json, when the run has one
-    test = folder.predictions("test")
-    threshold = float(op["threshold"])
-    if op.get("groups"):  # each test case at its group's threshold, as calibration.json's test numbers
-        threshold = group_thresholds(op, test[f"meta__{op['by']}"])
-    probs = softmax(test["logits"])
-    run = metrics["run"]
-    export = _find_export(folder, export_dir)
-    doc = Document(f"Model card: {run['name']} ({run['model']} on {run['dataset']})")
-    doc.para(f"Generated by riskcl {__version__} on {_dt.date.today().isoformat()} from the run folder "
-             f"`{folder.path}`. Every number below is read from that folder's files or computed from them.")
+    folder: RunFolder
+    op: OperatingPoint
+    n_boot: int
+    fig_dir: Path
+    export: dict[str, Any] | None
+    gallery_cap: int
+    floors: dict[str, float]
+    cfg: Any = None
+    tax: Any = None
+    metrics: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+    cal: dict | None = None
+    test: dict = field(default_factory=dict)
+    probs: np.ndarray | None = None
+    thresholds: Any = None
+    labels: np.ndarray | None = None
 
+    def __post_init__(self) -> None:
+        f = self.folder
+        self.cfg, self.tax, self.metrics, self.info = f.read_config(), f.taxonomy(), f.metrics(), f.data_info()
+        self.cal = f.calibration() if self.op.calibrated else None
+        self.test = f.predictions("test")
+        self.probs = self.op.probabilities(self.test["logits"])
+        strata = self.test.get(f"meta__{self.op.by}") if self.op.per_group else None
+        self.thresholds = self.op.thresholds(strata)
+        self.labels = self.op.decide(self.probs, self.tax, strata)
+
+    @property
+    def run(self) -> dict[str, Any]:
+        return self.metrics["run"]
+
+    def fitness(self) -> list[str]:
+        """Reasons the model is not fit for use at its operating point (sensitivity / specificity under the
+        floors); empty when it is."""
+        sens, spec = sensitivity_specificity(self.labels, self.test["target"], self.tax)
+        out = []
+        for name, value in (("sensitivity", sens), ("specificity", spec)):
+            if not np.isnan(value) and value < self.floors[name]:
+                out.append(f"test {name} {100 * value:.1f}% is under the floor of {100 * self.floors[name]:g}%")
+        if self.op.calibrated and not self.op.certified:
+            out.append("its operating point is not certified (no guarantee on missed malignant cases)")
+        return out
+
+
+def _details(doc: Document, c: CardContext) -> None:
+    run, cfg, tax = c.run, c.cfg, c.tax
     doc.heading("Model details")
     details = {"architecture": f"{run['model']} (timm), {len(tax.classes)} classes",
                "weights origin": str(run.get("weights")),
@@ -151,21 +186,32 @@ def build_card(run_dir: str | Path, out: str | Path | None = None, n_boot: int =
                "seeds": f"training {run['seed']}, splits {cfg.data.split_seed}",
                "decision": "refer when p(malignant) >= the threshold, then the most probable class within the "
                            "decided superclass",
-               "versions": f"riskcl {__version__}, torch {run.get('torch')}, python {run.get('python')}",
-               "weights SHA-256": folder.weights_sha256(),
+               "versions": f"riskcl {__version__} (card), riskcl {run.get('riskcl', '?')} (training), torch "
+                           f"{run.get('torch')}, python {run.get('python')}",
+               "threads": f"{run.get('threads', '?')} CPU thread(s) in training (results move slightly with the "
+                          f"thread count and the CPU's kernels)",
+               "weights SHA-256": c.folder.weights_sha256(),
                "device": f"{run.get('device')} x {run.get('world_size', 1)}"}
-    if export is not None:
-        details["exported model"] = (f"{export['file']} ({export['format']}), parity on {export['parity']['images']} "
-                                     f"images: max |p(malignant) difference| "
-                                     f"{export['parity']['max_abs_diff_p_malignant']:.1e}, "
-                                     f"{export['parity']['decision_flips']} decision flips")
+    if c.export is not None:
+        e, p = c.export["meta"], c.export["meta"]["parity"]
+        state = ("STALE: " + "; ".join(c.export["stale"]) + "; export again") if c.export["stale"] else "current"
+        details["exported model"] = (f"{c.export['path']}/{e['file']} ({e['format']}), {state}; parity on "
+                                     f"{p['images']} images: max |p(malignant) difference| "
+                                     f"{p['max_abs_diff_p_malignant']:.1e}, {p['decision_flips']} decision flips")
     doc.table(pd.DataFrame([{"item": k, "value": v} for k, v in details.items()]))
 
+
+def _intended_use(doc: Document, c: CardContext) -> None:
     doc.heading("Intended use")
+    unfit = c.fitness()
+    if unfit:
+        doc.para("**NOT FIT FOR USE at this operating point**: " + "; ".join(unfit) + " (floors set with "
+                 "`riskcl card --min-sensitivity / --min-specificity`).")
     doc.bullets([
-        f"Primary use: triage support for {run['dataset']} images: the model flags cases whose p(malignant) "
-        f"reaches the operating threshold for review by a specialist. It does not diagnose, and a *clear* result "
-        f"does not rule disease out.",
+        "Research use only; not a medical device.",
+        f"Primary use: triage support for {c.run['dataset']} images: the model flags cases whose p(malignant) "
+        f"reaches the operating threshold for review by a specialist. It does not diagnose, and a clear result "
+        f"does not rule out disease.",
         "Users: clinicians and reviewers who route cases, and engineers who validate the model on their own data "
         "before use.",
         "Out of scope: use without specialist review; images of another modality, device, site, population or "
@@ -174,12 +220,16 @@ def build_card(run_dir: str | Path, out: str | Path | None = None, n_boot: int =
         "from the data.",
     ])
 
+
+def _data(doc: Document, c: CardContext) -> None:
+    cfg, info = c.cfg, c.info
     doc.heading("Data")
-    doc.para(f"Dataset `{run['dataset']}` read in place from `{info.get('root')}` (its public layout). Grouping "
-             f"unit of every split: {info.get('group_unit', 'unknown')}; no group lies on two sides. Test, "
-             f"validation and calibration splits are official where the data fixes them, else carved by group "
-             f"(fractions {cfg.data.test_fraction}, {cfg.data.val_fraction}, {cfg.data.calib_fraction}; split "
-             f"seed {cfg.data.split_seed}). Labels are the dataset's own ground truth (the reference standard).")
+    doc.para(f"Dataset `{c.run['dataset']}` read in place from `{info.get('root')}` (its public layout). Licence: "
+             f"{dataset_license(cfg.data.name)}. Grouping unit of every split: {info.get('group_unit', 'unknown')}; "
+             f"no group lies on two sides. Test, validation and calibration splits are official where the data "
+             f"fixes them, else carved by group (fractions {cfg.data.test_fraction}, {cfg.data.val_fraction}, "
+             f"{cfg.data.calib_fraction}; split seed {cfg.data.split_seed}). Labels are the dataset's own ground "
+             f"truth (the reference standard).")
     doc.table(_counts_table(info))
     dup = info.get("duplicates", {})
     doc.para(f"Byte-identical duplicates: {dup.get('groups', 0)} group(s) ({dup.get('redundant_files', 0)} redundant "
@@ -187,87 +237,178 @@ def build_card(run_dir: str | Path, out: str | Path | None = None, n_boot: int =
              + (f" ({len(info.get('dropped_duplicates', []))} copies dropped)" if info.get("dropped_duplicates")
                 else "") + f". Unreadable images skipped: {len(info.get('skipped', {}))}.")
 
-    doc.heading("Cost model")
-    cost = np.asarray(run.get("cost_matrix", folder.cost_matrix().tolist()))
-    doc.para("Clinical cost of an error (row = true class, column = predicted): "
-             + (f"lambda1 = {cfg.cost.lambda1:g} (Type I, benign called malignant), lambda2 = {cfg.cost.lambda2:g} "
-                f"(Type II, malignant called benign)" if cfg.cost.matrix is None else "a user-given matrix")
-             + ". It chose the best epoch (mean cost on validation) and scores `mean_cost`.")
-    doc.table(pd.DataFrame([{"true": c, **{p: f"{v:g}" for p, v in zip(tax.classes, row)}}
-                            for c, row in zip(tax.classes, cost)]))
 
+def _cost(doc: Document, c: CardContext) -> None:
+    cfg, tax = c.cfg, c.tax
+    doc.heading("Cost model")
+    cost = c.folder.cost_matrix()
+    doc.para("Clinical cost of a decision (row = true class, column = predicted; 0 for a correct decision): "
+             + (f"lambda1 = {cfg.cost.lambda1:g} (Type I, benign called malignant), lambda2 = {cfg.cost.lambda2:g} "
+                f"(Type II, malignant called benign), {cfg.cost.within:g} for a confusion within a superclass"
+                if cfg.cost.matrix is None else "a user-given matrix")
+             + f". It chose the best epoch (validation {c.run['select_metric']}) and scores `mean_cost`. The "
+               f"risk-calibrated loss weights use the paper's matrix instead (1 on the diagonal).")
+    doc.table(pd.DataFrame([{"true": n, **{p: f"{v:g}" for p, v in zip(tax.classes, row)}}
+                            for n, row in zip(tax.classes, cost)]))
+
+
+def _operating_point(doc: Document, c: CardContext) -> None:
+    op, cal = c.op, c.cal
     doc.heading("Operating point")
     if cal is None:
-        doc.para(f"Threshold {threshold:g} on p(malignant): the default rule, **not calibrated**, so no guarantee. "
-                 f"Run `riskcl calibrate {folder.path} --alpha A` for a threshold with one.")
-    else:
-        n = cal["n_calibration"]
-        doc.table(pd.DataFrame([{"item": k, "value": v} for k, v in {
-            "threshold": repr(float(cal["threshold"])) + (" (pooled)" if cal.get("groups") else ""),
-            "method": cal["method"], "alpha": cal["alpha"],
-            "delta": cal.get("delta"), "calibration set": f"the {cal['calibration_split']} split: {n} malignant "
-                                                          f"{cal.get('unit', 'sample')}s",
-            "guarantee": cal.get("guarantee")}.items()]))
-        if cal.get("groups"):
-            doc.para(f"One threshold per `{cal['by']}` group ({cal.get('correction', '')}); uncertified and unseen "
-                     f"groups use the {cal.get('fallback')} fallback {cal.get('unseen_group_threshold')}. The test "
-                     f"results below decide each case at its group's threshold.")
-            doc.table(pd.DataFrame([{"group": g, "threshold": v["threshold"], "certified": v["certified"],
-                                     "malignant calibration units": v["n_calibration"], "test CER": v.get("test_cer")}
-                                    for g, v in sorted(cal["groups"].items())]))
+        doc.para(f"{op.describe()}. Run `riskcl calibrate {c.folder.path} --alpha A` for a threshold with a "
+                 f"guarantee.")
+        return
+    unit = cal.get("unit", "sample")
+    doc.table(pd.DataFrame([{"item": k, "value": v} for k, v in {
+        "threshold": repr(float(cal["threshold"])) + (" (pooled)" if op.per_group else ""),
+        "probabilities": f"softmax(logits / {op.temperature:.4g})" + (", mean over 4 flips" if op.tta == "flip"
+                                                                      else ""),
+        "method": cal["method"], "alpha": cal["alpha"], "delta": cal.get("delta"),
+        "certified": "yes" if op.certified else "NO (used with --allow-uncertified)",
+        "calibration set": f"the {cal['calibration_split']} split: {cal['n_calibration']} malignant {unit}s",
+        "guarantee": cal.get("guarantee")}.items()]))
+    if op.per_group:
+        doc.para(f"One threshold per `{cal['by']}` group ({cal.get('correction', '')}); uncertified and unseen "
+                 f"groups use the {cal.get('fallback')} fallback {cal.get('unseen_group_threshold')}. Every test "
+                 f"number below, the Type II list and its gallery decide each case at its group's threshold.")
+        doc.table(pd.DataFrame([{"group": g, "threshold": v["threshold"], "certified": v["certified"],
+                                 f"malignant calibration {unit}s": v["n_calibration"], "test CER": v.get("test_cer")}
+                                for g, v in sorted(cal["groups"].items())]))
+    if op.certified:
         promise = (f"with probability at least {1 - cal['delta']:g}" if cal["method"] == "ltt" else "on average")
+        counted = "patients or lesions, each missed when any of its malignant images is" if unit == "group" else \
+            "images"
         doc.para(f"In plain words: on new cases like the calibration set, the model misses at most "
-                 f"{100 * cal['alpha']:g}% of malignant cases, {promise} over the draw of the calibration set. "
-                 f"This stops holding when new data is not exchangeable with the calibration set (another site, "
-                 f"device, population or prevalence of hard cases), when the preprocessing differs, or when "
-                 f"the model is retrained without recalibration.")
+                 f"{100 * cal['alpha']:g}% of malignant {unit}s ({counted}), {promise} over the draw of the "
+                 f"calibration set. This stops holding when new data is not exchangeable with the calibration "
+                 f"set (another site, device, population or prevalence of hard cases), when the preprocessing "
+                 f"differs, or when the model is retrained without recalibration.")
+    else:
+        doc.para("**No guarantee**: calibration could not certify this alpha on the calibration set; the threshold "
+                 "is used because the card was asked to allow an uncertified point.")
 
+
+def _results(doc: Document, c: CardContext) -> None:
+    tax, y = c.tax, c.test["target"]
     doc.heading("Test results")
-    y = test["target"]
     prevalence = float(np.mean(tax.superclass[y] == 1))
+    rule = c.metrics.get("decision_rule", c.cfg.decision)
     doc.para(f"Test split: {len(y)} images, malignant prevalence {100 * prevalence:.2f}% (PPV and NPV hold at this "
-             f"prevalence only). 95% percentile bootstrap CIs resampling whole groups "
-             f"({info.get('group_unit', 'unknown unit')}), {n_boot} resamples. The default-rule column equals "
-             f"`metrics.json` (decision rule `{metrics.get('decision_rule', cfg.decision)}`).")
-    doc.table(results_table(probs, y, test["groups"], tax, threshold, metrics.get("decision_rule", cfg.decision),
-                            n_boot))
-    labels = decide(probs, tax, "superclass", threshold)
+             f"prevalence only). Every rate counts images (CER: share of malignant images called benign). 95% "
+             f"percentile bootstrap CIs resampling whole groups ({c.info.get('group_unit', 'unknown unit')}), "
+             f"{c.n_boot} resamples. The default-rule column equals `metrics.json` (decision rule `{rule}`).")
+    doc.table(results_table(c.probs, y, c.test["groups"], tax, c.labels, rule, c.n_boot))
     cm = np.zeros((tax.num_classes,) * 2, dtype=np.int64)
-    np.add.at(cm, (y, labels), 1)
-    doc.figure("Reliability diagram (test split)", plots.plot_reliability(probs, y, fig_dir / "reliability.png"))
+    np.add.at(cm, (y, c.labels), 1)
+    doc.figure("Reliability diagram (test split)", plots.plot_reliability(c.probs, y, c.fig_dir / "reliability.png"))
     doc.figure("Confusion matrix at the operating point, shaded by severity",
-               plots.plot_severity_confusions({"test": cm}, tax.classes, tax.superclass, fig_dir / "confusion.png"))
+               plots.plot_severity_confusions({"test": cm}, tax.classes, tax.superclass, c.fig_dir / "confusion.png"))
 
+
+def _subgroups(doc: Document, c: CardContext) -> None:
+    columns = c.folder.subgroup_columns()
+    if not columns:
+        return
+    doc.heading("Subgroups at the operating point")
+    doc.para(f"Every column `riskcl evaluate --by` was run for, recomputed here at the card's operating point "
+             f"(test split, rates count images). {intervals_note(MIN_MALIGNANT)}.")
+    for column in columns:
+        strata = c.test.get(f"meta__{column}")
+        if strata is None:
+            continue
+        rows = subgroup_metrics(c.labels, c.test["target"], c.tax, strata, c.test["groups"], c.n_boot)
+        doc.para(f"By `{column}`:")
+        doc.table(pd.DataFrame(printable_rows(rows), columns=list(PRINTABLE_COLUMNS)))
+
+
+def _type_ii_section(doc: Document, c: CardContext) -> None:
+    tax, test = c.tax, c.test
     doc.heading("Fatal errors (Type II) at the operating point")
-    missed = _type_ii(test, probs, tax, threshold)
-    doc.para(f"{len(missed)} malignant test case(s) called benign"
-             + (f"; the {TYPE_II_ROWS} lowest p(malignant) first:" if len(missed) > TYPE_II_ROWS else ":"))
-    doc.table(missed.head(TYPE_II_ROWS))
-    gallery = folder.gallery()
-    if gallery is None and len(missed) and gallery_cap:
+    missed, p_mal, thresholds = type_ii_cases(c.folder, c.op, test)
+    rows = pd.DataFrame([{"id": str(test["ids"][i]), "true class": tax.classes[int(test["target"][i])],
+                          "p(malignant)": float(p_mal[i]), "threshold": float(thresholds[i])} for i in missed])
+    shown = min(len(rows), TYPE_II_ROWS)
+    doc.para(f"{len(missed)} malignant test image(s) called benign"
+             + (f"; the {shown} with the lowest p(malignant) are listed:" if len(missed) > shown else
+                (":" if len(missed) else ".")))
+    if len(missed):
+        doc.table(rows.head(TYPE_II_ROWS))
+    gallery = c.folder.gallery()
+    current = gallery is not None and gallery.get("operating_point", {}).get("threshold") == c.op.threshold and \
+        gallery.get("operating_point", {}).get("temperature") == c.op.temperature
+    if (gallery is None or not current) and len(missed) and c.gallery_cap:
         from .explain import explain_type_ii
 
-        gallery = explain_type_ii(folder.path, cap=gallery_cap)
-    if gallery is not None:
-        for item in gallery.get("items", [])[:max(gallery_cap, 12)]:
-            png = folder.gallery_dir / item["file"]
+        gallery = explain_type_ii(c.folder.path, cap=c.gallery_cap)
+    if gallery is not None and gallery.get("items"):
+        items = gallery["items"][:c.gallery_cap or len(gallery["items"])]
+        doc.para(f"Saliency of {len(items)} of the {gallery['type_ii_total']} missed image(s), lowest p(malignant) "
+                 f"first." + (f" {gallery['blank_maps']} map(s) are blank: {BLANK_NOTE}." if gallery.get("blank_maps")
+                             else ""))
+        for item in items:
+            png = c.folder.gallery_dir / item["file"]
             if png.is_file():
+                blank = " (blank map: nothing to show)" if item.get("blank") else ""
                 doc.figure(f"{item['id']}: true {item['true_class']}, p(malignant) {item['p_malignant']:.3f} < "
-                           f"threshold {item['threshold']:.3f} (saliency: {item['method']})", png)
+                           f"threshold {item['threshold']:.3f} (saliency: {item['method']}{blank})", png)
 
+
+def _limitations_section(doc: Document, c: CardContext) -> None:
     doc.heading("Limitations measured in this run")
-    doc.bullets(_limitations(folder, metrics, info, cal, tax, cfg) or ["None measured."])
+    doc.bullets(_limitations(c.folder, c.metrics, c.info, c.cal, c.tax, c.cfg) or ["None measured."])
 
+
+def _checklist(doc: Document, c: CardContext) -> None:
     doc.heading("Checklist (CLAIM items for a classifier)")
     doc.table(pd.DataFrame([
-        {"item": "data sources, inclusion, partitions", "where": "Data (counts per split, grouping unit)"},
+        {"item": "data sources, inclusion, partitions, licence", "where": "Data (counts per split, grouping unit)"},
         {"item": "reference standard", "where": "Data (the dataset's ground truth)"},
-        {"item": "preprocessing", "where": f"{cfg.data.image_size} px antialiased resize, ImageNet normalisation"},
+        {"item": "preprocessing", "where": f"{c.cfg.data.image_size} px antialiased resize, ImageNet normalisation"},
         {"item": "model, training, selection", "where": "Model details"},
         {"item": "metrics and statistical measures", "where": "Test results (bootstrap CIs)"},
         {"item": "operating point", "where": "Operating point"},
+        {"item": "subgroups", "where": "Subgroups (when `riskcl evaluate --by` ran)"},
         {"item": "failure analysis", "where": "Fatal errors (Type II)"},
         {"item": "limitations, intended use", "where": "Limitations, Intended use"},
     ]))
+
+
+SECTIONS = (_details, _intended_use, _data, _cost, _operating_point, _results, _subgroups, _type_ii_section,
+            _limitations_section, _checklist)
+
+
+def build_card(run_dir: str | Path, out: str | Path | None = None, n_boot: int = N_BOOT,
+               export_dir: str | Path | None = None, gallery_cap: int = 12, allow_uncertified: bool = False,
+               min_sensitivity: float = MIN_SENSITIVITY, min_specificity: float = MIN_SPECIFICITY) -> Path:
+    """Write ``MODEL_CARD.md`` (default: in the run folder) and ``model_card.html`` beside it; returns the path.
+
+    Sections are the functions of ``SECTIONS``, in order. The Type II errors are shown with their saliency: from
+    ``RUN/gallery`` (``riskcl explain --type-ii``) when it was made at the current operating point, made here (up
+    to ``gallery_cap``, 0 for none) otherwise. An uncertified calibration is refused unless ``allow_uncertified``
+    (then the card says so)."""
+    check_count("--bootstrap", n_boot, minimum=1)
+    for name, v in (("--min-sensitivity", min_sensitivity), ("--min-specificity", min_specificity)):
+        check_number(name, v, 0.0, 1.0)
+    folder = RunFolder(run_dir)
+    folder.require_finished(None)
+    md_path = Path(out) if out else folder.path / CARD_FILE
+    if md_path.is_dir():
+        md_path = md_path / CARD_FILE
+    if not md_path.parent.is_dir():
+        raise FileNotFoundError(f"Cannot write {md_path}: the folder {md_path.parent} does not exist")
+    op = operating_point(folder, allow_uncertified=allow_uncertified)
+    fig_dir = md_path.parent / FIGURES
+    fig_dir.mkdir(exist_ok=True)
+    ctx = CardContext(folder, op, n_boot, fig_dir, export_status(folder, op, export_dir), gallery_cap,
+                      {"sensitivity": min_sensitivity, "specificity": min_specificity})
+    run = ctx.run
+    doc = Document(f"Model card: {run['name']} ({run['model']} on {run['dataset']})")
+    if op.calibrated and not op.certified:
+        doc.para("**WARNING: the operating point is NOT CERTIFIED**: no guarantee on missed malignant cases.")
+    doc.para(f"Generated by riskcl {__version__} on {_dt.date.today().isoformat()} from the run folder "
+             f"`{folder.path}`. Every number below is read from that folder's files or computed from them.")
+    for section in SECTIONS:
+        section(doc, ctx)
     doc.write(md_path, md_path.parent / CARD_HTML, inline_figures=True)
     return md_path

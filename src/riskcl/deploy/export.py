@@ -4,14 +4,18 @@ The exported graph holds the preprocessing and the operating point: its input is
 ``(N, H, W, 3)`` of any size (one size per call; dynamic batch, height and width), resized inside the graph by
 riskcl's own resize (:func:`riskcl.data.images.resize_images`), scaled and normalised; its outputs are the class
 probabilities, p(malignant), the triage decision (``refer`` when p(malignant) >= the run's threshold) and the
-class label of the superclass-first rule. Formats: ONNX (``torch.onnx.export``, opset 18, read by ONNX Runtime)
-and TorchScript (``torch.jit.trace``).
+class label of the superclass-first rule. The whole operating point is inside the graph: the run's test-time
+augmentation (the mean softmax over four flips) and the calibration's temperature, so that the exported
+p(malignant) is the very number the threshold was certified on. Formats: ONNX (``torch.onnx.export``, opset 18,
+read by ONNX Runtime) and TorchScript (``torch.jit.trace``).
 
-Beside the model, ``riskcl_export.json`` (and, for ONNX, the same in the model's ``metadata_props`` under the key
-``riskcl``) records the classes, superclasses, input convention, cost matrix, the operating threshold and how it
-was chosen, versions, the SHA-256 of the weights, and the parity check: the exported model in its runtime against
-riskcl's own prediction on the run's test split (or given images). Export fails when a decision flips or
-p(malignant) differs by more than ``tolerance`` (1e-4).
+The export folder holds the model, ``riskcl_export.json`` (and, for ONNX, the same in the model's
+``metadata_props`` under the key ``riskcl``: classes, superclasses, the input convention, the outputs in the
+graph's order, the cost matrix, the operating point with its certification, versions, the SHA-256 of the weights
+and of every exported file, and the parity checks), ``decode.py`` (riskcl's decoder, numpy and Pillow only) and a
+``README.md``. It is built in a temporary folder and swapped in whole. Parity: the exported model in its runtime
+against the run's own saved test predictions (the numbers calibration saw) and against ``riskcl predict``. Export
+fails when a decision flips or p(malignant) differs by more than ``tolerance`` (1e-4).
 """
 from __future__ import annotations
 
@@ -29,18 +33,28 @@ from torch import nn
 
 from .. import __version__
 from ..data import decode_rgb, load_source_images
+from ..data import rgb as rgb_module
 from ..data.augment import IMAGENET_MEAN, IMAGENET_STD
 from ..data.images import resize_images
-from ..decision import decide
+from ..decision import OperatingPoint, decide
+from ..engine.loop import tta_logits
 from ..experiment.calibrate import operating_point
 from ..experiment.folder import RunFolder
-from ..io import atomic_write_json, atomic_write_with, make_folder
+from ..io import atomic_write_json, atomic_write_text, atomic_write_with, build_folder_atomically, file_sha256
 from ..metrics import malignant_probability
 from .predict import predict_arrays
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 METADATA_FILE = "riskcl_export.json"
+README_FILE = "README.md"
+DECODER_FILE = "decode.py"
+# The graph's outputs, in the order it returns them (riskcl_export.json lists them in this order too).
 OUTPUTS = ("probabilities", "p_malignant", "refer", "label")
+OUTPUT_DOC = {"probabilities": ("(N, K) float32", "class probabilities in the order of `classes` (after TTA and "
+                                                  "temperature)"),
+              "p_malignant": ("(N,) float32", "the sum of the malignant class probabilities: the certified score"),
+              "refer": ("(N,) bool", "p_malignant >= threshold: the triage decision"),
+              "label": ("(N,) int64", "the most probable class within the decided superclass")}
 TOLERANCE = 1e-4
 
 
@@ -49,24 +63,25 @@ class ExportParityError(RuntimeError):
 
 
 class TriageModel(nn.Module):
-    """The run's network with riskcl's preprocessing and operating point around it.
+    """The run's network with riskcl's preprocessing and the whole operating point around it.
 
     ``forward(images)``: ``uint8`` ``(N, H, W, 3)`` -> ``(probabilities (N, K), p_malignant (N,), refer (N,) bool,
-    label (N,) int64)``.
+    label (N,) int64)``; probabilities are ``softmax(tta_logits(net, x) / temperature)``.
     """
 
-    def __init__(self, net: nn.Module, image_size: int, superclass: Sequence[int], threshold: float) -> None:
+    def __init__(self, net: nn.Module, superclass: Sequence[int], op: OperatingPoint) -> None:
         super().__init__()
-        self.net, self.image_size = net.eval(), int(image_size)
+        self.net, self.image_size, self.tta = net.eval(), int(op.image_size), op.tta
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.register_buffer("malignant", torch.as_tensor(np.asarray(superclass) == 1))
-        self.register_buffer("threshold", torch.tensor(float(threshold)))
+        self.register_buffer("threshold", torch.tensor(float(op.threshold)))
+        self.register_buffer("temperature", torch.tensor(float(op.temperature)))
 
     def forward(self, images: torch.Tensor):
         x = resize_images(images.permute(0, 3, 1, 2), self.image_size).float()
         x = (x / 255.0 - self.mean) / self.std
-        probs = torch.softmax(self.net(x).float(), dim=1)
+        probs = torch.softmax(tta_logits(self.net, x, self.tta) / self.temperature, dim=1)
         p_mal = (probs * self.malignant.float()).sum(dim=1)
         refer = p_mal >= self.threshold
         in_decided = refer[:, None] == self.malignant[None, :]
@@ -136,24 +151,48 @@ def run_exported(runner: _Runner, images: Sequence[np.ndarray], batch_size: int 
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-def parity_check(runner: _Runner, folder: RunFolder, images: Sequence[np.ndarray], names: Sequence[str],
-                 threshold: float, source: str) -> dict[str, Any]:
-    """The exported model against riskcl's own prediction: largest |difference| of p(malignant), decisions
-    (refer / clear) and labels that differ at the operating threshold."""
-    cfg, taxonomy = folder.read_config(), folder.taxonomy()
-    ref_probs = predict_arrays(folder.load_model(), images, cfg.data.image_size)
+def _compare(got: dict[str, np.ndarray], ref_probs: np.ndarray, taxonomy, op: OperatingPoint, names: Sequence[str],
+             reference: str) -> dict[str, Any]:
     ref_pmal = malignant_probability(ref_probs, taxonomy)
-    ref_labels = decide(ref_probs, taxonomy, "superclass", threshold)
-    got = run_exported(runner, images)
     diff = np.abs(got["p_malignant"].astype(np.float64) - ref_pmal)
-    flips = np.flatnonzero(got["refer"].astype(bool) != (ref_pmal >= threshold))
-    label_flips = np.flatnonzero(got["label"].astype(np.int64) != ref_labels)
-    sizes = sorted({f"{im.shape[1]}x{im.shape[0]}" for im in images})
-    return {"images": len(images), "source": source, "image_sizes": sizes[:10] + (["..."] if len(sizes) > 10 else []),
-            "runtime": runner.runtime, "max_abs_diff_p_malignant": float(diff.max()) if diff.size else 0.0,
+    flips = np.flatnonzero(got["refer"].astype(bool) != (ref_pmal >= op.threshold))
+    label_flips = np.flatnonzero(got["label"].astype(np.int64) != decide(ref_probs, taxonomy, "superclass",
+                                                                          op.threshold))
+    return {"reference": reference, "images": len(names),
+            "max_abs_diff_p_malignant": float(diff.max()) if diff.size else 0.0,
             "max_abs_diff_probabilities": float(np.abs(got["probabilities"] - ref_probs).max()) if diff.size else 0.0,
             "decision_flips": int(flips.size), "label_flips": int(label_flips.size),
-            "flipped": [names[i] for i in flips[:20]]}
+            "flipped": [str(names[i]) for i in flips[:20]]}
+
+
+def _saved_probabilities(folder: RunFolder, names: Sequence[str], op: OperatingPoint) -> np.ndarray | None:
+    """The run's own saved test probabilities of ``names`` (test ids) at ``op``; None when any is missing."""
+    saved = folder.predictions("test")
+    row = {str(i): k for k, i in enumerate(saved["ids"])}
+    if not all(str(n) in row for n in names):
+        return None
+    return op.probabilities(saved["logits"][[row[str(n)] for n in names]])
+
+
+def parity_check(runner: _Runner, folder: RunFolder, images: Sequence[np.ndarray], names: Sequence[str],
+                 op: OperatingPoint, source: str, from_test_split: bool) -> dict[str, Any]:
+    """The exported model against the run's saved test predictions (when the images are the test split's) and
+    against ``riskcl predict``: largest |difference| of p(malignant), decisions (refer / clear) and labels that
+    differ at the operating threshold. The top-level figures are the worse of the two."""
+    taxonomy = folder.taxonomy()
+    got = run_exported(runner, images)
+    checks = [_compare(got, predict_arrays(folder.load_model(), images, op), taxonomy, op, names, "riskcl predict")]
+    if from_test_split:
+        saved = _saved_probabilities(folder, names, op)
+        if saved is not None:
+            checks.insert(0, _compare(got, saved, taxonomy, op, names, "the run's saved test predictions "
+                                                                       "(predictions.npz, as calibration saw them)"))
+    sizes = sorted({f"{im.shape[1]}x{im.shape[0]}" for im in images})
+    worst = {k: max(c[k] for c in checks) for k in ("max_abs_diff_p_malignant", "max_abs_diff_probabilities",
+                                                    "decision_flips", "label_flips")}
+    return {"images": len(images), "source": source, "image_sizes": sizes[:10] + (["..."] if len(sizes) > 10 else []),
+            "runtime": runner.runtime, **worst, "flipped": sorted({f for c in checks for f in c["flipped"]})[:20],
+            "checks": checks}
 
 
 def _check_images(folder: RunFolder, check_images: Sequence[str] | None, limit: int) -> tuple[list, list, str]:
@@ -166,29 +205,32 @@ def _check_images(folder: RunFolder, check_images: Sequence[str] | None, limit: 
     return images, test["id"].tolist(), f"the run's test split ({len(images)} images)"
 
 
-def export_metadata(folder: RunFolder, fmt: str, op: dict[str, Any]) -> dict[str, Any]:
+def describe_run(folder: RunFolder, op: OperatingPoint) -> dict[str, Any]:
+    """What a deployed model is (classes, input convention, outputs in order, cost, operating point, versions):
+    the export's metadata and the service's ``/model`` answer, from one place."""
     cfg, taxonomy, metrics = folder.read_config(), folder.taxonomy(), folder.metrics()
-    keep = ("threshold", "method", "rule", "how", "alpha", "delta", "calibration_split", "guarantee", "n_calibration",
-            "unit", "groups", "by", "unseen_group_threshold", "note")
     return {
-        "riskcl_version": __version__, "torch_version": torch.__version__, "format": fmt, "file": FORMATS[fmt],
+        "riskcl_version": __version__, "torch_version": torch.__version__,
         "input": {"name": "images", "dtype": "uint8", "shape": "(N, H, W, 3)", "channels": "RGB",
                   "range": "0..255", "sizes": "any H and W, one size per call; dynamic batch",
-                  "decoding": "decode the file to 8-bit RGB (e.g. Pillow Image.convert('RGB')); riskcl scales "
-                              "16-bit greyscale images by their own range before this step"},
+                  "decoding": "decode each file with decode.py's decode_image (riskcl's own decoder: 16-bit and "
+                              "float greyscale images are scaled by their own range; Pillow's convert('RGB') "
+                              "clips them and changes the result)"},
         "preprocessing": f"inside the model: antialiased bilinear resize to {cfg.data.image_size} x "
-                         f"{cfg.data.image_size} rounded to whole pixel values, /255, ImageNet mean and std",
-        "outputs": {"probabilities": "(N, K) float32, class order as `classes`",
-                    "p_malignant": "(N,) float32, the sum of the malignant class probabilities",
-                    "refer": "(N,) bool, p_malignant >= threshold (the triage decision)",
-                    "label": "(N,) int64, the most probable class within the decided superclass"},
+                         f"{cfg.data.image_size} rounded to whole pixel values, /255, ImageNet mean and std"
+                         + (", the mean softmax over 4 flips" if op.tta == "flip" else "")
+                         + (f", temperature {op.temperature:.4g}" if op.temperature != 1.0 else ""),
+        "outputs": [{"name": k, "shape": OUTPUT_DOC[k][0], "meaning": OUTPUT_DOC[k][1]} for k in OUTPUTS],
         "classes": list(taxonomy.classes), "levels": list(taxonomy.levels),
         "superclass": ["malignant" if s else "benign" for s in taxonomy.superclass],
         "cost_matrix": folder.cost_matrix().tolist(),
-        "operating_point": {k: op[k] for k in keep if k in op},
+        "operating_point": {**op.to_dict(), **({"note": (
+            f"the model's `refer` output applies the pooled threshold {op.threshold:.4f}; for a case whose "
+            f"'{op.by}' is known, compare p_malignant with operating_point.groups[<{op.by}>].threshold instead")}
+            if op.per_group else {})},
         "weights_sha256": folder.weights_sha256(),
         "run": {k: metrics["run"].get(k) for k in ("name", "dataset", "model", "loss", "seed", "epochs", "best_epoch",
-                                                   "weights", "device")},
+                                                   "weights", "device", "tta")},
     }
 
 
@@ -202,40 +244,89 @@ def _write_onnx_metadata(path: Path, meta: dict[str, Any]) -> None:
     atomic_write_with(path, lambda tmp: onnx.save(model, tmp))
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, fmt: str = "onnx", check_images: Sequence[str] | None = None,
-               check_limit: int = 256, calibrated: bool | None = None, tolerance: float = TOLERANCE) -> dict[str, Any]:
-    """Export the run's model; returns the metadata written beside it (parity check included).
+def export_readme(meta: dict[str, Any]) -> str:
+    """The export folder's README: what goes in, what comes out (in the graph's order), the operating point."""
+    op, parity = meta["operating_point"], meta["parity"]
+    outputs = "\n".join(f"{i}. `{o['name']}` {o['shape']}: {o['meaning']}" for i, o in enumerate(meta["outputs"]))
+    files = "\n".join(f"| `{name}` | `{digest}` |" for name, digest in sorted(meta["files_sha256"].items()))
+    banner = "" if op["certified"] or op["method"] in ("default", "manual") else (
+        "\n> **WARNING: this operating point is NOT CERTIFIED** (exported with --allow-uncertified): no guarantee "
+        "on the share of malignant cases missed.\n")
+    run = meta["run"]
+    return f"""# Exported riskcl model: {run.get('name')} ({run.get('model')}, loss {run.get('loss')})
+{banner}
+Research use only; not a medical device. A `clear` result does not rule out disease.
 
-    ``calibrated``: use ``calibration.json`` (default: when it exists); else the 0.5 default rule, said so.
-    Raises :class:`ExportParityError` when the exported model does not decide as riskcl does.
-    """
-    if fmt not in FORMATS:
-        raise ValueError(f"Expected --format in {sorted(FORMATS)}, but got {fmt!r}")
-    folder = RunFolder(run_dir)
-    folder.require_finished()
-    out = make_folder(out_dir, "exported model")
-    op = operating_point(folder, calibrated)
-    if op.get("groups"):  # the graph carries one threshold: the pooled one; the groups' own go into the metadata
-        op = {**op, "note": f"the model's `refer` output applies the pooled threshold {op['threshold']:.4f}; for a "
-                            f"case whose '{op['by']}' is known, compare p_malignant with "
-                            f"operating_point.groups[<{op['by']}>].threshold instead"}
+## Input
+`images`: uint8 (N, H, W, 3) RGB, any H and W (one size per call), dynamic batch. Decode files with
+`decode.py` (numpy and Pillow only: `from decode import decode_image; x = decode_image(path)[None]`), which
+decodes exactly as riskcl does. {meta['preprocessing']}.
+
+## Outputs, in the order the graph returns them
+{outputs}
+
+## Operating point
+{op['how']}
+
+Threshold {op['threshold']:.6g}, method `{op['method']}`, certified: {op['certified']}, alpha {op['alpha']},
+delta {op['delta']}, split {op['split']}.
+
+## Parity
+{parity['runtime']} on {parity['source']}: max |p(malignant) difference| {parity['max_abs_diff_p_malignant']:.2e},
+{parity['decision_flips']} decision flips, {parity['label_flips']} label flips (tolerance {parity['tolerance']:g}).
+
+## Files (SHA-256)
+| file | sha256 |
+|---|---|
+{files}
+
+riskcl {meta['riskcl_version']}, torch {meta['torch_version']}; weights SHA-256 `{meta['weights_sha256']}`.
+"""
+
+
+def _build_export(folder: RunFolder, out: Path, fmt: str, op: OperatingPoint, check_images: Sequence[str] | None,
+                  check_limit: int, tolerance: float) -> dict[str, Any]:
     cfg, taxonomy = folder.read_config(), folder.taxonomy()
-    model = TriageModel(folder.load_model(), cfg.data.image_size, taxonomy.superclass, float(op["threshold"]))
+    model = TriageModel(folder.load_model(), taxonomy.superclass, op)
     model.eval().requires_grad_(False)  # inference only: no autograd state in the exported graph
     size = cfg.data.image_size
     example = torch.zeros(2, size + 3, size + 5, 3, dtype=torch.uint8)
     path = out / FORMATS[fmt]
     (_export_onnx if fmt == "onnx" else _export_torchscript)(model, path, example)
     images, names, source = _check_images(folder, check_images, check_limit)
-    parity = parity_check(_Runner(fmt, path), folder, images, names, float(op["threshold"]), source)
+    parity = parity_check(_Runner(fmt, path), folder, images, names, op, source, not check_images)
     parity["tolerance"] = tolerance
-    meta = {**export_metadata(folder, fmt, op), "parity": parity}
-    if fmt == "onnx":
-        _write_onnx_metadata(path, meta)
-    atomic_write_json(out / METADATA_FILE, meta)
     if parity["decision_flips"] or parity["label_flips"] or parity["max_abs_diff_p_malignant"] > tolerance:
         raise ExportParityError(
-            f"{path}: the exported model does not decide as riskcl does on {source}: {parity['decision_flips']} "
-            f"decision flip(s), {parity['label_flips']} label flip(s), max |p(malignant) difference| "
-            f"{parity['max_abs_diff_p_malignant']:.2e} (tolerance {tolerance:g}); see {out / METADATA_FILE}")
+            f"{folder.path}: the exported model does not decide as riskcl does on {source}: "
+            f"{parity['decision_flips']} decision flip(s), {parity['label_flips']} label flip(s), max |p(malignant) "
+            f"difference| {parity['max_abs_diff_p_malignant']:.2e} (tolerance {tolerance:g}); nothing exported: "
+            + "; ".join(f"{c['reference']}: {c['decision_flips']} flips, {c['max_abs_diff_p_malignant']:.2e}"
+                        for c in parity["checks"]))
+    meta = {**describe_run(folder, op), "format": fmt, "file": FORMATS[fmt], "parity": parity}
+    if fmt == "onnx":
+        _write_onnx_metadata(path, meta)
+    atomic_write_text(out / DECODER_FILE, Path(rgb_module.__file__).read_text(encoding="utf-8"))
+    meta["files_sha256"] = {p.name: file_sha256(p) for p in (path, out / DECODER_FILE)}
+    atomic_write_text(out / README_FILE, export_readme(meta))
+    atomic_write_json(out / METADATA_FILE, meta)
     return meta
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, fmt: str = "onnx", check_images: Sequence[str] | None = None,
+               check_limit: int = 256, calibrated: bool | None = None, tolerance: float = TOLERANCE,
+               threshold: float | None = None, allow_uncertified: bool = False) -> dict[str, Any]:
+    """Export the run's model; returns the metadata written beside it (parity checks included).
+
+    ``calibrated``: use ``calibration.json`` (default: when it exists); else the 0.5 default rule, said so;
+    ``threshold``: a manual threshold. An uncertified calibration is refused unless ``allow_uncertified``.
+    Raises :class:`ExportParityError` (and leaves any previous export in place) when the exported model does not
+    decide as riskcl does.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"Expected --format in {sorted(FORMATS)}, but got {fmt!r}")
+    folder = RunFolder(run_dir)
+    folder.require_finished(None)  # an unfinished run is never shipped
+    op = operating_point(folder, calibrated, threshold, allow_uncertified=allow_uncertified)
+    return build_folder_atomically(out_dir, lambda tmp: _build_export(folder, tmp, fmt, op, check_images,
+                                                                      check_limit, tolerance), METADATA_FILE)

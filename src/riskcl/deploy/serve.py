@@ -10,12 +10,17 @@
 The model is loaded once, at start. Requests run in FastAPI's thread pool (plain ``def`` endpoints), one model
 call at a time behind a lock, so a slow request never blocks ``/health``. Bad input gets a 4xx JSON
 ``{"error": ...}`` naming what was wrong and the server keeps serving: a missing or wrongly named field, an empty
-body, a file that is not an image or is truncated, an upload over the size limit (413), an image under 8 x 8
-pixels. FastAPI and uvicorn come with the ``deploy`` extra (``pip install 'riskcl[deploy]'``).
+body, a file that is not an image or is truncated, an upload over the size limit (413, enforced while the body
+streams in: never more than the limit is received or spooled), an image whose header declares more pixels than
+riskcl's limit (413, refused before decoding), an image under 8 x 8 pixels. An uncertified calibration is
+refused unless ``allow_uncertified`` (then the page says so on every answer). FastAPI and uvicorn come with
+the ``deploy`` extra (``pip install 'riskcl[deploy]'``).
 """
 from __future__ import annotations
 
 import io
+import json
+import math
 import threading
 from importlib.resources import files
 from pathlib import Path
@@ -27,46 +32,118 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from ..data import BadImageError, decode_bytes
+from ..decision import OperatingPoint
+from ..defaults import BORDERLINE
 from ..experiment.calibrate import operating_point
 from ..experiment.folder import RunFolder
-from .explain import overlay, panel, saliency
-from .export import export_metadata
+from .explain import blank_map_note, check_method, overlay, panel, saliency
+from .export import describe_run
 from .predict import decision_rows, predict_arrays
 
 MIN_SIDE = 8
 DEFAULT_MAX_UPLOAD_MB = 20.0
+NOTICE = ("Research use only; not a medical device. A CLEAR result does not rule out disease: the model misses "
+          "some malignant lesions (see the operating point).")
 
 
-def operating_point_text(op: dict[str, Any]) -> str:
-    """The operating point in one plain sentence."""
-    if op.get("groups"):
-        return (f"Refers a case when p(malignant) >= {float(op['threshold']):.4f}, the pooled threshold of a "
-                f"per-'{op['by']}' calibration ({op['method']}, alpha {op['alpha']}); the page does not know the "
-                f"case's group, so the groups' own thresholds are not applied here.")
-    if op.get("method") == "default":
-        return (f"Refers a case when p(malignant) >= {op['threshold']:g}. Not calibrated: no guarantee on the "
-                f"share of malignant cases it misses.")
-    sens = 100 * (1 - float(op["alpha"]))
-    how = (f"with probability {1 - float(op['delta']):g}" if op["method"] == "ltt" else "on average")
-    return (f"Flags a malignant lesion with at least {sens:g}% sensitivity on data like the calibration set "
-            f"({how}; threshold p(malignant) >= {float(op['threshold']):.4f}, {op['method']} on the "
-            f"{op.get('calibration_split', '?')} split).")
+def operating_point_text(op: OperatingPoint) -> str:
+    """The operating point in plain sentences, for the page."""
+    if op.per_group:
+        return (f"Refers a case when p(malignant) >= {op.threshold:.4f}, the pooled threshold of a per-'{op.by}' "
+                f"calibration ({op.method}, alpha {op.alpha}); the page does not know the case's group, so the "
+                f"groups' own thresholds are not applied here.")
+    if not op.calibrated:
+        return (f"Refers a case when p(malignant) >= {op.threshold:g}. Not calibrated: no guarantee on the share of "
+                f"malignant cases it misses.")
+    if not op.certified:
+        return (f"NOT CERTIFIED: refers a case when p(malignant) >= {op.threshold:.4f}, but calibration could not "
+                f"certify alpha = {op.alpha}; no guarantee on the share of malignant cases it misses.")
+    how = f"with probability {1 - float(op.delta):g}" if op.method == "ltt" else "on average"
+    return (f"Flags a malignant lesion with at least {100 * (1 - float(op.alpha)):g}% sensitivity on data like the "
+            f"calibration set ({how}; threshold p(malignant) >= {op.threshold:.4f}, {op.method} on the {op.split} "
+            f"split).")
+
+
+def check_serve_options(host: str, port: int, max_upload_mb: float, method: str, borderline: float) -> None:
+    """Validate the service's options before anything loads (each error names the option and the value)."""
+    if not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError(f"Expected --port in 1..65535, but got {port}")
+    if not (isinstance(max_upload_mb, (int, float)) and math.isfinite(max_upload_mb) and max_upload_mb > 0):
+        raise ValueError(f"Expected --max-upload-mb to be a finite number > 0, but got {max_upload_mb}")
+    if not (math.isfinite(borderline) and 0 <= borderline < 1):
+        raise ValueError(f"Expected --borderline in [0, 1), but got {borderline}")
+    check_method(method)
+    if not host:
+        raise ValueError("Expected --host to be a host name or address, but got an empty string")
+
+
+class UploadTooLarge(Exception):
+    """The request body grew past the upload limit while it was received."""
+
+
+class UploadLimit:
+    """ASGI middleware that enforces the upload limit while the body streams in: a declared Content-Length over
+    the limit is answered 413 before any byte is read, and a body without one (chunked) is cut off at the limit,
+    so no more than the limit is ever received or spooled to disk."""
+
+    def __init__(self, app, limit: int, limit_mb: float) -> None:
+        self.app, self.limit, self.limit_mb = app, limit, limit_mb
+
+    async def _reject(self, send, message: str) -> None:
+        body = json.dumps({"error": message}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit + 64 * 1024:  # multipart framing is not the image
+            return await self._reject(send, f"upload of {int(declared) / 2**20:.1f} MB exceeds the limit of "
+                                            f"{self.limit_mb:g} MB")
+        state = {"received": 0, "over": False, "started": False}
+
+        async def limited_receive():
+            message = await receive()
+            if message["type"] == "http.request":
+                state["received"] += len(message.get("body", b""))
+                if state["received"] > self.limit + 64 * 1024:
+                    state["over"] = True
+                    raise UploadTooLarge()
+            return message
+
+        async def guarded_send(message):
+            if state["over"]:  # the app's answer to the cut body is replaced by the 413
+                return
+            state["started"] |= message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except UploadTooLarge:
+            pass
+        if state["over"] and not state["started"]:
+            await self._reject(send, f"upload exceeds the limit of {self.limit_mb:g} MB")
 
 
 class TriageService:
     """The loaded run: model, taxonomy, operating point; thread-safe prediction and explanation."""
 
-    def __init__(self, run_dir: str | Path, method: str = "gradcam") -> None:
+    def __init__(self, run_dir: str | Path, method: str = "gradcam", allow_uncertified: bool = False,
+                 borderline: float = BORDERLINE) -> None:
+        check_method(method)
         self.folder = RunFolder(run_dir)
-        self.folder.require_finished()
-        self.cfg, self.taxonomy = self.folder.read_config(), self.folder.taxonomy()
-        self.op = operating_point(self.folder)
+        self.folder.require_finished(None)
+        self.taxonomy = self.folder.taxonomy()
+        self.op = operating_point(self.folder, allow_uncertified=allow_uncertified)
         self.model = self.folder.load_model()
-        self.method = method
+        self.method, self.borderline = method, float(borderline)
         self.lock = threading.Lock()
-        self.metadata = {**export_metadata(self.folder, "onnx", self.op), "format": "served by riskcl (PyTorch)",
-                         "operating_point_text": operating_point_text(self.op)}
-        self.metadata.pop("file", None)
+        self.metadata = {**describe_run(self.folder, self.op), "format": "served by riskcl (PyTorch)",
+                         "operating_point_text": operating_point_text(self.op), "notice": NOTICE,
+                         "borderline": self.borderline, "certified": self.op.certified or not self.op.calibrated}
 
     def image(self, data: bytes, name: str) -> np.ndarray:
         arr = decode_bytes(data, name)
@@ -77,30 +154,36 @@ class TriageService:
 
     def predict(self, arr: np.ndarray, name: str) -> dict[str, Any]:
         with self.lock:
-            probs = predict_arrays(self.model, [arr], self.cfg.data.image_size)
-        row = decision_rows(probs, self.taxonomy, float(self.op["threshold"]))[0]
+            probs = predict_arrays(self.model, [arr], self.op)
+        row = decision_rows(probs, self.taxonomy, self.op)[0]
         return {"image": name, "decision": row["decision"], "predicted": row["predicted"],
                 "superclass": row["superclass"], "p_malignant": row["p_malignant"], "threshold": row["threshold"],
+                "borderline": abs(row["p_malignant"] - row["threshold"]) <= self.borderline,
                 "probabilities": {c: row[f"p_{c}"] for c in self.taxonomy.classes},
-                "operating_point": {k: self.op.get(k) for k in ("method", "alpha", "delta", "how")},
+                "operating_point": {"method": self.op.method, "alpha": self.op.alpha, "delta": self.op.delta,
+                                    "certified": self.op.certified, "how": self.op.describe()},
                 "image_size": [int(arr.shape[1]), int(arr.shape[0])]}
 
-    def explain_png(self, arr: np.ndarray) -> bytes:
+    def explain_png(self, arr: np.ndarray) -> tuple[bytes, str]:
+        """The panel (image | overlay with a colour bar) and a note: empty, or why the map says nothing."""
         from PIL import Image
 
         with self.lock:
-            cam = saliency(self.model, [arr], self.cfg.data.image_size, self.taxonomy, "malignant", self.method)[0]
+            cam = saliency(self.model, [arr], self.op.image_size, self.taxonomy, "malignant", self.method)[0]
         buf = io.BytesIO()
         Image.fromarray(panel(arr, [overlay(arr, cam)])).save(buf, format="PNG")
-        return buf.getvalue()
+        return buf.getvalue(), blank_map_note(cam)
 
 
-def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, method: str = "gradcam") -> FastAPI:
+def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, method: str = "gradcam",
+               allow_uncertified: bool = False, borderline: float = BORDERLINE) -> FastAPI:
     """The FastAPI app serving one run."""
-    service = TriageService(run_dir, method)
+    check_serve_options("127.0.0.1", 8000, max_upload_mb, method, borderline)
+    service = TriageService(run_dir, method, allow_uncertified, borderline)
     limit = int(max_upload_mb * 1024 * 1024)
     page = files("riskcl.deploy").joinpath("page.html").read_text(encoding="utf-8")
     app = FastAPI(title="riskcl triage", version=service.metadata["riskcl_version"])
+    app.add_middleware(UploadLimit, limit=limit, limit_mb=max_upload_mb)
 
     class HTTPError(Exception):
         def __init__(self, status: int, message: str) -> None:
@@ -115,10 +198,7 @@ def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
         return JSONResponse({"error": "expected a multipart/form-data upload with the image in the field 'file'",
                              "detail": [e.get("msg") for e in exc.errors()]}, status_code=422)
 
-    def read_upload(file: UploadFile, request: Request) -> np.ndarray:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
-            raise HTTPError(413, f"upload of {int(declared) / 2**20:.1f} MB exceeds the limit of {max_upload_mb:g} MB")
+    def read_upload(file: UploadFile) -> np.ndarray:
         data = file.file.read(limit + 1)
         if len(data) > limit:
             raise HTTPError(413, f"upload exceeds the limit of {max_upload_mb:g} MB")
@@ -126,7 +206,9 @@ def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
         try:
             return service.image(data, name)
         except BadImageError as exc:
-            raise HTTPError(400 if not data else 415 if "cannot decode" in exc.reason else 422, str(exc)) from None
+            status = 400 if not data else 413 if exc.reason.startswith("refused") else \
+                415 if "cannot decode" in exc.reason else 422
+            raise HTTPError(status, str(exc)) from None
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
@@ -141,21 +223,35 @@ def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
         return service.metadata
 
     @app.post("/predict")
-    def predict(request: Request, file: UploadFile) -> dict[str, Any]:
-        return service.predict(read_upload(file, request), file.filename or "upload")
+    def predict(file: UploadFile) -> dict[str, Any]:
+        return service.predict(read_upload(file), file.filename or "upload")
 
     @app.post("/explain")
-    def explain(request: Request, file: UploadFile) -> Response:
-        return Response(service.explain_png(read_upload(file, request)), media_type="image/png")
+    def explain(file: UploadFile) -> Response:
+        png, note = service.explain_png(read_upload(file))
+        return Response(png, media_type="image/png", headers={"X-Saliency-Note": note} if note else None)
 
     return app
 
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
-          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, method: str = "gradcam") -> None:
-    """Run the app with uvicorn until interrupted."""
+          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, method: str = "gradcam", allow_uncertified: bool = False,
+          borderline: float = BORDERLINE) -> None:
+    """Run the app with uvicorn until interrupted; the address is bound (or the error names it) before the
+    "serving on" line is printed."""
+    import socket
+
     import uvicorn
 
-    app = create_app(run_dir, max_upload_mb, method)
+    check_serve_options(host, port, max_upload_mb, method, borderline)
+    app = create_app(run_dir, max_upload_mb, method, allow_uncertified, borderline)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
     print(f"riskcl serve: {run_dir} on http://{host}:{port}/  ({app.title}; Ctrl-C stops)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

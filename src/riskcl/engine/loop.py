@@ -116,6 +116,18 @@ def _flips(x: torch.Tensor) -> list[torch.Tensor]:
     return [x, x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)]
 
 
+def tta_logits(model: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """``(N, K)`` float32 logits of a normalised batch ``x`` under the run's test-time augmentation: ``none``, the
+    model's logits; ``flip``, the log of the mean softmax over the image and its three flips (their softmax is that
+    mean). The one definition used by evaluation, ``riskcl predict``, the service and the exported graph."""
+    if tta == "none":
+        return model(x).float()
+    if tta == "flip":
+        probs = torch.stack([torch.softmax(model(v).float(), 1) for v in _flips(x)]).mean(0)
+        return torch.log(probs.clamp_min(1e-30))
+    raise ValueError(f"Expected `tta` in ('none', 'flip'), but got {tta!r}")
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, batches: Iterable, device: torch.device, amp: bool = True,
                    channels_last: bool = False, progress: bool = True, desc: str = "eval",
@@ -132,10 +144,6 @@ def predict_logits(model: nn.Module, batches: Iterable, device: torch.device, am
     for x, y in tqdm(batches, desc=desc, disable=not progress, leave=False, mininterval=1.0):
         x, y = _to_device(x, y, device, channels_last)
         with autocast_context(device, amp):
-            if tta == "flip":
-                probs = torch.stack([torch.softmax(model(v).float(), 1) for v in _flips(x)]).mean(0)
-                outs.append(torch.log(probs.clamp_min(1e-30)).cpu())
-            else:
-                outs.append(model(x).float().cpu())
+            outs.append(tta_logits(model, x, tta).cpu())
         targets.append(y.cpu())
     return torch.cat(outs), torch.cat(targets).long()

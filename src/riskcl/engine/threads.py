@@ -1,10 +1,13 @@
 """CPU threads per training process: every process on a machine gets its share of the cores.
 
 Two trainings that each take every core slow each other several times over (the CPU then spends its time
-switching threads). Each training registers itself in ``<cache>/processes/`` while it runs; the default thread
-count is the machine's usable cores divided by the number of live registered trainings (or by
-``LOCAL_WORLD_SIZE`` under ``torchrun``, whichever is larger), re-read at every epoch so that a training started
-later shares the cores too. ``threads: N`` in a config fixes the count.
+switching threads, and a thread that waits for a busy core holds up every other one at the next barrier). Each
+training registers itself in ``<cache>/processes/`` while it runs. The default thread count follows, in order:
+``threads: N`` in the config; ``OMP_NUM_THREADS`` (the convention users and SLURM set); else the usable cores (the
+CPU affinity, which SLURM and taskset restrict) divided by the number of live registered trainings (or by
+``LOCAL_WORLD_SIZE`` under ``torchrun``), and no more than the cores that other busy processes leave free (the
+runnable tasks of ``/proc/loadavg``, sampled). The count is chosen when a run starts, recorded per epoch in
+``history.csv`` and in ``metrics.json``, and kept by a resumed run: float results move with the thread count.
 """
 from __future__ import annotations
 
@@ -62,12 +65,53 @@ class TrainingSlot:
         return max(n, 1)
 
 
+def _own_running() -> int:
+    """Threads of this process that are running now (its own OpenMP workers must not count as other load)."""
+    n = 0
+    for stat in Path("/proc/self/task").glob("*/stat"):
+        try:
+            n += stat.read_text().rsplit(")", 1)[1].split()[0] == "R"
+        except (OSError, IndexError):
+            continue
+    return n
+
+
+def busy_cores(samples: int = 5, interval: float = 0.02) -> int:
+    """Cores kept busy by other processes: runnable tasks in ``/proc/loadavg`` less this process's running
+    threads (the median of a few samples, since the count flickers); 0 where the file does not exist."""
+    import statistics
+    import time
+
+    counts = []
+    for k in range(samples):
+        try:
+            with open("/proc/loadavg", encoding="ascii") as fh:
+                running = int(fh.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return 0
+        counts.append(max(0, running - max(1, _own_running())))
+        if k + 1 < samples:
+            time.sleep(interval)
+    return int(statistics.median(counts))
+
+
+def _omp_threads() -> int | None:
+    raw = os.environ.get("OMP_NUM_THREADS", "")
+    return int(raw) if raw.isdigit() and int(raw) >= 1 else None
+
+
 def thread_count(setting: int | None, slot: TrainingSlot | None = None) -> int:
-    """``setting`` when given, else usable cores / max(live trainings, LOCAL_WORLD_SIZE), at least 1."""
+    """``setting`` when given; else ``OMP_NUM_THREADS``; else usable cores / max(live trainings,
+    LOCAL_WORLD_SIZE), capped by the cores other busy processes leave free; at least 1."""
     if setting is not None:
         return int(setting)
+    omp = _omp_threads()
+    if omp is not None:
+        return omp
+    cores = usable_cores()
     sharing = max(slot.live() if slot is not None else 1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return max(1, usable_cores() // sharing)
+    free = cores - busy_cores()
+    return max(1, min(cores // sharing, free))
 
 
 def apply_threads(setting: int | None, slot: TrainingSlot | None = None) -> int:

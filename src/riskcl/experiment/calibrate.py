@@ -16,12 +16,15 @@ says the test data is not.
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..decision import control_risk, fit_temperature, softmax, threshold_decision
+from ..decision import control_risk, fit_temperature, smallest_certifiable_alpha, threshold_decision
+from ..decision.operating_point import OperatingPoint
+from ..defaults import DELTA
 from ..metrics import malignant_probability, safety_report
 from .folder import RunFolder
 
@@ -48,23 +51,52 @@ def shift_check(cal_scores: np.ndarray, eval_scores: np.ndarray) -> dict[str, An
             "note": note}
 
 
-def operating_point(folder: RunFolder, calibrated: bool | None = None) -> dict[str, Any]:
-    """``{"threshold", "method", "alpha", ...}``: the calibrated operating point, or the 0.5 default rule.
+class UncertifiedError(ValueError):
+    """The run's calibration certified no threshold; shipping it needs ``allow_uncertified``."""
 
-    ``calibrated``: True requires ``calibration.json``; None (the default) uses it when it exists."""
+
+def operating_point(folder: RunFolder, calibrated: bool | None = None, threshold: float | None = None,
+                    rule: str = "superclass", allow_uncertified: bool = False) -> OperatingPoint:
+    """The run's operating point: ``calibration.json`` when it exists, else the 0.5 default rule.
+
+    ``calibrated``: True requires ``calibration.json``, False ignores it (the default rule); ``threshold``: a
+    manual threshold instead (probabilities still computed as the run computes them); ``rule="argmax"``: the
+    paper's rule. An uncertified calibration raises :class:`UncertifiedError` unless ``allow_uncertified``.
+    """
+    cfg = folder.read_config()
+    base = OperatingPoint(rule=rule, tta=cfg.tta, image_size=cfg.data.image_size)
+    if threshold is not None:
+        return base.with_threshold(threshold)
     if calibrated is None:
         calibrated = folder.file("calibration").is_file()
     if not calibrated:
-        return {"threshold": 0.5, "method": "default", "rule": "superclass-first at 0.5",
-                "how": "the default rule, not calibrated: refer when p(malignant) >= 0.5, then the most probable "
-                       "class within the decided superclass (no guarantee; `riskcl calibrate` gives one)"}
+        return base
     cal = folder.calibration()
-    if cal.get("groups"):
-        return {**cal, "how": f"calibrated per '{cal['by']}' group by {cal['method']} on the "
-                              f"{cal['calibration_split']} split ({len(cal.get('certified_groups', []))} of "
-                              f"{len(cal['groups'])} groups certified); {cal['threshold']:.4f} is the pooled threshold"}
-    return {**cal, "how": f"calibrated by {cal['method']} on the {cal['calibration_split']} split: "
-                          f"{cal.get('guarantee', '')}"}
+    op = replace(base, threshold=float(cal["threshold"]), method=cal["method"],
+                 temperature=float(cal.get("temperature", 1.0)), alpha=cal.get("alpha"), delta=cal.get("delta"),
+                 certified=bool(cal.get("certified", True)), split=cal["calibration_split"], by=cal.get("by"),
+                 groups=cal.get("groups"), fallback=cal.get("unseen_group_threshold"),
+                 guarantee=cal.get("guarantee", ""))
+    if not op.certified:
+        if not allow_uncertified:
+            raise UncertifiedError(f"{folder.file('calibration')}: no threshold was certified at alpha = "
+                                   f"{op.alpha} ({op.guarantee}); recalibrate with a larger --alpha (or more "
+                                   f"calibration data), or pass --allow-uncertified to use it without a guarantee")
+        op = replace(op, allowed_uncertified=True)
+    return op
+
+
+def raise_uncertified(folder: RunFolder, result, method: str, delta: float, split: str, cal_probs: np.ndarray,
+                      cal: dict[str, np.ndarray]) -> None:
+    """Raise :class:`UncertifiedError` naming the smallest alpha this calibration set can certify."""
+    smallest = smallest_certifiable_alpha(method, cal_probs, cal["target"], folder.taxonomy(), delta,
+                                          cal.get("groups"))
+    raise UncertifiedError(
+        f"{folder.path}: no threshold could be certified at alpha = {result.alpha} ({method}"
+        + (f", delta = {delta}" if method == "ltt" else "") + f") on {result.n_calibration} malignant "
+        f"{result.unit}s of the {split} split; the smallest alpha this calibration set can certify is "
+        f"{smallest:.4g}. Nothing written: use --alpha >= {smallest:.4g}, a larger calibration split "
+        f"(data.calib_fraction), or --allow-uncertified to write it without a guarantee")
 
 
 def _check_split(folder: RunFolder, split: str, allow_selection_split: bool) -> None:
@@ -80,11 +112,14 @@ def _check_split(folder: RunFolder, split: str, allow_selection_split: bool) -> 
                                 f"split, or pass --split val --allow-selection-split (unsafe: {SELECTION_WARNING})")
 
 
-def calibrate_run(run_dir: str | Path, alpha: float, delta: float = 0.1, method: str = "ltt",
-                  temperature: bool = False, split: str = "calib",
-                  allow_selection_split: bool = False) -> dict[str, Any]:
+def calibrate_run(run_dir: str | Path, alpha: float, delta: float = DELTA, method: str = "ltt",
+                  temperature: bool = False, split: str = "calib", allow_selection_split: bool = False,
+                  allow_uncertified: bool = False) -> dict[str, Any]:
     """Choose the p(malignant) threshold on ``split``'s predictions (risk control of the CER), report the test
-    metrics at that threshold and write ``calibration.json``."""
+    metrics at that threshold and write ``calibration.json``.
+
+    A calibration that certifies no threshold raises :class:`UncertifiedError` naming the smallest alpha this
+    calibration set can certify, and writes nothing, unless ``allow_uncertified``."""
     folder = RunFolder(run_dir)
     folder.require()
     _check_split(folder, split, allow_selection_split)
@@ -94,14 +129,17 @@ def calibrate_run(run_dir: str | Path, alpha: float, delta: float = 0.1, method:
     if temperature:  # fitted on validation, so the calibration split stays untouched by any fit
         val = folder.predictions("val")
         t_scale = fit_temperature(val["logits"], val["target"])
-    cal_probs, test_probs = softmax(cal["logits"], t_scale), softmax(test["logits"], t_scale)
+    op = replace(operating_point(folder, calibrated=False), temperature=t_scale)
+    cal_probs, test_probs = op.probabilities(cal["logits"]), op.probabilities(test["logits"])
     result = control_risk(method, cal_probs, cal["target"], taxonomy, alpha, delta, groups=cal.get("groups"))
+    if not result.certified and not allow_uncertified:
+        raise_uncertified(folder, result, method, delta, split, cal_probs, cal)
     labels = threshold_decision(test_probs, taxonomy, result.threshold)
     rep = safety_report(test_probs, test["target"], taxonomy, labels=labels)
     default = safety_report(test_probs, test["target"], taxonomy, labels=threshold_decision(test_probs, taxonomy, 0.5))
     shift = shift_check(*(malignant_probability(p, taxonomy)[taxonomy.superclass[y] == 1]
                           for p, y in ((cal_probs, cal["target"]), (test_probs, test["target"]))))
-    out = {**result.to_dict(), "temperature": t_scale, "calibration_split": split,
+    out = {**result.to_dict(), "temperature": t_scale, "tta": op.tta, "calibration_split": split,
            "calibration_file": folder.prediction_file(split).name,
            "selection_split_warning": SELECTION_WARNING if split == "val" else None,
            "test": {k: rep[k] for k in TEST_KEYS}, "test_default_rule": {k: default[k] for k in TEST_KEYS},

@@ -8,22 +8,44 @@ unless the caller allows it, and then nothing is written into its folder.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 from ..data import create_eval_dataset
 from ..engine import BatchFeeder, predict_logits, resolve_device
+from ..metrics import safety_report
+from .calibrate import operating_point
 from .folder import RunFolder
 from .run import build_data
 from .scoring import split_report
 
 
+def training_overlap(folder: RunFolder, ds) -> str | None:
+    """A warning when images of ``ds`` were in the run's training split (same decoded content, else same id)."""
+    recorded = folder.splits()
+    train = recorded.loc[recorded["split"] == "train"]
+    if "hash" in train and "hash" in ds.table and train["hash"].astype(bool).all():
+        seen, mine, what = set(train["hash"]), ds.table["hash"].astype(str), "content"
+    else:
+        seen, mine, what = set(train["id"].astype(str)), ds.table["id"].astype(str), "id"
+    n = int(mine.isin(seen).sum())
+    if not n:
+        return None
+    return (f"{n} of the {len(ds)} evaluated images were in the run's training split (same image {what}): "
+            f"these numbers are optimistic; evaluate on data the run never trained on")
+
+
 def evaluate_run(run_dir: str | Path, split: str = "test", data_root: str | Path | None = None,
-                 allow_unfinished: bool = False, progress: bool = True) -> dict[str, Any]:
+                 allow_unfinished: bool = False, progress: bool = True, threshold: float | None = None,
+                 default_rule: bool = False) -> dict[str, Any]:
     """Predict ``split`` again with the run's best weights; returns the report (``source``: what was evaluated,
-    ``note``: a warning about unfinished weights, or None)."""
+    ``note``: a warning about unfinished weights, or None). The top level is the run's decision rule at 0.5 (as in
+    ``metrics.json``); ``operating_point`` holds the report at the run's operating point (calibrated when
+    ``calibration.json`` exists; ``threshold`` / ``default_rule`` override it) and says which point it is."""
     folder = RunFolder(run_dir)
     note = folder.require_finished(allow_unfinished)
+    op = operating_point(folder, False if default_rule else None, threshold, allow_uncertified=True)
     cfg = folder.read_config()
     if data_root is None:
         recorded = folder.splits()
@@ -37,6 +59,11 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data_root: str | Path
         ds, source = create_eval_dataset(d.name, data_root, split, image_size=d.image_size,
                                          on_bad_image=d.on_bad_image, cache_dir=d.cache_dir, progress=progress,
                                          **d.options)
+    if data_root is not None:
+        overlap = training_overlap(folder, ds)
+        if overlap:
+            warnings.warn(overlap, UserWarning, stacklevel=2)
+            note = f"{note}; {overlap}" if note else overlap
     taxonomy = folder.taxonomy()
     if ds.taxonomy.classes != taxonomy.classes:
         raise ValueError(f"The data has classes {list(ds.taxonomy.classes)}, the run {list(taxonomy.classes)}")
@@ -44,8 +71,14 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data_root: str | Path
     model = folder.load_model().to(device)
     feeder = BatchFeeder(ds, cfg.optim.eval_batch_size, device, prefetch=cfg.data.num_workers)
     logits, target = predict_logits(model, feeder, device, amp=cfg.amp, progress=progress, tta=cfg.tta)
-    report = {**split_report(logits, target, taxonomy, folder.cost_matrix(), cfg.decision), "split": split,
-              "data_root": str(data_root or cfg.data.root), "source": source, "note": note}
+    cost = folder.cost_matrix()
+    strata = ds.table[op.by].astype(str).to_numpy() if op.per_group and op.by in ds.table else None
+    probs = op.probabilities(logits)
+    at_op = {**safety_report(probs, target, taxonomy, cost, labels=op.decide(probs, taxonomy, strata)),
+             "how": op.describe(), "threshold": op.threshold, "method": op.method, "certified": op.certified,
+             "per_group": strata is not None}
+    report = {**split_report(logits, target, taxonomy, cost, cfg.decision), "split": split,
+              "data_root": str(data_root or cfg.data.root), "source": source, "note": note, "operating_point": at_op}
     if note is None:
         folder.write_evaluation(split, report, external=data_root is not None)
     return report

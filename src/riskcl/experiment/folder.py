@@ -18,6 +18,7 @@ A run folder holds:
 * ``eval_<split>.json`` / ``eval_external_<split>.json`` -- reports of ``riskcl evaluate`` on the run's own split
   or on another data folder; ``subgroups_<column>.json`` (``subgroups_<column>_<split>.json`` off test) -- the
   per-group report of ``riskcl evaluate --by``;
+* ``export/`` -- the conventional place of ``riskcl export``'s folder (the model card cites it);
 * ``gallery/`` -- ``gallery.json`` and one PNG per Type II error of ``riskcl explain --type-ii`` (read by the report
   and the model card).
 
@@ -38,14 +39,15 @@ import yaml
 from ..config import (ConfigError, ExperimentConfig, config_from_dict, config_taxonomy, parse_yaml_text,
                       run_cost_matrix, save_config)
 from ..data import ImageDataset, SplitData
-from ..io import (atomic_write_json, atomic_write_npz, atomic_write_text, atomic_write_with, load_npz, make_folder,
-                  read_csv, read_json, remove_stale_temps)
+from ..io import (atomic_write_json, atomic_write_npz, atomic_write_text, atomic_write_with, file_sha256, load_npz,
+                  make_folder, read_csv, read_json, remove_stale_temps)
 from ..taxonomy import Taxonomy
 
 FILES = {
     "config": "config.yaml", "taxonomy": "taxonomy.yaml", "status": "status.json", "splits": "splits.csv",
     "data": "data.json", "history": "history.csv", "checkpoint": "last.pt", "weights": "model.safetensors",
     "metrics": "metrics.json", "calibration": "calibration.json", "skipped": "skipped_images.txt",
+    "lock": ".lock", "gallery": "gallery.json",
 }
 PREDICTIONS = {"test": "predictions.npz", "val": "val_predictions.npz", "calib": "calib_predictions.npz"}
 PREDICTION_KEYS = ("logits", "target", "ids", "groups")
@@ -61,6 +63,11 @@ class RunFolder:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+
+    @staticmethod
+    def find(root: str | Path) -> list["RunFolder"]:
+        """Every run folder under ``root`` (any depth), in path order."""
+        return [RunFolder(p.parent) for p in sorted(Path(root).rglob(FILES["status"]))]
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -159,11 +166,12 @@ class RunFolder:
         meta_cols = data.info.get("metadata", [])
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["id", "split", "group", "label", "path", *meta_cols])
+        w.writerow(["id", "split", "group", "label", "path", "hash", *meta_cols])
         for split, ds in data.datasets.items():
             meta = ds.meta.to_numpy() if meta_cols else np.empty((len(ds), 0))
+            hashes = ds.table["hash"].astype(str).to_numpy() if "hash" in ds.table else [""] * len(ds)
             for i in range(len(ds)):
-                w.writerow([ds.ids[i], split, ds.groups[i], int(ds.targets[i]), ds.paths[i], *meta[i]])
+                w.writerow([ds.ids[i], split, ds.groups[i], int(ds.targets[i]), ds.paths[i], hashes[i], *meta[i]])
         atomic_write_text(self.file("splits"), buf.getvalue())
         info = {k: v for k, v in data.info.items() if k != "duplicate_groups"}
         info["duplicate_groups"] = data.info.get("duplicate_groups", [])
@@ -236,13 +244,7 @@ class RunFolder:
             raise RunFolderError(f"{path}: weights do not fit the run's model ({str(exc).splitlines()[0]})") from None
 
     def weights_sha256(self) -> str:
-        import hashlib
-
-        h = hashlib.sha256()
-        with open(self.file("weights"), "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
+        return file_sha256(self.file("weights"))
 
     def load_model(self) -> torch.nn.Module:
         """The run's model with its best weights, in eval mode on the CPU."""
@@ -262,8 +264,11 @@ class RunFolder:
             return None
         return best_epoch(hist.to_dict("records"), self.read_config().select_metric)
 
-    def require_finished(self, allow_unfinished: bool = False) -> str | None:
-        """Raise unless the run finished; with ``allow_unfinished`` return a note naming the weights' epoch."""
+    def require_finished(self, allow_unfinished: bool | None = False) -> str | None:
+        """Raise unless the run finished; with ``allow_unfinished`` return a note naming the weights' epoch.
+
+        ``allow_unfinished=None``: the caller (export, card, serve) never ships an unfinished run, and the error
+        does not offer the option."""
         self.require()
         if self.is_finished():
             return None
@@ -271,8 +276,9 @@ class RunFolder:
         epoch = self.weights_epoch() if self.file("weights").is_file() else None
         if not allow_unfinished or epoch is None:
             have = f"; its best weights so far are from epoch {epoch}" if epoch else "; it has no weights yet"
+            offer = "" if allow_unfinished is None else ", or pass --allow-unfinished to use those weights"
             raise RunFolderError(f"{self.path} is not a finished run (state: {state}{have}). Finish it with "
-                                 f"`riskcl train` (it resumes), or pass --allow-unfinished to use those weights")
+                                 f"`riskcl train` (it resumes){offer}")
         cfg = self.read_config()
         return (f"WARNING: {self.path} is unfinished (state: {state}): using the best weights so far, from epoch "
                 f"{epoch} of {cfg.epochs}")
@@ -329,16 +335,30 @@ class RunFolder:
         name = f"subgroups_{column}.json" if split == "test" else f"subgroups_{column}_{split}.json"
         atomic_write_json(self.path / name, result)
 
+    def subgroup_columns(self) -> list[str]:
+        """The metadata columns ``riskcl evaluate --by`` was run for on the test split."""
+        cols = {p.stem[len("subgroups_"):] for p in self.path.glob("subgroups_*.json")}
+        return sorted(c for c in cols if not any(c.endswith(f"_{s}") for s in PREDICTIONS if s != "test"))
+
+    @property
+    def export_dir(self) -> Path:
+        """Where ``riskcl export`` puts the run's export by convention (``RUN/export``)."""
+        return self.path / "export"
+
     @property
     def gallery_dir(self) -> Path:
         return self.path / "gallery"
 
+    def gallery_image(self, k: int) -> Path:
+        """The PNG of the gallery's ``k``-th case."""
+        return self.gallery_dir / f"type_ii_{k:03d}.png"
+
     def write_gallery(self, gallery: dict[str, Any]) -> None:
-        atomic_write_json(self.gallery_dir / "gallery.json", gallery)
+        atomic_write_json(self.gallery_dir / FILES["gallery"], gallery)
 
     def gallery(self) -> dict[str, Any] | None:
         """``gallery/gallery.json`` (the Type II gallery), or None when the run has none."""
-        path = self.gallery_dir / "gallery.json"
+        path = self.gallery_dir / FILES["gallery"]
         return read_json(path) if path.is_file() else None
 
     def write_calibration(self, result: dict[str, Any]) -> None:

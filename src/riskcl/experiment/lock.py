@@ -21,14 +21,16 @@ class RunLock:
     """``with RunLock(folder): ...`` -- raises :class:`RunLocked` when a live process holds the folder."""
 
     def __init__(self, folder: str | os.PathLike) -> None:
-        self.path = Path(folder) / ".lock"
+        from .folder import FILES
+
+        self.path = Path(folder) / FILES["lock"]
         self.held = False
 
     def acquire(self) -> None:
         me = {"host": socket.gethostname(), "pid": os.getpid()}
         # The lock appears with its content in one step (hard link of a written temp file), so another
         # process never reads an empty lock and mistakes it for a stale one.
-        tmp = self.path.with_name(f".lock.{me['host']}.{me['pid']}")
+        tmp = self.path.with_name(f"{self.path.name}.{me['host']}.{me['pid']}")
         tmp.write_text(json.dumps(me))
         try:
             self._acquire(me, tmp)

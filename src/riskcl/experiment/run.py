@@ -69,24 +69,51 @@ def build_data(cfg: ExperimentConfig, progress: bool, fixed_splits: Mapping[str,
                            test_fraction=d.test_fraction, calib_fraction=d.calib_fraction, seed=d.split_seed,
                            fold=d.fold, num_folds=d.num_folds, on_bad_image=d.on_bad_image,
                            duplicates=d.duplicates, cache_dir=d.cache_dir, progress=progress,
-                           fixed_splits=fixed_splits, **d.options)
+                           fixed_splits=fixed_splits, limit_train=d.limit_train, **d.options)
 
 
 def _check_before_start(cfg: ExperimentConfig) -> None:
     """What can be checked before a run folder is created: the model name and the data folder."""
     check_model_name(cfg.model.name)
     check_root(cfg.data.name, cfg.data.root)
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"`device` = {cfg.device!r}: no CUDA device on this machine; use device=auto or cpu")
+
+
+def config_difference(old: ExperimentConfig, new: ExperimentConfig, limit: int = 6) -> list[str]:
+    """``key: old -> new`` for each setting (dotted, machine settings left out) where two configs differ."""
+    def flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and k != "options" and k != "params":
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    a, b = flat(_comparable(old)), flat(_comparable(new))
+    diff = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return diff[:limit] + ([f"... ({len(diff) - limit} more)"] if len(diff) > limit else [])
+
+
+def check_same_config(folder: RunFolder, cfg: ExperimentConfig) -> None:
+    """Raise unless ``folder`` holds no progress of another config (the difference is named)."""
+    if not folder.file("config").is_file():
+        return
+    old = folder.read_config()
+    if _comparable(old) != _comparable(cfg) and (folder.has_progress() or folder.state == "finished"):
+        raise ConfigError(f"{folder.path} holds a run of a different config ({'; '.join(config_difference(old, cfg))}"
+                          f"); choose another --out folder")
 
 
 def _claim(folder: RunFolder, cfg: ExperimentConfig) -> None:
     """Refuse a folder that holds progress of another config; a folder with no finished epoch is restarted."""
     if not folder.file("config").is_file():
         return
+    check_same_config(folder, cfg)
     old = folder.read_config()
     if _comparable(old) == _comparable(cfg):
         return
-    if folder.has_progress() or folder.state == "finished":
-        raise ConfigError(f"{folder.path} holds a run of a different config; choose another --out folder")
     print(f"note: {folder.path} held a run of another config that never finished an epoch "
           f"(state: {folder.state}); starting it again with this config", flush=True)
 

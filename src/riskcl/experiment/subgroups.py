@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 
 from ..decision import decide, group_risk_control, softmax, thresholds_per_sample
+from ..defaults import DELTA, N_BOOT
 from ..metrics import safety_report
 from ..metrics.subgroups import MIN_MALIGNANT, PRINTABLE_COLUMNS, intervals_note, printable_rows, subgroup_metrics
-from .calibrate import SELECTION_WARNING, TEST_KEYS, _check_split, operating_point
+from .calibrate import SELECTION_WARNING, TEST_KEYS, _check_split, operating_point, raise_uncertified
 from .folder import RunFolder
 
 
@@ -29,14 +30,7 @@ def _column(folder: RunFolder, arrays: dict[str, np.ndarray], column: str, split
     return meta[column]
 
 
-def _threshold(folder: RunFolder) -> tuple[float, str]:
-    op = operating_point(folder)
-    if op["method"] == "default":
-        return float(op["threshold"]), f"the default rule (p(malignant) >= {op['threshold']:g}, not calibrated)"
-    return float(op["threshold"]), f"calibrated threshold {op['threshold']:.4f} ({op['method']})"
-
-
-def evaluate_subgroups(run_dir: str | Path, column: str, split: str = "test", n_boot: int = 1000,
+def evaluate_subgroups(run_dir: str | Path, column: str, split: str = "test", n_boot: int = N_BOOT,
                        min_malignant: int = MIN_MALIGNANT) -> dict[str, Any]:
     """Per-group n, malignant cases, CER, sensitivity, specificity with 95% CIs; writes
     ``RUN/subgroups_<column>.json`` (test split) or ``subgroups_<column>_<split>.json``."""
@@ -45,11 +39,12 @@ def evaluate_subgroups(run_dir: str | Path, column: str, split: str = "test", n_
     arrays = folder.predictions(split)
     strata = _column(folder, arrays, column, split)
     tax = folder.taxonomy()
-    threshold, how = _threshold(folder)
-    labels = decide(softmax(arrays["logits"]), tax, "superclass", threshold)
+    op = operating_point(folder, allow_uncertified=True)
+    by_strata = RunFolder.metadata_of(arrays).get(op.by) if op.per_group else None
+    labels = op.decide(op.probabilities(arrays["logits"]), tax, by_strata)
     rows = subgroup_metrics(labels, arrays["target"], tax, strata, arrays["groups"], n_boot, min_malignant)
     overall = safety_report(labels, arrays["target"], tax)
-    result = {"column": column, "split": split, "operating_point": how, "threshold": threshold,
+    result = {"column": column, "split": split, "operating_point": op.describe(), "threshold": op.threshold,
               "n": int(len(labels)), "overall_cer": overall["cer"], "groups": rows,
               "rule": f"{intervals_note(min_malignant)} ({n_boot} bootstrap resamples)"}
     folder.write_subgroups(column, split, result)
@@ -72,11 +67,13 @@ def format_subgroups(result: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
-def calibrate_by_group(run_dir: str | Path, column: str, alpha: float, delta: float = 0.1, method: str = "ltt",
+def calibrate_by_group(run_dir: str | Path, column: str, alpha: float, delta: float = DELTA, method: str = "ltt",
                        split: str = "calib", allow_selection_split: bool = False,
-                       fallback: str = "pooled") -> dict[str, Any]:
+                       fallback: str = "pooled", allow_uncertified: bool = False) -> dict[str, Any]:
     """One threshold per group of ``column`` on the calibration split; test CER per group at its threshold;
-    writes ``calibration.json`` (the pooled threshold at the top, the groups under ``groups``)."""
+    writes ``calibration.json`` (the pooled threshold at the top, the groups under ``groups``). A pooled
+    threshold that cannot be certified is refused as :func:`~riskcl.experiment.calibrate.calibrate_run` refuses
+    it, unless ``allow_uncertified``."""
     folder = RunFolder(run_dir)
     folder.require()
     _check_split(folder, split, allow_selection_split)
@@ -86,6 +83,8 @@ def calibrate_by_group(run_dir: str | Path, column: str, alpha: float, delta: fl
     res = group_risk_control(method, softmax(cal["logits"]), cal["target"], tax, cal_strata, alpha, delta,
                              cal["groups"], fallback)
     pooled = res["pooled"]
+    if not pooled.certified and not allow_uncertified:
+        raise_uncertified(folder, pooled, method, delta, split, softmax(cal["logits"]), cal)
     test_probs = softmax(test["logits"])
     per_image = thresholds_per_sample(res["groups"], res["fallback_threshold"], test_strata)
     labels = decide(test_probs, tax, "superclass", per_image)

@@ -37,7 +37,7 @@ from ..config import ConfigError, ExperimentConfig, config_from_dict, parse_yaml
 from ..io import atomic_write_json
 from .lock import RunLocked
 from .folder import RunFolder
-from .run import RunFailed, run_experiment
+from .run import RunFailed, check_same_config, run_experiment
 
 
 RECIPE = "recipe"
@@ -53,6 +53,8 @@ class PlannedRun:
 def _slug(value: Any) -> str:
     if isinstance(value, Mapping) and "name" in value:  # a whole section (e.g. data): named by its `name`
         value = value["name"]
+    if isinstance(value, float) and value.is_integer():  # 2 and 2.0 are one setting, so one run
+        value = int(value)
     text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "x"
 
@@ -128,6 +130,12 @@ def run_sweep(path: str | Path, out: str | Path, shard: str | None = None,
         except ValueError:
             before = "damaged"
         if before == "finished":
+            try:  # a finished run is kept only when it is this grid point's run
+                check_same_config(RunFolder(folder), run.config)
+            except ValueError as exc:
+                summary[run.run_id] = f"failed: {exc}"
+                print(f"  FAILED {run.run_id}: {exc}", flush=True)
+                continue
             summary[run.run_id] = "skipped (finished)"
             continue
         print(f"[{k}/{len(runs)}] {run.run_id}", flush=True)
@@ -137,7 +145,7 @@ def run_sweep(path: str | Path, out: str | Path, shard: str | None = None,
             summary[run.run_id] = f"finished in {time.time() - t0:.0f}s"
             print(f"  {run.run_id}: {summary[run.run_id]}", flush=True)
         except RunLocked as exc:
-            summary[run.run_id] = f"skipped (locked: {exc})"
+            summary[run.run_id] = f"locked: {exc}"
             print(f"  {run.run_id}: {summary[run.run_id]}", flush=True)
         except (RunFailed, ValueError, RuntimeError, OSError) as exc:
             summary[run.run_id] = f"failed: {exc}"

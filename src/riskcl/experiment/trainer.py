@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import __version__
 from ..config import ExperimentConfig, run_cost_matrix
 from ..data import SplitData
 from ..distributed import DistInfo, barrier, wrap_model
@@ -51,6 +52,7 @@ class Trainer:
         self.raw_model, self.model = model, wrap_model(model, info, device)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
         self.history: list[dict[str, Any]] = []
+        self.threads: int | None = None
         self.best: list[float] | None = None
         self.first_epoch = 0
         self.common = dict(device=device, amp=cfg.amp, channels_last=cfg.channels_last, progress=progress)
@@ -71,12 +73,18 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.first_epoch, self.history, self.best = int(state["epoch"]), list(state["history"]), state["best"]
+        recorded = [int(r["threads"]) for r in self.history if r.get("threads")]
+        if recorded and self.cfg.threads is None:  # a resumed run keeps the thread count it started with
+            self.threads = apply_threads(recorded[0])
         log.info("resuming %s from epoch %d", self.folder.path, self.first_epoch)
 
     def fit_epoch(self, epoch: int) -> None:
         """Train one epoch, then on rank 0 validate, select and checkpoint."""
         t0 = time.time()
-        apply_threads(self.cfg.threads, self.slot)
+        if self.threads is None:  # chosen once per run (see riskcl.engine.threads), then kept
+            self.threads = apply_threads(self.cfg.threads, self.slot)
+            if self.progress:
+                print(f"  using {self.threads} CPU thread(s)", flush=True)
         lr = self.optimizer.param_groups[0]["lr"]
         train_loss = train_one_epoch(self.model, self.train_feeder.batches(epoch, self.cfg.max_steps_per_epoch),
                                      self.loss_fn, self.optimizer, epoch=epoch, grad_clip=self.cfg.optim.grad_clip,
@@ -85,7 +93,8 @@ class Trainer:
         if self.info.is_main:  # rank 0 evaluates, selects and writes; the others wait at the barrier
             report = self.validate()
             row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
-                   **{f"val_{k}": report[k] for k in HISTORY_KEYS}, "epoch_time_s": round(time.time() - t0, 3)}
+                   **{f"val_{k}": report[k] for k in HISTORY_KEYS}, "epoch_time_s": round(time.time() - t0, 3),
+                   "threads": self.threads}
             self.history.append(row)
             self.select(report)
             self.checkpoint(epoch)
@@ -117,8 +126,8 @@ class Trainer:
     def _print(self, row: dict[str, Any]) -> None:
         if self.progress:
             print(f"  epoch {row['epoch']}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  val CER "
-                  f"{row['val_cer']:.4f}  F1 {row['val_f1_macro']:.4f}  acc {row['val_accuracy']:.4f}  "
-                  f"typeII {row['val_type_ii']}  ({row['epoch_time_s']:.1f}s)", flush=True)
+                  f"{100 * row['val_cer']:.2f}%  F1 {row['val_f1_macro']:.4f}  acc {100 * row['val_accuracy']:.2f}%  "
+                  f"type II {row['val_type_ii']}  ({row['epoch_time_s']:.1f}s)", flush=True)
 
     def predict_splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """The best weights on every evaluation split; writes the prediction files."""
@@ -138,13 +147,17 @@ class Trainer:
         cfg, tax = self.cfg, self.taxonomy
         reports = {s: split_report(lg, t, tax, self.cost, cfg.decision) for s, (lg, t) in predictions.items()}
         counts = {s: len(d) for s, d in self.data.datasets.items()}
+        loss_matrix = getattr(self.loss_fn, "matrix", None)  # the weights of a cost-based loss (1 on the diagonal)
         run = {"name": cfg.name, "dataset": cfg.data.name, "model": cfg.model.name, "loss": cfg.loss.name,
                "loss_params": cfg.loss.params, "seed": cfg.seed, "epochs": cfg.epochs,
                "best_epoch": best_epoch(self.history, cfg.select_metric), "select_metric": cfg.select_metric,
                "decision_rule": cfg.decision, "tta": cfg.tta, "device": str(self.device),
                "weights": self.weights_source, "world_size": self.info.world_size, "classes": list(tax.classes),
                "levels": list(tax.levels), "superclass": tax.superclass.tolist(),
-               "cost_matrix": np.asarray(self.cost).tolist(), **{f"n_{s}": n for s, n in counts.items()},
+               "cost_matrix": np.asarray(self.cost).tolist(),
+               "loss_matrix": None if loss_matrix is None else loss_matrix.cpu().tolist(),
+               **{f"n_{s}": n for s, n in counts.items()}, "threads": self.threads,
+               "threads_per_epoch": [r.get("threads") for r in self.history], "riskcl": __version__,
                "torch": torch.__version__, "python": platform.python_version()}
         extra = {s: reports[s] for s in ("val", "calib") if s in reports}
         return {**reports["test"], **extra, "run": run}

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .._names import did_you_mean, unknown_name
-from ..taxonomy import DEFAULT_LAMBDA1, DEFAULT_LAMBDA2, Taxonomy, resolve_cost_matrix
+from ..taxonomy import DEFAULT_LAMBDA1, DEFAULT_LAMBDA2, Taxonomy, loss_weight_matrix, resolve_cost_matrix
 from .cross_entropy import CrossEntropyLoss, LogitAdjustedLoss, class_weights_from_counts
 from .focal import FocalLoss
 from .hierarchical import ExpectedCostLoss, HierarchicalCrossEntropyLoss, SoftLabelLoss
@@ -59,12 +59,14 @@ class LossSpec:
 
 
 def _cost(ctx: LossContext, lambda1: float | None, lambda2: float | None, cost_matrix: Any) -> torch.Tensor:
+    """The loss weights: the run's clinical cost (``ctx.cost``) or the loss's own lambdas / matrix, with the
+    paper's weight 1 for a correct prediction (:func:`~riskcl.taxonomy.loss_weight_matrix`)."""
     if lambda1 is None and lambda2 is None and cost_matrix is None and ctx.cost is not None:
         matrix = resolve_cost_matrix(ctx.taxonomy, matrix=ctx.cost)
     else:
         matrix = resolve_cost_matrix(ctx.taxonomy, DEFAULT_LAMBDA1 if lambda1 is None else lambda1,
                                      DEFAULT_LAMBDA2 if lambda2 is None else lambda2, cost_matrix)
-    return torch.as_tensor(matrix, dtype=torch.float32)
+    return torch.as_tensor(loss_weight_matrix(matrix), dtype=torch.float32)
 
 
 def _ce(ctx: LossContext) -> nn.Module:

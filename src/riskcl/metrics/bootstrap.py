@@ -6,11 +6,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..defaults import N_BOOT
 from .functional import to_numpy
 
 
 def bootstrap_ci(metric: Callable[[np.ndarray, np.ndarray], float], preds: Any, target: Any,
-                 groups: Any = None, n_resamples: int = 1000, confidence: float = 0.95,
+                 groups: Any = None, n_resamples: int = N_BOOT, confidence: float = 0.95,
                  seed: int = 0) -> tuple[float, float, float]:
     """``(point, low, high)``: the metric on all data and its percentile bootstrap interval.
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..taxonomy import Taxonomy, severity_matrix
+from ..taxonomy import Taxonomy, resolve_cost_matrix
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -219,13 +219,14 @@ def expected_calibration_error(probs: Any, target: Any, n_bins: int = 15) -> flo
 
 
 def mean_cost(preds: Any, target: Any, matrix: Any) -> float:
-    """Mean severity cost ``mean_i M[y_i, yhat_i]``."""
+    """Mean clinical cost ``mean_i C[y_i, yhat_i]`` (``C``: 0 for a correct decision, see
+    :func:`riskcl.taxonomy.resolve_cost_matrix`)."""
     m = to_numpy(matrix).astype(np.float64)
     yhat, _, y = split_preds(preds, target, m.shape[0])
     return float(m[y, yhat].mean())
 
 
 def default_cost_matrix(taxonomy: Taxonomy) -> np.ndarray:
-    """The matrix used for ``mean_cost`` when none is given: the severity matrix with the default penalties
-    (the paper's proposed setting)."""
-    return severity_matrix(taxonomy)
+    """The matrix used for ``mean_cost`` when none is given: the clinical cost with the default penalties (the
+    paper's proposed lambdas; 0 for a correct decision)."""
+    return resolve_cost_matrix(taxonomy)

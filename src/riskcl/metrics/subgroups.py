@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..defaults import N_BOOT
 from ..taxonomy import Taxonomy
 from .bootstrap import bootstrap_ci
 from .functional import split_preds, to_numpy
@@ -90,7 +91,7 @@ def _rate(hits: np.ndarray, units: np.ndarray, n_boot: int, seed: int) -> dict[s
 
 
 def subgroup_metrics(preds: Any, target: Any, taxonomy: Taxonomy, strata: Any, units: Any = None,
-                     n_boot: int = 1000, min_malignant: int = MIN_MALIGNANT, seed: int = 0) -> list[dict[str, Any]]:
+                     n_boot: int = N_BOOT, min_malignant: int = MIN_MALIGNANT, seed: int = 0) -> list[dict[str, Any]]:
     """One row per subgroup value of ``strata``: ``n``, ``n_malignant``, ``n_malignant_units``, ``cer``,
     ``sensitivity``, ``specificity`` (each ``{value, low, high, n, ci}``) and ``too_few_malignant``.
 

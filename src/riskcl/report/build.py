@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..defaults import N_BOOT
 from ..io import atomic_write_text
 from ..metrics.subgroups import intervals_note
 from . import plots
@@ -95,7 +96,7 @@ def _gallery(doc: Document, records: list, runs_dir: Path, out: Path) -> None:
 
 
 def build_report(runs_dir: str | Path, out_dir: str | Path, baseline: str = "focal", method: str = "rcl-proposed",
-                 reference: str = "ce", n_boot: int = 1000, targets: Sequence[float] = DEFAULT_TARGETS,
+                 reference: str = "ce", n_boot: int = N_BOOT, targets: Sequence[float] = DEFAULT_TARGETS,
                  by: Sequence[str] = ()) -> Path:
     """Write the report; returns the path of ``REPORT.md``."""
     runs_dir, out = Path(runs_dir), Path(out_dir)
@@ -156,5 +157,5 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, baseline: str = "foc
     for column in by:
         _subgroups(doc, records, column, n_boot, out)
     _gallery(doc, records, runs_dir, out)
-    doc.write(out / "REPORT.md", out / "report.html")
+    doc.write(out / "REPORT.md", out / "report.html", inline_figures=True)  # the HTML survives being moved
     return out / "REPORT.md"

@@ -66,8 +66,7 @@ def find_runs(root: str | Path) -> tuple[list[RunRecord], list[str]]:
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder of runs")
     records, notes = [], []
-    for status in sorted(root.rglob("status.json")):
-        folder = RunFolder(status.parent)
+    for folder in RunFolder.find(root):
         where = folder.path.relative_to(root)
         try:
             if not folder.is_finished():

@@ -16,11 +16,12 @@ import numpy as np
 import pandas as pd
 
 from ..decision import softmax, threshold_decision
+from ..defaults import FRONTIER_TARGETS, N_BOOT
 from ..metrics import (accuracy, bootstrap_ci, f1_macro, malignant_probability, partial_auroc_high_sensitivity,
                        sensitivity_specificity)
 from .collect import RunRecord
 
-DEFAULT_TARGETS = (0.95, 0.98, 0.99)
+DEFAULT_TARGETS = FRONTIER_TARGETS
 
 
 def threshold_for_sensitivity(p_mal: np.ndarray, is_malignant: np.ndarray, target: float) -> float:
@@ -71,7 +72,7 @@ def _seed_mean(metric):
 
 
 def fair_frontier_table(records: Sequence[RunRecord], targets: Sequence[float] = DEFAULT_TARGETS,
-                        n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+                        n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
     """Per (dataset, model, method, target): mean test sensitivity reached, specificity, F1, accuracy with 95%
     bootstrap CIs, partial AUROC, how many seeds missed the target, and the rank by specificity."""
     groups: dict[tuple, list[RunRecord]] = {}

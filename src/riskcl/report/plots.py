@@ -51,7 +51,8 @@ def plot_pareto(summary, front, curves: Mapping[str, Any], path: str | Path, tit
     ax.step(100 * front["cer_mean"], front["f1_mean"], where="post", color="#d7301f", lw=1.5,
             label="Pareto frontier (trained)", zorder=2)
     # Zoom on the trained models' neighbourhood; the curves' far ends (high thresholds) say little.
-    ax.set_xlim(-0.3, max(10.0, 2.5 * 100 * float((summary["cer_mean"] + summary["cer_std"].fillna(0)).max())))
+    ax.set_xlim(-0.3, min(100.5, max(10.0, 2.5 * 100 * float((summary["cer_mean"]
+                                                             + summary["cer_std"].fillna(0)).max()))))
     ax.set_ylim(max(0.0, float(summary["f1_mean"].min()) - 0.1), min(1.0, float(summary["f1_mean"].max()) + 0.05))
     ax.set_xlabel("Critical Error Rate (%)  [lower is safer]")
     ax.set_ylabel("F1-macro")

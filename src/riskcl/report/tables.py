@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 
 from ..decision import decide, softmax, threshold_decision
+from ..defaults import N_BOOT
 from ..metrics import bootstrap_ci, critical_error_rate, f1_macro, sensitivity_specificity
 from .collect import RunRecord
 
@@ -31,7 +32,7 @@ def run_labels(record: RunRecord, split: str = "test") -> np.ndarray:
     return decide(probs, record.taxonomy, record.run.get("decision_rule", "argmax"))
 
 
-def pooled_cer_ci(records: list[RunRecord], n_resamples: int = 1000, seed: int = 0) -> dict[tuple, tuple]:
+def pooled_cer_ci(records: list[RunRecord], n_resamples: int = N_BOOT, seed: int = 0) -> dict[tuple, tuple]:
     """Bootstrap 95% CI of the seed-averaged CER per (dataset, model, method).
 
     The test images are resampled (each image keeps its predictions from every seed), so the interval covers
@@ -136,7 +137,7 @@ def matched_sensitivity_table(records: list[RunRecord], reference: str = "ce") -
     return df.groupby(["dataset", "model", "method"]).mean(numeric_only=True).drop(columns="seed").reset_index()
 
 
-def subgroup_tables(records: list[RunRecord], column: str, n_boot: int = 1000) -> dict[tuple, list[dict]]:
+def subgroup_tables(records: list[RunRecord], column: str, n_boot: int = N_BOOT) -> dict[tuple, list[dict]]:
     """Per (dataset, model, method): subgroup rows of ``column`` on the test split, seeds stacked (each unit keeps
     its decisions from every seed when resampled, so the CI covers the test sample and the point is the
     seed-averaged rate). Decisions: each run's own rule. Runs without that metadata column are left out."""
