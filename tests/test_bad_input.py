@@ -2,6 +2,7 @@
 correctly or exits non-zero with one line naming the culprit, never a traceback, never a corrupted result."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -514,3 +515,104 @@ def test_export_card_and_serve_never_offer_an_option_they_lack(tmp_path, capsys,
     for args in (["export", run, "--out", tmp_path / "e"], ["card", run]):
         rc, _, err = cli(args, capsys)
         assert rc == 2 and "not a finished run" in err and "--allow-unfinished" not in err
+
+
+def test_the_card_names_a_stale_export_and_a_broken_weights_file(tmp_path, capsys, tiny_run):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run)
+    assert cli(["export", run, "--out", run / "export", "--format", "torchscript", "--check-limit", "8"],
+               capsys)[0] == 0
+    assert cli(["card", run, "--bootstrap", "20"], capsys)[0] == 0
+    assert "STALE" not in (run / "MODEL_CARD.md").read_text()
+    assert cli(["calibrate", run, "--alpha", "0.3", "--method", "crc"], capsys)[0] == 0  # a new operating point
+    assert cli(["card", run, "--bootstrap", "20"], capsys)[0] == 0
+    card = (run / "MODEL_CARD.md").read_text()
+    assert "STALE" in card and "threshold 0.5 differs from the run's current" in card
+    weights = run / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    rc, _, err = cli(["card", run, "--bootstrap", "20"], capsys)
+    assert rc == 2 and "model.safetensors" in err and "not a readable safetensors file" in err
+
+
+def test_cuda_on_a_machine_without_one_fails_before_the_run_folder_exists(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    rc, _, err = cli(["train", _tiny_yaml(tmp_path), "device=cuda", "--out", tmp_path / "r"], capsys)
+    assert rc == 2 and "no CUDA device" in err and not (tmp_path / "r").exists()
+
+
+def test_symlink_loops_and_folders_named_like_images_are_listed(tmp_path, capsys):
+    root = _folder_data(tmp_path / "data")
+    (root / "calm" / "loop.png").symlink_to(root / "calm" / "loop.png")
+    (root / "angry" / "x.jpg").mkdir()
+    rc, out, _ = cli(["data", "check", "folder", "--root", root, "--option", f"taxonomy={root.parent / 'tax.yaml'}"],
+                     capsys)
+    assert "loop.png: symlink loop" in out and "x.jpg: a folder inside a class folder" in out
+
+
+def test_costs_too_large_for_the_loss_are_refused_by_name(tmp_path, capsys):
+    rc, _, err = cli(["train", _tiny_yaml(tmp_path), "loss.name=rcl", "cost.lambda2=1e308", "--out",
+                      tmp_path / "r"], capsys)
+    assert rc == 2 and "lambda2" in err and "scale them down" in err and "non-finite" not in err
+
+
+def test_a_sweep_base_must_be_one_file(tmp_path):
+    from riskcl.experiment.sweep import load_sweep
+
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(yaml.safe_dump({"base": ["a.yaml", "b.yaml"], "grid": {"seed": [0]}}))
+    with pytest.raises(ConfigError, match=r"`base` = \['a.yaml', 'b.yaml'\]: expected the path of one YAML file"):
+        load_sweep(sweep)
+
+
+def test_group_metadata_for_predict_is_checked(tmp_path, capsys, tiny_copy):
+    img = demo_png(tmp_path)
+    cal = {"threshold": 0.4, "method": "crc", "alpha": 0.3, "delta": None, "calibration_split": "calib",
+           "certified": True, "by": "sex", "groups": {"male": {"threshold": 0.2, "certified": True}},
+           "unseen_group_threshold": 0.4, "guarantee": "test"}
+    (Path(tiny_copy) / "calibration.json").write_text(json.dumps(cal))
+    meta = tmp_path / "meta.csv"
+    meta.write_text(f"image,sex\n{img.name},male\n{img.name},female\n")
+    rc, _, err = cli(["predict", tiny_copy, img, "--metadata", meta], capsys)
+    assert rc == 2 and "keep one row per image" in err
+    meta.write_text(f"image,sex\n{img.name},Male\n")
+    rc, out, err = cli(["predict", tiny_copy, img, "--metadata", meta], capsys)
+    assert rc == 0 and ",0.4," in out  # the fallback threshold, said so:
+    assert "['Male'] were not seen at calibration" in err and "['male']" in err
+
+
+def test_missing_metadata_spellings_are_one_unknown_group(tmp_path):
+    from riskcl.data import create_datasets
+
+    root = _folder_data(tmp_path / "data")
+    files = sorted(p.name for p in root.rglob("*.png"))
+    values = ["female", "NaN", "", "None", "male"]
+    (root / "meta.csv").write_text("file,sex\n" + "".join(f"{f},{values[k % 5]}\n" for k, f in enumerate(files[:-2])))
+    with pytest.warns(UserWarning, match="2 image.s. have no row"):
+        data = create_datasets("folder", root, image_size=12, progress=False, taxonomy=str(root.parent / "tax.yaml"),
+                               metadata_csv="meta.csv")
+    seen = set().union(*(set(ds.table["sex"]) for ds in data.datasets.values()))
+    assert seen == {"female", "male", "unknown"}
+
+
+def test_every_command_refuses_an_image_too_small_to_read(tmp_path, capsys, tiny_run):
+    tiny_img = tmp_path / "dot.png"
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tiny_img)
+    for args in (["predict", tiny_run[0], tiny_img],
+                 ["explain", tiny_run[0], tiny_img, "--out", tmp_path / "ov"],
+                 ["export", tiny_run[0], "--out", tmp_path / "e", "--format", "torchscript", "--check-images",
+                  tiny_img]):
+        rc, _, err = cli(args, capsys)
+        assert rc == 2 and "dot.png" in err and "too small" in err, args
+
+
+def test_the_sweep_summary_is_the_state_on_disk(tmp_path, capsys):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(yaml.safe_dump({"overrides": {**TINY, "epochs": 1}, "grid": {"seed": [0, 1]}}))
+    assert cli(["sweep", sweep, "--out", tmp_path / "runs", "--quiet", "--shard", "0/2"], capsys)[0] == 0
+    assert cli(["sweep", sweep, "--out", tmp_path / "runs", "--quiet", "--shard", "0/2"], capsys)[0] == 0
+    summary = json.loads((tmp_path / "runs" / "sweep-shard-0-of-2.json").read_text())
+    (entry,) = summary["runs"].values()
+    assert entry == {"state": "finished", "this_process": "skipped (finished)"}

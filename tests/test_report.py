@@ -41,3 +41,44 @@ def test_report_tables_agree_with_run_metrics(swept, tmp_path):
     assert paired["ce CER"] == pytest.approx(np.mean([r["cer"] for r in data["runs"] if r["method"] == "ce"]))
     md = (rep / "REPORT.md").read_text()
     assert "Table V style" in md and "loss.name-ce__seed-0" in md
+
+
+def test_only_runs_that_differ_in_the_seed_alone_are_pooled(swept, tmp_path):
+    """A copied run counts once; a run of other epochs, or on other test images, is its own row (issue 21)."""
+    import shutil
+
+    from riskcl.experiment import RunFolder
+    from riskcl.report.collect import find_runs
+
+    out, _ = swept
+    root = tmp_path / "runs"
+    shutil.copytree(out / "loss.name-ce__seed-0", root / "a")
+    shutil.copytree(out / "loss.name-ce__seed-0", root / "copy")                   # the same run twice
+    shutil.copytree(out / "loss.name-ce__seed-1", root / "b")
+    shutil.copytree(out / "loss.name-ce__seed-1", root / "longer")                 # seed 1, but other epochs
+    cfg = (root / "longer" / "config.yaml").read_text().replace("epochs: 1", "epochs: 3")
+    (root / "longer" / "config.yaml").write_text(cfg)
+    shutil.copytree(out / "loss.name-ce__seed-1", root / "shuffled")               # other order, other images
+    folder = RunFolder(root / "shuffled")
+    preds = folder.predictions("test")
+    order = np.arange(len(preds["ids"]))[::-1]
+    np.savez(folder.prediction_file("test"), **{k: v[order] for k, v in preds.items()})
+    (root / "shuffled" / "config.yaml").write_text(
+        (root / "shuffled" / "config.yaml").read_text().replace("seed: 1", "seed: 2"))
+    metrics = json.loads((root / "shuffled" / "metrics.json").read_text())
+    metrics["run"]["seed"] = 2
+    (root / "shuffled" / "metrics.json").write_text(json.dumps(metrics))
+    records, notes = find_runs(root)
+    methods = sorted(r.method for r in records)
+    assert methods.count("ce") == 3 and any("epochs: 1 -> 3" in m for m in methods)  # a, b, shuffled (seed 2)
+    assert any("counted once" in n for n in notes) and any("separate row" in n for n in notes)
+    pooled = [r for r in records if r.method == "ce"]
+    ids = [r.predictions("test")["ids"].tolist() for r in pooled]
+    assert ids[0] == ids[1] == ids[2]  # aligned image by image, not by position
+    # other test images (a different set): a separate row, not a numpy shape error
+    small = RunFolder(root / "shuffled")
+    preds = small.predictions("test")
+    np.savez(small.prediction_file("test"), **{k: v[:-5] for k, v in preds.items()})
+    records, notes = find_runs(root)
+    assert any("other test images" in r.method for r in records)
+    assert main(["report", str(root), "--out", str(tmp_path / "rep"), "--bootstrap", "50"]) == 0

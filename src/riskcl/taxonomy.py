@@ -242,12 +242,18 @@ def load_taxonomy(source: str | Path | Mapping[str, Any] | Taxonomy) -> Taxonomy
         raise ValueError(f"{path}: {exc}") from None
 
 
+MAX_COST = 1e6  # costs are relative; larger ones overflow the float32 losses they weight (1e308 became inf)
+
+
 def _check_lambda(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise ValueError(f"Expected `{name}` to be a number, but got {value!r}")
     value = float(value)
     if not np.isfinite(value) or value < 0:
         raise ValueError(f"Expected `{name}` to be finite and >= 0, but got {value}")
+    if value > MAX_COST:
+        raise ValueError(f"Expected `{name}` <= {MAX_COST:g} (costs are relative: scale them down; larger values "
+                         f"overflow the float32 loss), but got {value:g}")
     return value
 
 
@@ -299,6 +305,10 @@ def validate_cost_matrix(matrix: Any, taxonomy: Taxonomy | None = None, name: st
     if np.any(arr < 0):
         i, j = np.argwhere(arr < 0)[0]
         raise ValueError(f"Expected `{name}` entries >= 0, but entry [{i}, {j}] is {arr[i, j]}")
+    if np.any(arr > MAX_COST):
+        i, j = np.argwhere(arr > MAX_COST)[0]
+        raise ValueError(f"Expected `{name}` entries <= {MAX_COST:g} (costs are relative: scale them down), but "
+                         f"entry [{i}, {j}] is {arr[i, j]:g}")
     return arr
 
 

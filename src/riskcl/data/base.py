@@ -2,6 +2,7 @@
 and the image cache turn it into one :class:`ImageDataset` per split."""
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,13 @@ def check_member(path: Path, root: Path | None, allow_outside_root: bool = False
     if not _utf8_name(path):
         return f"{shown}: file name is not valid UTF-8 (rename it); skipped"
     if path.is_symlink() and not path.exists():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:  # Python < 3.13 raises this for a loop
+            return f"{shown}: symlink loop (it leads back to itself); skipped"
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return f"{shown}: symlink loop (it leads back to itself); skipped"
         return f"{shown}: dangling symlink (its target {os.readlink(path)} does not exist); skipped"
     if root is not None and not allow_outside_root:
         resolved, base = path.resolve(), root.resolve()
@@ -89,6 +97,8 @@ def list_images(folder: Path, root: Path | None = None,
             images.append(p)
         elif p.is_file():
             problems.append(f"{p}: not an image file (expected one of {IMAGE_EXTENSIONS}); ignored")
+        elif p.is_dir():
+            problems.append(f"{p}: a folder inside a class folder (images are read one level deep); ignored")
     return images, problems
 
 

@@ -36,7 +36,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..io import remove_stale_temps
 from .duplicates import file_md5
-from .rgb import ImageTooLargeError, decode_image
+from .rgb import ImageTooLargeError, ImageTooSmallError, decode_image
 
 CACHE_VERSION = 5
 
@@ -56,6 +56,8 @@ def _decode(source, name: str) -> np.ndarray:
         raise BadImageError(name, "file not found") from None
     except ImageTooLargeError as exc:
         raise BadImageError(name, f"refused: {exc}") from None
+    except ImageTooSmallError as exc:
+        raise BadImageError(name, str(exc)) from None
     except Image.DecompressionBombError as exc:
         raise BadImageError(name, f"refused as a decompression bomb ({exc})") from None
     except UnidentifiedImageError:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..io import read_csv
@@ -77,6 +78,14 @@ def _metadata(root: Path) -> pd.DataFrame | None:
     out["age"] = [age_bin(v) for v in df.get("age", pd.Series([""] * len(df)))]
     for col in ("sex", "localization", "dx_type"):
         out[col] = (df[col] if col in df.columns else pd.Series([""] * len(df))).replace("", "unknown").to_numpy()
+    dup = out.index.duplicated(keep=False)
+    if dup.any():
+        rows = out.loc[dup]
+        conflicting = [i for i in rows.index.unique() if len(rows.loc[[i]].drop_duplicates()) > 1]
+        if conflicting:
+            lines = [int(k) + 2 for k in np.flatnonzero(df["image_id"].to_numpy() == conflicting[0])]
+            raise ValueError(f"{meta}: image '{conflicting[0]}' has {len(lines)} rows that disagree (lines {lines}); "
+                             f"keep one row per image")
     return out[~out.index.duplicated()]
 
 
@@ -121,6 +130,10 @@ def index_isic2018(root: str | Path, allow_outside_root: bool = False) -> DataIn
             rows.append({"path": str(path), "label": int(label), "id": name, "split": split,
                          "group": None if info is None else info["lesion_id"],
                          **{c: "unknown" if info is None else info[c] for c in METADATA}})
+    no_meta = sum(1 for r in rows if r["group"] is None) if meta is not None else 0
+    if no_meta:
+        problems.append(f"HAM10000_metadata.csv has no row for {no_meta} image(s): no lesion id (each is its own "
+                        f"group) and metadata 'unknown'")
     if meta is None:
         problems.append("HAM10000_metadata.csv not found: no lesion ids, so images of one lesion may fall on "
                         "both sides of a carved split")

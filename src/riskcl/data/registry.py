@@ -195,6 +195,8 @@ def _prepare(name: str, root: str | Path | None, image_size: int, on_bad_image: 
         raise ValueError(f"Expected `on_bad_image` in {BAD_IMAGE_POLICIES}, but got {on_bad_image!r}")
     index = _index(name, root, options)
     table = index.table.copy()
+    for column in index.metadata:  # one spelling of "missing" per column, so it never forms a group of its own
+        table[column] = table[column].map(normalise_missing)
     table["row"] = np.arange(len(table))
     info: dict[str, Any] = {"dataset": name, "root": None if root is None else str(root),
                             "problems": list(index.problems), "skipped": {}, "metadata": list(index.metadata),
@@ -204,6 +206,23 @@ def _prepare(name: str, root: str | Path | None, image_size: int, on_bad_image: 
     table["real_group"] = table["group"].notna()
     table["group"] = table["group"].where(table["real_group"], table["hash"])
     return index, table, images, info
+
+
+MISSING_MARKERS = {"", "nan", "none", "null", "na", "n/a", "unknown", "?"}
+
+
+def normalise_missing(value: Any) -> str:
+    """A metadata value as text, with every spelling of a missing value (NaN, "None", "", "NA", ...) as
+    ``unknown``.
+
+    Example:
+        >>> [normalise_missing(v) for v in ("male", "NaN", float("nan"), None, " ")]
+        ['male', 'unknown', 'unknown', 'unknown', 'unknown']
+    """
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "unknown"
+    text = str(value).strip()
+    return "unknown" if text.lower() in MISSING_MARKERS else text
 
 
 def _fixed(table: pd.DataFrame, fixed_splits: Mapping[str, str]) -> pd.Series:

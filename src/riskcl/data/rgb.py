@@ -23,11 +23,16 @@ from PIL import Image
 # (about 179 megapixels) comes too late: an 11000 x 11000 PNG of 117 KB took 6.9 GB.
 DEFAULT_MAX_PIXELS = 50_000_000
 MAX_PIXELS_ENV = "RISKCL_MAX_PIXELS"
+MIN_SIDE = 8  # smaller images carry nothing a model can read; refused wherever riskcl decodes
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 class ImageTooLargeError(ValueError):
     """An image whose header declares more pixels than the limit."""
+
+
+class ImageTooSmallError(ValueError):
+    """An image with a side under :data:`MIN_SIDE` pixels."""
 
 
 def max_pixels() -> int:
@@ -62,12 +67,16 @@ def to_rgb(im: Image.Image) -> np.ndarray:
 
 def decode_image(source, limit: int | None = None) -> np.ndarray:
     """Decode ``source`` (a path or a binary file object) to ``uint8`` RGB ``(H, W, 3)``; raises
-    :class:`ImageTooLargeError` when its header declares more than ``limit`` pixels (default :func:`max_pixels`)."""
+    :class:`ImageTooLargeError` when its header declares more than ``limit`` pixels (default :func:`max_pixels`),
+    :class:`ImageTooSmallError` when a side is under :data:`MIN_SIDE` pixels."""
     limit = max_pixels() if limit is None else int(limit)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with Image.open(source) as im:
             w, h = im.size
+            if min(w, h) < MIN_SIDE:
+                raise ImageTooSmallError(f"image of {w} x {h} pixels is too small; expected at least {MIN_SIDE} x "
+                                         f"{MIN_SIDE}")
             if w * h > limit:
                 raise ImageTooLargeError(f"image of {w} x {h} pixels ({w * h / 1e6:.1f} megapixels) exceeds the limit "
                                          f"of {limit / 1e6:g} megapixels (${MAX_PIXELS_ENV}); refused before "

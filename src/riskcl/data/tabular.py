@@ -35,9 +35,15 @@ def _folder_metadata(root: Path, metadata_csv: str, rows: list[dict], allow_outs
         raise ValueError(f"{path}: file '{df.loc[df['file'].duplicated(), 'file'].iloc[0]}' is listed twice")
     columns = [c for c in df.columns if c != "file"]
     by_file = df.set_index("file")[columns].to_dict("index")
+    missing = []
     for row in rows:
-        values = by_file.get(Path(row["path"]).name, {})
-        row.update({c: values.get(c, "unknown") or "unknown" for c in columns})
+        values = by_file.get(Path(row["path"]).name)
+        if values is None:
+            missing.append(Path(row["path"]).name)
+        row.update({c: (values or {}).get(c, "unknown") or "unknown" for c in columns})
+    if missing:
+        warnings.warn(f"{path}: {len(missing)} image(s) have no row (e.g. {missing[:3]}); their metadata is "
+                      f"'unknown'", UserWarning, stacklevel=2)
     return columns
 
 

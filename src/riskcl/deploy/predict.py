@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -123,21 +124,37 @@ def write_rows_csv(rows: list[dict[str, Any]], out_csv: str | Path | None, force
     atomic_write_text(check_prediction_target(out_csv, force), rows_csv(rows))
 
 
-def image_groups(by: str, images: Sequence[str | Path], metadata: str | Path | None) -> list[str]:
-    """Each image's value of ``by`` from a metadata CSV (``image`` + the group column)."""
+def image_groups(op: OperatingPoint, images: Sequence[str | Path], metadata: str | Path | None) -> list[str]:
+    """Each image's value of the point's ``by`` column from a metadata CSV (``image`` + the group column). A CSV
+    that gives one image two different groups is refused; a group the calibration never saw gets the fallback
+    threshold, with a warning naming it and the groups it knows."""
+    by = op.by
     if metadata is None:
         raise ValueError(f"calibration.json holds one threshold per '{by}' group: predict needs each image's group "
                          f"(--metadata CSV with columns image,{by}), or --threshold / --default-rule")
     df = read_csv(metadata)
     if "image" not in df.columns or by not in df.columns:
         raise ValueError(f"{metadata}: expected columns 'image' and '{by}', but got {list(df.columns)}")
-    group_of = {**dict(zip(df["image"], df[by])), **{Path(i).name: g for i, g in zip(df["image"], df[by])}}
+    group_of: dict[str, str] = {}
+    for k, (image, value) in enumerate(zip(df["image"], df[by])):
+        for key in {str(image), Path(image).name}:
+            if key in group_of and group_of[key] != value:
+                raise ValueError(f"{metadata}: line {k + 2} gives {image} the '{by}' {value!r}, an earlier line "
+                                 f"{group_of[key]!r}; keep one row per image")
+            group_of[key] = value
     out = []
     for img in images:
         g = group_of.get(str(img), group_of.get(Path(img).name))
         if g is None:
             raise ValueError(f"{metadata}: no row for image {img} (column 'image' holds paths or file names)")
         out.append(str(g))
+    unseen = sorted(set(out) - set(op.groups or {}))
+    if unseen:
+        fallback = op.threshold if op.fallback is None else op.fallback
+        warnings.warn(f"{metadata}: '{by}' value(s) {unseen} were not seen at calibration (it knows "
+                      f"{sorted(op.groups or {})}; values are compared exactly, case included): those images get "
+                      f"the fallback threshold {fallback:.4f}, with no per-group guarantee",
+                      UserWarning, stacklevel=2)
     return out
 
 
@@ -154,7 +171,7 @@ def predict_files(run_dir: str | Path, images: Sequence[str | Path], out_csv: st
         check_prediction_target(out_csv, force)  # fail before any work
     folder.require_finished(allow_unfinished)
     op = operating_point(folder, calibrated, threshold, rule, allow_uncertified)
-    strata = image_groups(op.by, images, metadata) if op.per_group else None
+    strata = image_groups(op, images, metadata) if op.per_group else None
     taxonomy = folder.taxonomy()
     probs = predict_probabilities(folder.load_model(), images, op, batch_size)
     rows = decision_rows(probs, taxonomy, op, strata, names=images)

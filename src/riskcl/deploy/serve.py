@@ -40,7 +40,6 @@ from .explain import blank_map_note, check_method, overlay, panel, saliency
 from .export import describe_run
 from .predict import decision_rows, predict_arrays
 
-MIN_SIDE = 8
 DEFAULT_MAX_UPLOAD_MB = 20.0
 NOTICE = ("Research use only; not a medical device. A CLEAR result does not rule out disease: the model misses "
           "some malignant lesions (see the operating point).")
@@ -146,11 +145,7 @@ class TriageService:
                          "borderline": self.borderline, "certified": self.op.certified or not self.op.calibrated}
 
     def image(self, data: bytes, name: str) -> np.ndarray:
-        arr = decode_bytes(data, name)
-        if min(arr.shape[:2]) < MIN_SIDE:
-            raise BadImageError(name, f"image of {arr.shape[1]} x {arr.shape[0]} pixels is too small; expected at "
-                                      f"least {MIN_SIDE} x {MIN_SIDE}")
-        return arr
+        return decode_bytes(data, name)  # the pixel limits (too large, too small) are the decoder's
 
     def predict(self, arr: np.ndarray, name: str) -> dict[str, Any]:
         with self.lock:

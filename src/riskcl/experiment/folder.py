@@ -244,7 +244,18 @@ class RunFolder:
             raise RunFolderError(f"{path}: weights do not fit the run's model ({str(exc).splitlines()[0]})") from None
 
     def weights_sha256(self) -> str:
-        return file_sha256(self.file("weights"))
+        """The SHA-256 of ``model.safetensors``, after checking that the file is whole (a truncated or damaged
+        file is named as such, never given a checksum as if it were the model)."""
+        from safetensors.torch import load_file
+
+        path = self.file("weights")
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: {self.path} has not finished an epoch yet")
+        try:
+            load_file(str(path))  # reads every tensor: a truncated file fails here
+        except Exception as exc:  # SafetensorError and friends
+            raise RunFolderError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
+        return file_sha256(path)
 
     def load_model(self) -> torch.nn.Module:
         """The run's model with its best weights, in eval mode on the CPU."""

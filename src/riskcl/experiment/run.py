@@ -80,8 +80,10 @@ def _check_before_start(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"`device` = {cfg.device!r}: no CUDA device on this machine; use device=auto or cpu")
 
 
-def config_difference(old: ExperimentConfig, new: ExperimentConfig, limit: int = 6) -> list[str]:
-    """``key: old -> new`` for each setting (dotted, machine settings left out) where two configs differ."""
+def config_difference(old: ExperimentConfig, new: ExperimentConfig, limit: int = 6,
+                      ignore: tuple[str, ...] = ()) -> list[str]:
+    """``key: old -> new`` for each setting (dotted, machine settings and ``ignore`` left out) where two configs
+    differ."""
     def flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         out: dict[str, Any] = {}
         for k, v in d.items():
@@ -92,7 +94,8 @@ def config_difference(old: ExperimentConfig, new: ExperimentConfig, limit: int =
         return out
 
     a, b = flat(_comparable(old)), flat(_comparable(new))
-    diff = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    diff = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and k not in ignore]
     return diff[:limit] + ([f"... ({len(diff) - limit} more)"] if len(diff) > limit else [])
 
 

@@ -74,7 +74,10 @@ def load_sweep(path: str | Path, extra_overrides: Mapping[str, Any] | None = Non
     unknown = set(spec) - {"base", "overrides", "grid"}
     if unknown:
         raise ConfigError(f"{path}: unknown sweep keys {sorted(unknown)}; expected base, overrides, grid")
-    base = read_yaml(path.parent / str(spec["base"])) if spec.get("base") else {}
+    if spec.get("base") is not None and (not isinstance(spec["base"], str) or not spec["base"].strip()):
+        raise ConfigError(f"{path}: `base` = {spec['base']!r}: expected the path of one YAML file (relative to "
+                          f"{path.name})")
+    base = read_yaml(path.parent / spec["base"]) if spec.get("base") else {}
     overrides = {**(spec.get("overrides") or {}), **(extra_overrides or {})}
     grid = spec.get("grid") or {}
     if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
@@ -152,6 +155,19 @@ def run_sweep(path: str | Path, out: str | Path, shard: str | None = None,
             print(f"  FAILED {run.run_id}: {exc}", flush=True)
             if folder.is_dir():
                 (folder / "error.txt").write_text(traceback.format_exc())
-    i, n = parse_shard(shard)
-    atomic_write_json(out / f"sweep-shard-{i}-of-{n}.json", {"sweep": str(path), "runs": summary})
+    write_shard_summary(path, out, runs, parse_shard(shard), summary)
     return summary
+
+
+def write_shard_summary(path: str | Path, out: Path, runs: list[PlannedRun], shard: tuple[int, int],
+                        notes: Mapping[str, str]) -> None:
+    """``sweep-shard-I-of-N.json``: each run's state read from its folder (the truth on disk, so two sweeps that
+    share a folder write the same table), with what this process did to it."""
+    table = {}
+    for run in runs:
+        try:
+            state = RunFolder(out / run.run_id).state
+        except ValueError:
+            state = "damaged"
+        table[run.run_id] = {"state": state, "this_process": notes.get(run.run_id, "not reached")}
+    atomic_write_json(out / f"sweep-shard-{shard[0]}-of-{shard[1]}.json", {"sweep": str(path), "runs": table})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -96,6 +97,9 @@ class Trainer:
                    **{f"val_{k}": report[k] for k in HISTORY_KEYS}, "epoch_time_s": round(time.time() - t0, 3),
                    "threads": self.threads}
             self.history.append(row)
+            if train_loss == 0.0:  # nothing to learn from: a cost or weight matrix, or a loss, that vanishes
+                warnings.warn(f"epoch {epoch + 1}: the training loss is exactly 0, so the model learns nothing; check "
+                              f"the loss and its cost / weight matrix", UserWarning, stacklevel=2)
             self.select(report)
             self.checkpoint(epoch)
             self._print(row)

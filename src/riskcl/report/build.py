@@ -61,7 +61,8 @@ def _subgroups(doc: Document, records: list, column: str, n_boot: int, out: Path
     if not tables:
         doc.para(f"No run carries the metadata column `{column}`.")
         return
-    doc.para(f"Test split, each run's own decision rule, seeds stacked. {intervals_note()}.")
+    doc.para(f"Test split, each run's operating point (its calibrated threshold when `calibration.json` exists, "
+             f"as `riskcl evaluate --by` decides), seeds stacked. {intervals_note()}.")
     for (ds, model, method), rows in tables.items():
         doc.heading(f"{ds} / {model} / {method}", 3).table(subgroup_frame(rows))
     for ds, model in sorted({(k[0], k[1]) for k in tables}):
@@ -148,8 +149,14 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, baseline: str = "foc
              f"{runs['wall_time_s'].sum() / 60:.1f} min). Decision rule of the per-run metrics: {', '.join(rules)} "
              f"(superclass: malignant when p(malignant) >= 0.5, then the best class within; argmax: the paper's).")
     if notes:
-        doc.para("Not included (unfinished, failed or damaged): " + "; ".join(notes))
-    for title, text, df in sections:
+        doc.para("Not included or kept apart (unfinished, failed, damaged, duplicated, or not poolable as seeds): "
+                 + "; ".join(notes))
+    missing = {0: f"needs runs of both `{baseline}` and `{method}` (choose them with --baseline / --method)",
+               4: f"needs runs of `{reference}` and of another method with the same seeds (--reference)"}
+    for k, (title, text, df) in enumerate(sections):
+        if df.empty and k in missing:  # a section that cannot be made from these runs says why, once
+            doc.heading(title).para(f"Not made: this section {missing[k]}.")
+            continue
         doc.heading(title).para(text).table(df)
     doc.heading("Figures")
     for caption, name in figures:

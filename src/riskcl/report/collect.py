@@ -27,7 +27,9 @@ class RunRecord:
     metrics: dict[str, Any]
     history: pd.DataFrame
     taxonomy: Taxonomy
+    variant: str = ""                   # set when runs of one method differ in more than the seed
     _predictions: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+    _order: np.ndarray | None = field(default=None, repr=False)  # test rows in the pool's image-id order
 
     @property
     def path(self) -> Path:
@@ -42,13 +44,24 @@ class RunRecord:
         params = self.run.get("loss_params") or {}
         extra = ",".join(f"{k}={v}" for k, v in sorted(params.items()))
         tta = "+tta" if self.run.get("tta", "none") != "none" else ""
-        return self.run["loss"] + (f"({extra})" if extra else "") + tta
+        return self.run["loss"] + (f"({extra})" if extra else "") + tta + self.variant
 
     def predictions(self, split: str = "test") -> dict[str, np.ndarray]:
-        """The run's saved predictions, read once per report."""
+        """The run's saved predictions, read once per report; the test split in its pool's image-id order, so
+        that runs pooled or paired image by image line up by id, not by position."""
         if split not in self._predictions:
-            self._predictions[split] = self.folder.predictions(split)
+            arrays = self.folder.predictions(split)
+            if split == "test" and self._order is not None:
+                arrays = {k: v[self._order] for k, v in arrays.items()}
+            self._predictions[split] = arrays
         return self._predictions[split]
+
+    def align_to(self, ids: np.ndarray) -> None:
+        """Reorder this run's test predictions to ``ids`` (the same set of image ids in another order)."""
+        mine = self.folder.predictions("test")["ids"].astype(str)
+        position = {i: k for k, i in enumerate(mine)}
+        self._order = np.array([position[str(i)] for i in ids])
+        self._predictions.pop("test", None)
 
     def has_predictions(self, split: str) -> bool:
         return split in self._predictions or self.folder.has_predictions(split)
@@ -77,7 +90,55 @@ def find_runs(root: str | Path) -> tuple[list[RunRecord], list[str]]:
             notes.append(f"{where}: skipped, damaged ({exc})")
     if not records:
         raise FileNotFoundError(f"No finished run under {root}" + (f" ({'; '.join(notes)})" if notes else ""))
-    return records, notes
+    records, pool_notes = settle_pools(records, root)
+    return records, notes + pool_notes
+
+
+def settle_pools(records: list[RunRecord], root: Path) -> tuple[list[RunRecord], list[str]]:
+    """Decide which runs a report may pool as seeds of one method: only runs that differ in the seed and nothing
+    else, on the same test images. A run with the same config and seed as another is a duplicate and counts once;
+    runs that differ in other settings, or were tested on other images, become separate rows (their method gets a
+    variant label naming the difference). Pooled runs are aligned image by image by id."""
+    from ..experiment.run import config_difference
+
+    kept, notes = [], []
+    by_method: dict[tuple, list[RunRecord]] = {}
+    for r in records:
+        by_method.setdefault((r.run["dataset"], r.run["model"], r.method), []).append(r)
+    for group in by_method.values():
+        pools: list[list[RunRecord]] = []  # each: runs that may be pooled as seeds
+        for r in group:
+            cfg, ids = r.folder.read_config(), np.sort(r.folder.predictions("test")["ids"].astype(str))
+            home = None
+            for pool in pools:
+                first = pool[0]
+                same_config = not config_difference(first.folder.read_config(), cfg, ignore=("seed", "name"))
+                same_images = np.array_equal(ids, np.sort(first.predictions("test")["ids"].astype(str)))
+                if same_config and same_images:
+                    home = pool
+                    break
+            if home is None:
+                pools.append([r])
+                continue
+            twin = next((p for p in home if p.run["seed"] == r.run["seed"]), None)
+            if twin is not None:
+                notes.append(f"{r.path.relative_to(root)}: same config and seed as {twin.path.relative_to(root)} "
+                             f"(a copy?): counted once")
+                continue
+            r.align_to(home[0].predictions("test")["ids"])
+            home.append(r)
+        base = pools[0][0]
+        for k, pool in enumerate(pools):
+            if k:
+                diff = config_difference(base.folder.read_config(), pool[0].folder.read_config(),
+                                         ignore=("seed", "name"), limit=3)
+                what = ", ".join(diff) if diff else "other test images"
+                for r in pool:
+                    r.variant = f" [{what}]"
+                notes.append(f"{pool[0].method}: runs of {base.method.split(' [')[0]} that differ in more than the "
+                             f"seed ({what}) are reported as a separate row, not pooled as seeds")
+            kept.extend(pool)
+    return kept, notes
 
 
 def runs_table(records: list[RunRecord], root: Path) -> pd.DataFrame:

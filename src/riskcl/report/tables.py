@@ -32,6 +32,17 @@ def run_labels(record: RunRecord, split: str = "test") -> np.ndarray:
     return decide(probs, record.taxonomy, record.run.get("decision_rule", "argmax"))
 
 
+def operating_point_labels(record: RunRecord, split: str = "test") -> np.ndarray:
+    """The run's decisions at its operating point: the one ``riskcl evaluate --by`` and the model card use
+    (calibration.json when it exists, per group when calibrated per group; else the 0.5 default rule)."""
+    from ..experiment.calibrate import operating_point
+
+    op = operating_point(record.folder, allow_uncertified=True)
+    arrays = record.predictions(split)
+    strata = arrays.get(f"meta__{op.by}") if op.per_group else None
+    return op.decide(op.probabilities(arrays["logits"]), record.taxonomy, strata)
+
+
 def pooled_cer_ci(records: list[RunRecord], n_resamples: int = N_BOOT, seed: int = 0) -> dict[tuple, tuple]:
     """Bootstrap 95% CI of the seed-averaged CER per (dataset, model, method).
 
@@ -140,7 +151,8 @@ def matched_sensitivity_table(records: list[RunRecord], reference: str = "ce") -
 def subgroup_tables(records: list[RunRecord], column: str, n_boot: int = N_BOOT) -> dict[tuple, list[dict]]:
     """Per (dataset, model, method): subgroup rows of ``column`` on the test split, seeds stacked (each unit keeps
     its decisions from every seed when resampled, so the CI covers the test sample and the point is the
-    seed-averaged rate). Decisions: each run's own rule. Runs without that metadata column are left out."""
+    seed-averaged rate). Decisions: each run's operating point, as ``riskcl evaluate --by`` takes them. Runs
+    without that metadata column are left out."""
     from ..metrics.subgroups import subgroup_metrics
 
     by: dict[tuple, list[RunRecord]] = {}
@@ -150,7 +162,7 @@ def subgroup_tables(records: list[RunRecord], column: str, n_boot: int = N_BOOT)
     out = {}
     for key, recs in by.items():
         preds = [r.predictions("test") for r in recs]
-        out[key] = subgroup_metrics(np.concatenate([run_labels(r) for r in recs]),
+        out[key] = subgroup_metrics(np.concatenate([operating_point_labels(r) for r in recs]),
                                     np.concatenate([p["target"] for p in preds]), recs[0].taxonomy,
                                     np.concatenate([p[f"meta__{column}"] for p in preds]),
                                     np.concatenate([p["groups"] for p in preds]), n_boot)
