@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # the package itself only declares ranges.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv demo test reproduce-cpu frontier bench clean
+.PHONY: venv demo test reproduce-cpu frontier bench docs clean
 
 $(BIN)/riskcl: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -45,6 +45,11 @@ frontier: venv
 
 bench: venv
 	$(BIN)/python benchmarks/bench_core.py
+	$(BIN)/python benchmarks/bench_cli.py
+
+# docs/CONFIG.md from the config dataclasses (a test fails when it is stale).
+docs: venv
+	$(BIN)/python -m riskcl.config > docs/CONFIG.md
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

@@ -5,6 +5,7 @@
     python benchmarks/bench_epoch.py --device cuda --model resnet50 --size 224 --batch 128 --dataset demo
     python benchmarks/bench_epoch.py ... --side-by-side 2     # two trainings at once, default thread share
     python benchmarks/bench_epoch.py ... --host-only          # the host side of the path alone (no model)
+    python benchmarks/bench_epoch.py ... --background-load 1  # the epoch alone, then beside N busy loops
 
 * ceiling: the same engine step (model, loss, optimizer, autocast, gradient checks) on a random batch already
   on the device (no data path);
@@ -14,7 +15,11 @@ Both run the same number of steps after a warm-up; the JSON line has images/s of
 With ``--host-only`` it times only what the feeder's background thread does per epoch on the host (the batched
 gather from the memory map; the pinning needs CUDA and is left out), the CPU budget of the CUDA path.
 With ``--side-by-side N`` the end-to-end epoch runs in N processes at once (each with riskcl's default thread
-share) and the line reports each one's epoch time next to the time of one alone.
+share) and the line reports each one's epoch time next to the time of one alone. With ``--background-load N`` a
+fresh process trains one end-to-end epoch alone, then again with N plain busy loops (``while True: pass``, started
+before it and stopped after it) beside it; each process picks its threads as a run does (riskcl's default, which
+sees the busy cores), and the line reports both epoch times and their ratio (issue 26: <= 2.5x with one busy
+process on 2 cores, <= 4x with two).
 """
 from __future__ import annotations
 
@@ -115,6 +120,42 @@ def _one_epoch_process(a, queue, start):
         queue.put({"pid": os.getpid(), "threads": threads, "epoch_s": round(seconds, 2), "images_per_s": round(ips, 1)})
 
 
+def _busy() -> None:
+    while True:
+        pass
+
+
+def _epoch_in_fresh_process(a, queue) -> None:
+    from riskcl.engine import TrainingSlot, apply_threads
+
+    with TrainingSlot() as slot:
+        threads = apply_threads(a.threads, slot)
+        device, model, loss_fn, opt, feeder, _ = _setup(a)
+        _, seconds, _ = end_to_end(a, device, model, loss_fn, opt, feeder)
+        queue.put({"threads": threads, "epoch_s": round(seconds, 2)})
+
+
+def background_load(a, n: int) -> dict:
+    """One end-to-end epoch alone and one beside ``n`` busy processes, each in a fresh process."""
+    ctx = mp.get_context("spawn")
+    out = {}
+    for label, busy in (("alone", 0), (f"with {n} busy", n)):
+        loops = [ctx.Process(target=_busy, daemon=True) for _ in range(busy)]
+        for p in loops:
+            p.start()
+        time.sleep(1.0 if busy else 0.0)  # the loops are running when the training picks its threads
+        queue = ctx.Queue()
+        trainer = ctx.Process(target=_epoch_in_fresh_process, args=(a, queue))
+        trainer.start()
+        out[label] = queue.get()
+        trainer.join()
+        for p in loops:
+            p.terminate()
+            p.join()
+    out["ratio"] = round(out[f"with {n} busy"]["epoch_s"] / out["alone"]["epoch_s"], 2)
+    return out
+
+
 def side_by_side(a, n):
     ctx = mp.get_context("spawn")
     queue, start = ctx.Queue(), ctx.Event()
@@ -146,11 +187,16 @@ def main():
                    "riskcl's share; e.g. the core count to see what happens without it)")
     p.add_argument("--repeat", type=int, default=2, help="alternate end-to-end and ceiling this often; best of each")
     p.add_argument("--host-only", action="store_true", help="time only the host side of the data path")
+    p.add_argument("--background-load", type=int, default=0, help="an epoch alone, then beside N busy processes")
     a = p.parse_args()
     from riskcl.engine import TrainingSlot, apply_threads
 
     row = {"machine": platform.processor() or platform.machine(), "cores": os.cpu_count(), "model": a.model,
            "size": a.size, "batch": a.batch, "dataset": a.dataset, "loss": a.loss}
+    if a.background_load:
+        row["background_load"] = background_load(a, a.background_load)
+        print(json.dumps(row), flush=True)
+        return
     with TrainingSlot() as slot:
         row["threads"] = apply_threads(a.threads, slot)
         if a.host_only:  # no model, loss or device involved

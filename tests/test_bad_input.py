@@ -616,3 +616,19 @@ def test_the_sweep_summary_is_the_state_on_disk(tmp_path, capsys):
     summary = json.loads((tmp_path / "runs" / "sweep-shard-0-of-2.json").read_text())
     (entry,) = summary["runs"].values()
     assert entry == {"state": "finished", "this_process": "skipped (finished)"}
+
+
+def test_report_out_that_is_a_file_and_a_locked_run_that_is_not_counted_ok(tmp_path, capsys, tiny_run):
+    import socket
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    rc, _, err = cli(["report", Path(tiny_run[0]).parent, "--out", afile], capsys)
+    assert rc == 2 and "afile" in err and "is a file" in err
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(yaml.safe_dump({"overrides": {**TINY, "epochs": 1}, "grid": {"seed": [0]}}))
+    held = tmp_path / "runs" / "seed-0"
+    held.mkdir(parents=True)
+    (held / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid()}))  # a live owner
+    rc, out, _ = cli(["sweep", sweep, "--out", tmp_path / "runs", "--quiet"], capsys)
+    assert "0 ok" in out and "1 locked by another process" in out

@@ -53,3 +53,35 @@ def test_card_of_an_uncalibrated_run_says_so_and_corrupt_runs_fail_clearly(tiny_
     (tiny_copy / "metrics.json").write_text("{")
     assert main(["card", str(tiny_copy)]) == 2
     assert "metrics.json" in capsys.readouterr().err
+
+
+def test_the_card_is_a_safety_case(isic_copy, capsys):
+    """Subgroups at the operating point, the data licence, a not-fit flag, the input check, one unit per rate."""
+    assert main(["evaluate", str(isic_copy), "--by", "sex", "--bootstrap", "20"]) == 0
+    capsys.readouterr()
+    path = build_card(isic_copy, n_boot=20, min_sensitivity=0.99)  # a 1-epoch model: under this floor
+    card = path.read_text()
+    assert "## Subgroups at the operating point" in card and "By `sex`:" in card and "| female |" in card
+    assert "CC BY-NC 4.0" in card
+    assert "NOT FIT FOR USE at this operating point" in card and "under the floor of 99%" in card
+    assert "## Input check" in card and "of images are flagged" in card
+    assert "Every rate counts images" in card
+    html = (path.parent / "model_card.html").read_text()
+    assert "**" not in html and "<b>NOT FIT FOR USE" in html
+    build_card(isic_copy, n_boot=20, min_sensitivity=0.0, min_specificity=0.0)
+    assert "NOT FIT FOR USE" not in path.read_text()
+
+
+def test_saliency_has_a_spatial_grid_at_small_input_sizes(tiny_run, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from conftest import demo_png
+    from riskcl.deploy.explain import BLANK_NOTE, blank_map_note, saliency
+    from riskcl.experiment import RunFolder
+
+    folder = RunFolder(tiny_run[0])
+    image = np.asarray(Image.open(demo_png(tmp_path)).convert("RGB"))
+    (cam,) = saliency(folder.load_model(), [image], 16, folder.taxonomy(), "malignant")
+    assert float(np.ptp(cam)) > 0 and blank_map_note(cam) == ""  # 16 px: the last stage is 1 x 1, a blank map
+    assert blank_map_note(np.zeros((16, 16))) == BLANK_NOTE

@@ -254,3 +254,24 @@ def test_the_shipped_decoder_keeps_16_bit_and_float_parity(tiny_run, tiny_export
     p_mal = session.run(["p_malignant"], {"images": decode.decode_image(str(path))[None]})[0][0]
     (row,), _ = predict_files(tiny_run[0], [str(path)])
     assert p_mal == pytest.approx(row["p_malignant"], abs=1e-5)
+
+
+# --- the input check ----------------------------------------------------------------------------------------------
+def test_the_input_check_flags_images_unlike_the_calibration_data(tiny_copy, tmp_path):
+    from riskcl.experiment.input_check import check_images, load_input_check, split_distances
+
+    folder = RunFolder(tiny_copy)
+    check = load_input_check(tiny_copy)  # fitted now and saved in the run folder
+    assert folder.input_check() is not None and check.n_fit > 0 and check.n_threshold > 0
+    test = split_distances(folder, "test", check)
+    assert np.mean(test > check.threshold) < 0.1  # data like the calibration set: rarely flagged
+    rng = np.random.default_rng(0)
+    odd = [np.full((16, 16, 3), 128, np.uint8), (rng.random((16, 16, 3)) * 255).astype(np.uint8)]
+    distances = check_images(folder.load_model(), check, odd, 16)
+    assert (distances > check.threshold).all()  # a flat grey square and pure noise are flagged
+    with TestClient(create_app(tiny_copy)) as client:
+        buf = tmp_path / "grey.png"
+        Image.fromarray(odd[0]).save(buf)
+        body = client.post("/predict", files={"file": ("grey.png", buf.read_bytes(), "image/png")}).json()
+        assert body["unusual"] is True and body["input_distance"] > body["input_threshold"]
+        assert "flagged unusual" in client.get("/model").json()["input_check"]

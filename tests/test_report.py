@@ -82,3 +82,16 @@ def test_only_runs_that_differ_in_the_seed_alone_are_pooled(swept, tmp_path):
     records, notes = find_runs(root)
     assert any("other test images" in r.method for r in records)
     assert main(["report", str(root), "--out", str(tmp_path / "rep"), "--bootstrap", "50"]) == 0
+
+
+def test_a_one_run_report_says_what_it_cannot_make_and_embeds_its_figures(swept, tmp_path):
+    import shutil
+
+    out, _ = swept
+    shutil.copytree(out / "loss.name-ce__seed-0", tmp_path / "one" / "a")
+    rep = tmp_path / "rep"
+    assert main(["report", str(tmp_path / "one"), "--out", str(rep), "--bootstrap", "20"]) == 0
+    md = (rep / "REPORT.md").read_text()
+    assert "(no rows)" not in md and md.count("Not made: this section needs") == 2
+    html = (rep / "report.html").read_text()
+    assert "data:image/png;base64," in html and "src='figures/" not in html

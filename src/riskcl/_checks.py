@@ -1,37 +1,43 @@
-"""The one checker of numbers given by a user (command-line options, API arguments): each error names the option,
-the value and what was expected (``--bootstrap -5``, ``--targets 1.5``, ``--max-upload-mb nan``)."""
+"""The one checker of numbers given by a user (loss parameters, command-line options, API arguments): each error
+names the option, the value and what was expected (``--bootstrap -5``, ``--targets 1.5``, ``--max-upload-mb nan``).
+
+Example:
+    >>> check_number("--alpha", 0.1, 0, 1, min_inclusive=False, max_inclusive=False)
+    0.1
+    >>> check_number("--targets", 1.5, 0, 1)
+    Traceback (most recent call last):
+    ...
+    ValueError: Expected `--targets` to be a finite number >= 0 and <= 1, but got 1.5
+"""
 from __future__ import annotations
 
 import math
+from numbers import Real
 from typing import Any
 
 
-def check_number(name: str, value: Any, low: float = -math.inf, high: float = math.inf, low_open: bool = False,
-                 high_open: bool = False) -> float:
-    """``value`` as a float if it is a finite real number in the interval, else a ``ValueError`` naming ``name``.
-
-    Example:
-        >>> check_number("--alpha", 0.1, 0, 1, low_open=True, high_open=True)
-        0.1
-        >>> check_number("--alpha", 1.5, 0, 1)
-        Traceback (most recent call last):
-        ...
-        ValueError: Expected `--alpha` in [0, 1], but got 1.5
-    """
-    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    expected = f"a finite number in {interval}" if math.isinf(low) or math.isinf(high) else interval
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"Expected `{name}` to be a number in {interval}, but got {value!r}")
-    v = float(value)
-    if math.isnan(v) or math.isinf(v):
-        raise ValueError(f"Expected `{name}` to be a finite number, but got {value!r}")
-    if v < low or v > high or (low_open and v == low) or (high_open and v == high):
-        raise ValueError(f"Expected `{name}` in {expected}, but got {value!r}")
-    return v
+def check_number(name: str, value: Any, minimum: float | None = None, maximum: float | None = None,
+                 min_inclusive: bool = True, max_inclusive: bool = True) -> float:
+    """``float(value)`` when it is a finite real number in range; ``ValueError`` naming ``name`` otherwise."""
+    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(float(value))
+    if ok and minimum is not None:
+        ok = value >= minimum if min_inclusive else value > minimum
+    if ok and maximum is not None:
+        ok = value <= maximum if max_inclusive else value < maximum
+    if not ok:
+        lo = "" if minimum is None else f"{'>=' if min_inclusive else '>'} {minimum:g}"
+        hi = "" if maximum is None else f"{'<=' if max_inclusive else '<'} {maximum:g}"
+        bounds = " and ".join(b for b in (lo, hi) if b)
+        raise ValueError(f"Expected `{name}` to be a finite number{' ' + bounds if bounds else ''}, "
+                         f"but got {value!r}")
+    return float(value)
 
 
-def check_count(name: str, value: Any, minimum: int = 0) -> int:
-    """``value`` if it is an integer >= ``minimum``, else a ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"Expected `{name}` to be an integer >= {minimum}, but got {value!r}")
-    return value
+def check_int(name: str, value: Any, choices: tuple[int, ...] | None = None, minimum: int | None = None) -> int:
+    """``int(value)`` for an integer (among ``choices`` / ``>= minimum``); ``ValueError`` naming ``name``."""
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    ok = ok and (choices is None or value in choices) and (minimum is None or value >= minimum)
+    if not ok:
+        want = f"one of {choices}" if choices else f"an integer >= {minimum}" if minimum is not None else "an integer"
+        raise ValueError(f"Expected `{name}` to be {want}, but got {value!r}")
+    return int(value)

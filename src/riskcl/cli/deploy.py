@@ -88,10 +88,10 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 
 
 def _export(a: argparse.Namespace) -> int:
-    from .._checks import check_count
+    from .._checks import check_int
     from ..deploy.export import export_run
 
-    check_count("--check-limit", a.check_limit, minimum=1)
+    check_int("--check-limit", a.check_limit, minimum=1)
     meta = export_run(a.run_dir, a.out, a.format, a.check_images, a.check_limit,
                       calibrated=_calibrated(a), threshold=a.threshold,
                       allow_uncertified=a.allow_uncertified)

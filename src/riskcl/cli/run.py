@@ -12,6 +12,8 @@ from .console import SUMMARY_COLUMNS, degenerate_warning, print_table, summary_r
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="folder for the two runs, the table and the plot")
     p.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
+    p.add_argument("--seed", type=int, default=None, help="training seed (default 0); rerun with others to see "
+                   "how much the table moves")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -21,7 +23,7 @@ def _demo(a: argparse.Namespace) -> int:
     from ..experiment import run_demo
     from ..report.plots import plot_error_taxonomy
 
-    runs = run_demo(a.out, epochs=a.epochs, progress=not a.quiet)
+    runs = run_demo(a.out, epochs=a.epochs, progress=not a.quiet, seed=a.seed)
     print("\nDemo test split (1000 generated lesions; malignant = melanoma, carcinoma; decision: p(malignant) "
           ">= 0.5):")
     print_table([summary_row(name, m) for name, m in runs.items()], SUMMARY_COLUMNS)
@@ -100,10 +102,10 @@ def _evaluate(a: argparse.Namespace) -> int:
 
 
 def _subgroups(a: argparse.Namespace) -> int:
-    from .._checks import check_count
+    from .._checks import check_int
     from ..experiment.subgroups import evaluate_subgroups, format_subgroups
 
-    check_count("--bootstrap", a.bootstrap, minimum=1)
+    check_int("--bootstrap", a.bootstrap, minimum=1)
     if a.data_root:
         raise ValueError("--by reads the run's saved predictions; it does not combine with --data-root")
     if a.threshold is not None or a.default_rule:

@@ -80,12 +80,12 @@ def _add_report(p: argparse.ArgumentParser) -> None:
 
 
 def _report(a: argparse.Namespace) -> int:
-    from .._checks import check_count, check_number
+    from .._checks import check_int, check_number
     from ..report.build import build_report
 
-    check_count("--bootstrap", a.bootstrap, minimum=1)
+    check_int("--bootstrap", a.bootstrap, minimum=1)
     for t in a.targets:
-        check_number("--targets", t, 0, 1, low_open=True, high_open=True)
+        check_number("--targets", t, 0, 1, min_inclusive=False, max_inclusive=False)
     if a.out and Path(a.out).is_file():
         raise NotADirectoryError(f"--out {a.out} is a file; expected a folder for the report")
 

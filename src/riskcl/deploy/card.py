@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
-from .._checks import check_count, check_number
+from .._checks import check_int, check_number
 from ..data.registry import dataset_license
 from ..decision import OperatingPoint, decide
 from ..defaults import MIN_SENSITIVITY, MIN_SPECIFICITY, N_BOOT
@@ -187,7 +187,8 @@ def _details(doc: Document, c: CardContext) -> None:
                "decision": "refer when p(malignant) >= the threshold, then the most probable class within the "
                            "decided superclass",
                "versions": f"riskcl {__version__} (card), riskcl {run.get('riskcl', '?')} (training), torch "
-                           f"{run.get('torch')}, python {run.get('python')}",
+                           f"{run.get('torch')}, timm {run.get('timm', '?')}, numpy {run.get('numpy', '?')}, python "
+                           f"{run.get('python')}",
                "threads": f"{run.get('threads', '?')} CPU thread(s) in training (results move slightly with the "
                           f"thread count and the CPU's kernels)",
                "weights SHA-256": c.folder.weights_sha256(),
@@ -354,6 +355,17 @@ def _type_ii_section(doc: Document, c: CardContext) -> None:
                            f"threshold {item['threshold']:.3f} (saliency: {item['method']}{blank})", png)
 
 
+def _input_check(doc: Document, c: CardContext) -> None:
+    from ..experiment.input_check import load_input_check, split_distances
+
+    check = load_input_check(c.folder.path)
+    flagged = float(np.mean(split_distances(c.folder, "test", check) > check.threshold))
+    doc.heading("Input check")
+    doc.para(f"`riskcl serve` flags images unlike the data the model was calibrated on: {check.describe()}. On the "
+             f"test split {100 * flagged:.1f}% of images are flagged. A flagged image's decision may not be reliable "
+             f"and the guarantee does not cover it; the check cannot catch every unsuitable image.")
+
+
 def _limitations_section(doc: Document, c: CardContext) -> None:
     doc.heading("Limitations measured in this run")
     doc.bullets(_limitations(c.folder, c.metrics, c.info, c.cal, c.tax, c.cfg) or ["None measured."])
@@ -375,7 +387,7 @@ def _checklist(doc: Document, c: CardContext) -> None:
 
 
 SECTIONS = (_details, _intended_use, _data, _cost, _operating_point, _results, _subgroups, _type_ii_section,
-            _limitations_section, _checklist)
+            _input_check, _limitations_section, _checklist)
 
 
 def build_card(run_dir: str | Path, out: str | Path | None = None, n_boot: int = N_BOOT,
@@ -387,7 +399,7 @@ def build_card(run_dir: str | Path, out: str | Path | None = None, n_boot: int =
     ``RUN/gallery`` (``riskcl explain --type-ii``) when it was made at the current operating point, made here (up
     to ``gallery_cap``, 0 for none) otherwise. An uncertified calibration is refused unless ``allow_uncertified``
     (then the card says so)."""
-    check_count("--bootstrap", n_boot, minimum=1)
+    check_int("--bootstrap", n_boot, minimum=1)
     for name, v in (("--min-sensitivity", min_sensitivity), ("--min-specificity", min_specificity)):
         check_number(name, v, 0.0, 1.0)
     folder = RunFolder(run_dir)

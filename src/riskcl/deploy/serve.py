@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import threading
 from importlib.resources import files
 from pathlib import Path
@@ -31,11 +30,13 @@ from fastapi import FastAPI, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from .._checks import check_int, check_number
 from ..data import BadImageError, decode_bytes
 from ..decision import OperatingPoint
 from ..defaults import BORDERLINE
 from ..experiment.calibrate import operating_point
 from ..experiment.folder import RunFolder
+from ..experiment.input_check import check_images, load_input_check
 from .explain import blank_map_note, check_method, overlay, panel, saliency
 from .export import describe_run
 from .predict import decision_rows, predict_arrays
@@ -65,15 +66,14 @@ def operating_point_text(op: OperatingPoint) -> str:
 
 def check_serve_options(host: str, port: int, max_upload_mb: float, method: str, borderline: float) -> None:
     """Validate the service's options before anything loads (each error names the option and the value)."""
-    if not isinstance(port, int) or not 1 <= port <= 65535:
-        raise ValueError(f"Expected --port in 1..65535, but got {port}")
-    if not (isinstance(max_upload_mb, (int, float)) and math.isfinite(max_upload_mb) and max_upload_mb > 0):
-        raise ValueError(f"Expected --max-upload-mb to be a finite number > 0, but got {max_upload_mb}")
-    if not (math.isfinite(borderline) and 0 <= borderline < 1):
-        raise ValueError(f"Expected --borderline in [0, 1), but got {borderline}")
+    check_int("--port", port, minimum=1)
+    if port > 65535:
+        raise ValueError(f"Expected `--port` to be an integer in 1..65535, but got {port}")
+    check_number("--max-upload-mb", max_upload_mb, 0, None, min_inclusive=False)
+    check_number("--borderline", borderline, 0, 1, max_inclusive=False)
     check_method(method)
     if not host:
-        raise ValueError("Expected --host to be a host name or address, but got an empty string")
+        raise ValueError("Expected `--host` to be a host name or address, but got an empty string")
 
 
 class UploadTooLarge(Exception):
@@ -138,11 +138,13 @@ class TriageService:
         self.taxonomy = self.folder.taxonomy()
         self.op = operating_point(self.folder, allow_uncertified=allow_uncertified)
         self.model = self.folder.load_model()
+        self.input_check = load_input_check(self.folder.path)
         self.method, self.borderline = method, float(borderline)
         self.lock = threading.Lock()
         self.metadata = {**describe_run(self.folder, self.op), "format": "served by riskcl (PyTorch)",
                          "operating_point_text": operating_point_text(self.op), "notice": NOTICE,
-                         "borderline": self.borderline, "certified": self.op.certified or not self.op.calibrated}
+                         "borderline": self.borderline, "certified": self.op.certified or not self.op.calibrated,
+                         "input_check": self.input_check.describe()}
 
     def image(self, data: bytes, name: str) -> np.ndarray:
         return decode_bytes(data, name)  # the pixel limits (too large, too small) are the decoder's
@@ -150,10 +152,13 @@ class TriageService:
     def predict(self, arr: np.ndarray, name: str) -> dict[str, Any]:
         with self.lock:
             probs = predict_arrays(self.model, [arr], self.op)
+            distance = float(check_images(self.model, self.input_check, [arr], self.op.image_size)[0])
         row = decision_rows(probs, self.taxonomy, self.op)[0]
         return {"image": name, "decision": row["decision"], "predicted": row["predicted"],
                 "superclass": row["superclass"], "p_malignant": row["p_malignant"], "threshold": row["threshold"],
                 "borderline": abs(row["p_malignant"] - row["threshold"]) <= self.borderline,
+                "unusual": distance > self.input_check.threshold, "input_distance": distance,
+                "input_threshold": self.input_check.threshold,
                 "probabilities": {c: row[f"p_{c}"] for c in self.taxonomy.classes},
                 "operating_point": {"method": self.op.method, "alpha": self.op.alpha, "delta": self.op.delta,
                                     "certified": self.op.certified, "how": self.op.describe()},

@@ -23,7 +23,8 @@ DEMO_CONFIG: dict[str, Any] = {
 DEMO_LOSSES = ("ce", "rcl-proposed")
 
 
-def run_demo(out: str | Path, epochs: int | None = None, progress: bool = True) -> dict[str, dict[str, Any]]:
+def run_demo(out: str | Path, epochs: int | None = None, progress: bool = True,
+             seed: int | None = None) -> dict[str, dict[str, Any]]:
     """Train the demo's runs into ``out/<loss>``; returns ``{loss: metrics.json content}``."""
     out = Path(out)
     runs = {}
@@ -31,6 +32,8 @@ def run_demo(out: str | Path, epochs: int | None = None, progress: bool = True) 
         overrides: dict[str, Any] = {"loss.name": loss, "name": f"demo-{loss}"}
         if epochs is not None:
             overrides["epochs"] = epochs
+        if seed is not None:
+            overrides["seed"] = seed
         cfg = config_from_dict(DEMO_CONFIG, overrides)
         if progress:
             print(f"== training {loss} on the demo data ({cfg.epochs} epochs, {cfg.model.name}, "

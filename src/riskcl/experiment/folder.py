@@ -18,6 +18,7 @@ A run folder holds:
 * ``eval_<split>.json`` / ``eval_external_<split>.json`` -- reports of ``riskcl evaluate`` on the run's own split
   or on another data folder; ``subgroups_<column>.json`` (``subgroups_<column>_<split>.json`` off test) -- the
   per-group report of ``riskcl evaluate --by``;
+* ``input_check.npz`` -- the fitted check that flags images unlike the held-out data (``experiment.input_check``);
 * ``export/`` -- the conventional place of ``riskcl export``'s folder (the model card cites it);
 * ``gallery/`` -- ``gallery.json`` and one PNG per Type II error of ``riskcl explain --type-ii`` (read by the report
   and the model card).
@@ -47,7 +48,7 @@ FILES = {
     "config": "config.yaml", "taxonomy": "taxonomy.yaml", "status": "status.json", "splits": "splits.csv",
     "data": "data.json", "history": "history.csv", "checkpoint": "last.pt", "weights": "model.safetensors",
     "metrics": "metrics.json", "calibration": "calibration.json", "skipped": "skipped_images.txt",
-    "lock": ".lock", "gallery": "gallery.json",
+    "lock": ".lock", "gallery": "gallery.json", "input_check": "input_check.npz",
 }
 PREDICTIONS = {"test": "predictions.npz", "val": "val_predictions.npz", "calib": "calib_predictions.npz"}
 PREDICTION_KEYS = ("logits", "target", "ids", "groups")
@@ -371,6 +372,13 @@ class RunFolder:
         """``gallery/gallery.json`` (the Type II gallery), or None when the run has none."""
         path = self.gallery_dir / FILES["gallery"]
         return read_json(path) if path.is_file() else None
+
+    def write_input_check(self, arrays: Mapping[str, np.ndarray]) -> None:
+        atomic_write_npz(self.file("input_check"), **arrays)
+
+    def input_check(self) -> dict[str, np.ndarray] | None:
+        """``input_check.npz`` (the fitted input check), or None when the run has none yet."""
+        return load_npz(self.file("input_check")) if self.file("input_check").is_file() else None
 
     def write_calibration(self, result: dict[str, Any]) -> None:
         atomic_write_json(self.file("calibration"), result)

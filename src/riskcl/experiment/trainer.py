@@ -31,6 +31,15 @@ from .scoring import HISTORY_KEYS, best_epoch, score, split_report
 log = logging.getLogger(__name__)
 
 
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 class Trainer:
     """The state of one run between epochs (see the module docstring)."""
 
@@ -162,6 +171,7 @@ class Trainer:
                "loss_matrix": None if loss_matrix is None else loss_matrix.cpu().tolist(),
                **{f"n_{s}": n for s, n in counts.items()}, "threads": self.threads,
                "threads_per_epoch": [r.get("threads") for r in self.history], "riskcl": __version__,
-               "torch": torch.__version__, "python": platform.python_version()}
+               "torch": torch.__version__, "timm": _version("timm"), "numpy": np.__version__,
+               "python": platform.python_version()}
         extra = {s: reports[s] for s in ("val", "calib") if s in reports}
         return {**reports["test"], **extra, "run": run}

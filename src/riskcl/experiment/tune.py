@@ -22,9 +22,11 @@ def tune_lambda1(base: ExperimentConfig, lambda2: float, lambda1_grid: Sequence[
     out = Path(out)
     rows = []
     for l1 in lambda1_grid:
+        # lambda2 is the clinical severity of a missed malignancy: the loss's weight and the run's cost (which
+        # selects the epoch and scores mean_cost) are one number; lambda1 is the loss's tuning knob only.
         cfg = config_from_dict(base.to_dict(), {"loss.name": "rcl", "loss.params": {"lambda1": float(l1),
                                                                                    "lambda2": float(lambda2)},
-                                                "name": f"lambda1-{l1}"})
+                                                "cost.lambda2": float(lambda2), "name": f"lambda1-{l1}"})
         metrics = run_experiment(cfg, out / f"lambda1-{l1}", progress=progress)
         val = metrics["val"]
         fpr = 1 - val["specificity"] if not math.isnan(val["specificity"]) else float("nan")

@@ -2,11 +2,12 @@
 per parameter kind, used by each loss function and its ``nn.Module`` twin alike."""
 from __future__ import annotations
 
-import math
-from numbers import Real
 from typing import Any
 
 import torch
+
+from .._checks import check_int, check_number  # noqa: F401  (the one number checker, re-exported for the losses)
+from ..taxonomy import validate_cost_matrix
 
 
 def check_inputs(logits: torch.Tensor, target: torch.Tensor, num_classes: int | None = None) -> None:
@@ -24,46 +25,15 @@ def check_inputs(logits: torch.Tensor, target: torch.Tensor, num_classes: int | 
         raise ValueError(f"Expected `logits` with K = {num_classes} columns, but got {logits.shape[1]}")
 
 
-def check_number(name: str, value: Any, minimum: float | None = None, maximum: float | None = None,
-                 min_inclusive: bool = True, max_inclusive: bool = True) -> float:
-    """``float(value)`` when it is a finite real number in range; ``ValueError`` naming ``name`` otherwise."""
-    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(float(value))
-    if ok and minimum is not None:
-        ok = value >= minimum if min_inclusive else value > minimum
-    if ok and maximum is not None:
-        ok = value <= maximum if max_inclusive else value < maximum
-    if not ok:
-        lo = "" if minimum is None else f"{'>=' if min_inclusive else '>'} {minimum:g}"
-        hi = "" if maximum is None else f"{'<=' if max_inclusive else '<'} {maximum:g}"
-        bounds = " and ".join(b for b in (lo, hi) if b)
-        raise ValueError(f"Expected `{name}` to be a finite number{' ' + bounds if bounds else ''}, "
-                         f"but got {value!r}")
-    return float(value)
-
-
-def check_int(name: str, value: Any, choices: tuple[int, ...] | None = None, minimum: int | None = None) -> int:
-    """``int(value)`` for an integer (among ``choices`` / ``>= minimum``); ``ValueError`` naming ``name``."""
-    ok = isinstance(value, int) and not isinstance(value, bool)
-    ok = ok and (choices is None or value in choices) and (minimum is None or value >= minimum)
-    if not ok:
-        want = f"one of {choices}" if choices else f"an integer >= {minimum}" if minimum is not None else "an integer"
-        raise ValueError(f"Expected `{name}` to be {want}, but got {value!r}")
-    return int(value)
-
-
 def check_cost_matrix(matrix: Any, num_classes: int | None = None, name: str = "matrix") -> torch.Tensor:
-    """A ``(K, K)`` float32 tensor of finite costs >= 0; ``ValueError`` naming what is wrong otherwise."""
-    try:
-        m = torch.as_tensor(matrix, dtype=torch.float32)
-    except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"Expected `{name}` to be a numeric (K, K) matrix, but got {matrix!r}") from None
-    if m.ndim != 2 or m.shape[0] != m.shape[1]:
-        raise ValueError(f"Expected `{name}` of shape (K, K), but got {tuple(m.shape)}")
+    """A ``(K, K)`` float32 tensor of finite costs >= 0, checked by the one cost-matrix validator
+    (:func:`riskcl.taxonomy.validate_cost_matrix`); ``ValueError`` naming what is wrong otherwise."""
+    if isinstance(matrix, torch.Tensor):
+        matrix = matrix.detach().cpu().double().numpy()
+    m = validate_cost_matrix(matrix, name=name)
     if num_classes is not None and m.shape[0] != num_classes:
-        raise ValueError(f"Expected `{name}` of shape ({num_classes}, {num_classes}), but got {tuple(m.shape)}")
-    if not bool(torch.isfinite(m).all()) or bool((m < 0).any()):
-        raise ValueError(f"Expected `{name}` to hold finite values >= 0")
-    return m
+        raise ValueError(f"Expected `{name}` of shape ({num_classes}, {num_classes}), but got {m.shape}")
+    return torch.as_tensor(m, dtype=torch.float32)
 
 
 def as_float32(logits: torch.Tensor) -> torch.Tensor:

@@ -88,12 +88,14 @@ def _gallery(doc: Document, records: list, runs_dir: Path, out: Path) -> None:
             shown = True
         rel = r.path.relative_to(runs_dir)
         doc.heading(f"{rel}: {g['shown']} of {g['type_ii_total']} Type II errors at threshold {g['threshold']:.4f}", 3)
+        if g.get("blank_maps"):
+            doc.para(f"{g['blank_maps']} of these maps are blank: {g.get('note', '')}.")
         target = out / "figures" / "gallery" / str(rel).replace("/", "__")
         target.mkdir(parents=True, exist_ok=True)
         for item in g["items"]:
             shutil.copy(r.folder.gallery_dir / item["file"], target / item["file"])
-            doc.figure(f"{item['id']}: true {item['true_class']}, p(malignant) {item['p_malignant']:.3f}",
-                       target / item["file"])
+            doc.figure(f"{item['id']}: true {item['true_class']}, p(malignant) {item['p_malignant']:.3f}"
+                       + (" (blank map: nothing to show)" if item.get("blank") else ""), target / item["file"])
 
 
 def build_report(runs_dir: str | Path, out_dir: str | Path, baseline: str = "focal", method: str = "rcl-proposed",
