@@ -225,7 +225,9 @@ def _intended_use(doc: Document, c: CardContext) -> None:
 def _data(doc: Document, c: CardContext) -> None:
     cfg, info = c.cfg, c.info
     doc.heading("Data")
-    doc.para(f"Dataset `{c.run['dataset']}` read in place from `{info.get('root')}` (its public layout). Licence: "
+    where = (f"read in place from `{info['root']}` (its public layout)" if info.get("root") else
+             "generated in memory by riskcl (no files)")
+    doc.para(f"Dataset `{c.run['dataset']}` {where}. Licence: "
              f"{dataset_license(cfg.data.name)}. Grouping unit of every split: {info.get('group_unit', 'unknown')}; "
              f"no group lies on two sides. Test, validation and calibration splits are official where the data "
              f"fixes them, else carved by group (fractions {cfg.data.test_fraction}, {cfg.data.val_fraction}, "

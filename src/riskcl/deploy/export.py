@@ -260,7 +260,7 @@ Research use only; not a medical device. A `clear` result does not rule out dise
 ## Input
 `images`: uint8 (N, H, W, 3) RGB, any H and W (one size per call), dynamic batch. Decode files with
 `decode.py` (numpy and Pillow only: `from decode import decode_image; x = decode_image(path)[None]`), which
-decodes exactly as riskcl does. {meta['preprocessing']}.
+decodes exactly as riskcl does. Preprocessing: {meta['preprocessing']}.
 
 ## Outputs, in the order the graph returns them
 {outputs}
