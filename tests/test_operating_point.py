@@ -275,3 +275,23 @@ def test_the_input_check_flags_images_unlike_the_calibration_data(tiny_copy, tmp
         body = client.post("/predict", files={"file": ("grey.png", buf.read_bytes(), "image/png")}).json()
         assert body["unusual"] is True and body["input_distance"] > body["input_threshold"]
         assert "flagged unusual" in client.get("/model").json()["input_check"]
+
+
+def test_parity_with_the_saved_predictions_binds_on_cpu_and_is_reported_for_gpu_runs(tiny_copy, tmp_path):
+    """Saved test logits that no longer match what the model computes fail a CPU run's export; a run that predicted
+    on a GPU (bf16 autocast) gets the comparison reported, not enforced."""
+    from riskcl.deploy.export import ExportParityError
+
+    folder = RunFolder(tiny_copy)
+    preds = folder.predictions("test")
+    np.savez(folder.prediction_file("test"), **{**preds, "logits": preds["logits"] + np.float32(0.05) *
+                                                 np.arange(preds["logits"].shape[1], dtype=np.float32)})
+    with pytest.raises(ExportParityError, match="saved test predictions"):
+        export_run(tiny_copy, tmp_path / "cpu", "torchscript", check_limit=16)
+    metrics = json.loads((tiny_copy / "metrics.json").read_text())
+    metrics["run"]["device"] = "cuda:0"
+    (tiny_copy / "metrics.json").write_text(json.dumps(metrics))
+    meta = export_run(tiny_copy, tmp_path / "gpu", "torchscript", check_limit=16)
+    saved = meta["parity"]["checks"][0]
+    assert "saved test predictions" in saved["reference"] and "informational" in saved
+    assert saved["max_abs_diff_p_malignant"] > 1e-4 >= meta["parity"]["max_abs_diff_p_malignant"]

@@ -185,11 +185,17 @@ def parity_check(runner: _Runner, folder: RunFolder, images: Sequence[np.ndarray
     if from_test_split:
         saved = _saved_probabilities(folder, names, op)
         if saved is not None:
-            checks.insert(0, _compare(got, saved, taxonomy, op, names, "the run's saved test predictions "
-                                                                       "(predictions.npz, as calibration saw them)"))
+            check = _compare(got, saved, taxonomy, op, names, "the run's saved test predictions (predictions.npz, "
+                                                              "as calibration saw them)")
+            device = str(folder.metrics()["run"].get("device", "cpu"))
+            if not device.startswith("cpu"):  # predicted on a GPU (bf16 autocast): reported, not held to 1e-4
+                check["informational"] = (f"the run predicted its test split on {device}; the exported model runs "
+                                          f"in float32, so this check is reported but does not fail the export")
+            checks.insert(0, check)
     sizes = sorted({f"{im.shape[1]}x{im.shape[0]}" for im in images})
-    worst = {k: max(c[k] for c in checks) for k in ("max_abs_diff_p_malignant", "max_abs_diff_probabilities",
-                                                    "decision_flips", "label_flips")}
+    binding = [c for c in checks if "informational" not in c]
+    worst = {k: max(c[k] for c in binding) for k in ("max_abs_diff_p_malignant", "max_abs_diff_probabilities",
+                                                     "decision_flips", "label_flips")}
     return {"images": len(images), "source": source, "image_sizes": sizes[:10] + (["..."] if len(sizes) > 10 else []),
             "runtime": runner.runtime, **worst, "flipped": sorted({f for c in checks for f in c["flipped"]})[:20],
             "checks": checks}

@@ -42,6 +42,7 @@ from .export import describe_run
 from .predict import decision_rows, predict_arrays
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
+FRAMING = 64 * 1024  # multipart headers and boundaries around the image: allowed beyond the upload limit
 NOTICE = ("Research use only; not a medical device. A CLEAR result does not rule out disease: the model misses "
           "some malignant lesions (see the operating point).")
 
@@ -99,7 +100,7 @@ class UploadLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit + 64 * 1024:  # multipart framing is not the image
+        if declared.isdigit() and int(declared) > self.limit + FRAMING:
             return await self._reject(send, f"upload of {int(declared) / 2**20:.1f} MB exceeds the limit of "
                                             f"{self.limit_mb:g} MB")
         state = {"received": 0, "over": False, "started": False}
@@ -108,7 +109,7 @@ class UploadLimit:
             message = await receive()
             if message["type"] == "http.request":
                 state["received"] += len(message.get("body", b""))
-                if state["received"] > self.limit + 64 * 1024:
+                if state["received"] > self.limit + FRAMING:
                     state["over"] = True
                     raise UploadTooLarge()
             return message
