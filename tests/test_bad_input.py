@@ -632,3 +632,22 @@ def test_report_out_that_is_a_file_and_a_locked_run_that_is_not_counted_ok(tmp_p
     (held / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid()}))  # a live owner
     rc, out, _ = cli(["sweep", sweep, "--out", tmp_path / "runs", "--quiet"], capsys)
     assert "0 ok" in out and "1 locked by another process" in out
+
+
+def test_card_and_service_without_the_data_folder_say_the_input_check_is_unavailable(tmp_path, capsys):
+    from fastapi.testclient import TestClient
+
+    from riskcl.deploy.serve import create_app
+
+    root = _folder_data(tmp_path / "data")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(_folder_cfg(root)))
+    assert cli(["train", cfg, "--out", tmp_path / "run", "--quiet"], capsys)[0] == 0
+    shutil.rmtree(root)  # the data moved away after training
+    assert cli(["card", tmp_path / "run", "--bootstrap", "20"], capsys)[0] == 0
+    assert "## Input check\n\nNot available" in (tmp_path / "run" / "MODEL_CARD.md").read_text()
+    with TestClient(create_app(tmp_path / "run")) as client:
+        assert client.get("/model").json()["input_check"].startswith("unavailable")
+        img = write_image(tmp_path / "x.png", 1, size=12)
+        body = client.post("/predict", files={"file": ("x.png", img.read_bytes(), "image/png")}).json()
+        assert body["unusual"] is None and body["decision"] in ("refer", "clear")

@@ -360,9 +360,14 @@ def _type_ii_section(doc: Document, c: CardContext) -> None:
 def _input_check(doc: Document, c: CardContext) -> None:
     from ..experiment.input_check import load_input_check, split_distances
 
-    check = load_input_check(c.folder.path)
-    flagged = float(np.mean(split_distances(c.folder, "test", check) > check.threshold))
     doc.heading("Input check")
+    try:  # needs the run's cached images (the data folder); the card is still written without them
+        check = load_input_check(c.folder.path)
+        flagged = float(np.mean(split_distances(c.folder, "test", check) > check.threshold))
+    except (OSError, ValueError) as exc:
+        doc.para(f"Not available: the check is fitted from the run's validation and calibration images, which "
+                 f"could not be read ({exc}).")
+        return
     doc.para(f"`riskcl serve` flags images unlike the data the model was calibrated on: {check.describe()}. On the "
              f"test split {100 * flagged:.1f}% of images are flagged. A flagged image's decision may not be reliable "
              f"and the guarantee does not cover it; the check cannot catch every unsuitable image.")

@@ -139,13 +139,16 @@ class TriageService:
         self.taxonomy = self.folder.taxonomy()
         self.op = operating_point(self.folder, allow_uncertified=allow_uncertified)
         self.model = self.folder.load_model()
-        self.input_check = load_input_check(self.folder.path)
+        try:  # fitted once from the run's cached validation / calibration images
+            self.input_check, check_text = load_input_check(self.folder.path), ""
+        except (OSError, ValueError) as exc:  # e.g. the data folder moved: serve without it, and say so
+            self.input_check, check_text = None, f"unavailable ({exc})"
         self.method, self.borderline = method, float(borderline)
         self.lock = threading.Lock()
         self.metadata = {**describe_run(self.folder, self.op), "format": "served by riskcl (PyTorch)",
                          "operating_point_text": operating_point_text(self.op), "notice": NOTICE,
                          "borderline": self.borderline, "certified": self.op.certified or not self.op.calibrated,
-                         "input_check": self.input_check.describe()}
+                         "input_check": check_text or self.input_check.describe()}
 
     def image(self, data: bytes, name: str) -> np.ndarray:
         return decode_bytes(data, name)  # the pixel limits (too large, too small) are the decoder's
@@ -153,13 +156,15 @@ class TriageService:
     def predict(self, arr: np.ndarray, name: str) -> dict[str, Any]:
         with self.lock:
             probs = predict_arrays(self.model, [arr], self.op)
-            distance = float(check_images(self.model, self.input_check, [arr], self.op.image_size)[0])
+            distance = None if self.input_check is None else \
+                float(check_images(self.model, self.input_check, [arr], self.op.image_size)[0])
         row = decision_rows(probs, self.taxonomy, self.op)[0]
         return {"image": name, "decision": row["decision"], "predicted": row["predicted"],
                 "superclass": row["superclass"], "p_malignant": row["p_malignant"], "threshold": row["threshold"],
                 "borderline": abs(row["p_malignant"] - row["threshold"]) <= self.borderline,
-                "unusual": distance > self.input_check.threshold, "input_distance": distance,
-                "input_threshold": self.input_check.threshold,
+                "unusual": None if distance is None else distance > self.input_check.threshold,
+                "input_distance": distance,
+                "input_threshold": None if self.input_check is None else self.input_check.threshold,
                 "probabilities": {c: row[f"p_{c}"] for c in self.taxonomy.classes},
                 "operating_point": {"method": self.op.method, "alpha": self.op.alpha, "delta": self.op.delta,
                                     "certified": self.op.certified, "how": self.op.describe()},
