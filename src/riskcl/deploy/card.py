@@ -144,7 +144,6 @@ class CardContext:
     cal: dict | None = None
     test: dict = field(default_factory=dict)
     probs: np.ndarray | None = None
-    thresholds: Any = None
     labels: np.ndarray | None = None
 
     def __post_init__(self) -> None:
@@ -154,7 +153,6 @@ class CardContext:
         self.test = f.predictions("test")
         self.probs = self.op.probabilities(self.test["logits"])
         strata = self.test.get(f"meta__{self.op.by}") if self.op.per_group else None
-        self.thresholds = self.op.thresholds(strata)
         self.labels = self.op.decide(self.probs, self.tax, strata)
 
     @property
