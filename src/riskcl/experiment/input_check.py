@@ -13,7 +13,7 @@ and refitted when the weights change.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -86,7 +86,7 @@ def fit_input_check(run_dir: str | Path, quantile: float = QUANTILE) -> InputChe
     lw = LedoitWolf().fit(fit)
     check = InputCheck(lw.location_, lw.precision_, 0.0, quantile, len(fit), len(held), folder.weights_sha256())
     threshold = float(np.quantile(check.distances(held), quantile))
-    check = InputCheck(check.mean, check.precision, threshold, quantile, len(fit), len(held), check.weights_sha256)
+    check = replace(check, threshold=threshold)
     folder.write_input_check({k: np.asarray(getattr(check, k)) for k in InputCheck.__dataclass_fields__})
     return check
 

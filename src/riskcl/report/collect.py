@@ -102,17 +102,18 @@ def settle_pools(records: list[RunRecord], root: Path) -> tuple[list[RunRecord],
     from ..experiment.run import config_difference
 
     kept, notes = [], []
+    configs = {id(r): r.folder.read_config() for r in records}  # read once, compared many times
     by_method: dict[tuple, list[RunRecord]] = {}
     for r in records:
         by_method.setdefault((r.run["dataset"], r.run["model"], r.method), []).append(r)
     for group in by_method.values():
         pools: list[list[RunRecord]] = []  # each: runs that may be pooled as seeds
         for r in group:
-            cfg, ids = r.folder.read_config(), np.sort(r.folder.predictions("test")["ids"].astype(str))
+            cfg, ids = configs[id(r)], np.sort(r.folder.predictions("test")["ids"].astype(str))
             home = None
             for pool in pools:
                 first = pool[0]
-                same_config = not config_difference(first.folder.read_config(), cfg, ignore=("seed", "name"))
+                same_config = not config_difference(configs[id(first)], cfg, ignore=("seed", "name"))
                 same_images = np.array_equal(ids, np.sort(first.predictions("test")["ids"].astype(str)))
                 if same_config and same_images:
                     home = pool
@@ -130,8 +131,7 @@ def settle_pools(records: list[RunRecord], root: Path) -> tuple[list[RunRecord],
         base = pools[0][0]
         for k, pool in enumerate(pools):
             if k:
-                diff = config_difference(base.folder.read_config(), pool[0].folder.read_config(),
-                                         ignore=("seed", "name"), limit=3)
+                diff = config_difference(configs[id(base)], configs[id(pool[0])], ignore=("seed", "name"), limit=3)
                 what = ", ".join(diff) if diff else "other test images"
                 for r in pool:
                     r.variant = f" [{what}]"
