@@ -62,7 +62,11 @@ def test_cli_evaluate_and_predict(tiny_run, tmp_path, capsys):
     for r, p in zip(rows, probs):  # the decision never contradicts p(malignant)
         p_mal = malignant_probability(p[None], tax)[0]
         assert (r["decision"] == "refer") == (p_mal >= 0.5) == (r["superclass"] == "malignant")
-    assert main(["predict", str(out), str(tmp_path / "missing.png"), "--out", str(csv_path)]) == 2
+    # A missing file is a row that says so (exit 3: some inputs need a look), not a stop.
+    missing = tmp_path / "missing.png"
+    assert main(["predict", str(out), str(missing), "--out", str(tmp_path / "m.csv")]) == 3
+    (row,) = list(csv.DictReader(open(tmp_path / "m.csv")))
+    assert row["image"] == str(missing) and row["decision"] == "unreadable" and "not found" in row["error"]
 
 
 @needs_brain_mri

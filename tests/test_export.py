@@ -14,7 +14,7 @@ from conftest import demo_png
 from riskcl.cli import main
 from riskcl.data import decode_rgb
 from riskcl.deploy.export import ExportParityError, export_run
-from riskcl.deploy.predict import predict_files
+from riskcl.deploy.scoring import predict_files
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_export_decides_exactly_as_riskcl_predict(calibrated, tmp_path, fmt):
     # Two image sizes, batch 7 and batch 1, through the exported file alone.
     for paths in (_images(tmp_path, 7, (41, 29)), _images(tmp_path, 1, (23, 57))):
         probs, p_mal, refer, label = run(np.stack([decode_rgb(p) for p in paths]))
-        rows, _ = predict_files(calibrated, paths, calibrated=True)
+        rows, *_ = predict_files(calibrated, paths, calibrated=True)
         assert probs.shape == (len(paths), 4) and refer.dtype == bool
         assert [r["decision"] == "refer" for r in rows] == refer.tolist()
         assert [r["predicted"] for r in rows] == [meta["classes"][k] for k in label]
@@ -106,7 +106,7 @@ def test_the_readme_onnx_snippet_classifies_a_jpeg(calibrated, tmp_path, capsys)
     code = block.replace("runs/isic/export", str(tmp_path / "export")).replace("lesion.jpg", str(jpeg))
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out
-    (row,), _ = predict_files(calibrated, [str(jpeg)], calibrated=True)
+    (row,), *_ = predict_files(calibrated, [str(jpeg)], calibrated=True)
     assert out.startswith(row["decision"].upper()) and row["predicted"] in out
 
 

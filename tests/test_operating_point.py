@@ -14,7 +14,7 @@ from _tiny import tiny
 from riskcl.cli import main
 from riskcl.decision import OperatingPoint
 from riskcl.deploy.export import OUTPUTS, export_run
-from riskcl.deploy.predict import predict_files
+from riskcl.deploy.scoring import predict_files
 from riskcl.deploy.serve import create_app
 from riskcl.experiment import RunFolder, calibrate_run, run_experiment
 from riskcl.experiment.calibrate import UncertifiedError, operating_point
@@ -99,7 +99,7 @@ def test_predict_serve_and_export_reproduce_the_numbers_calibration_saw(tta_run,
     paths, ids = test_images
     expected = malignant_probability(_saved(folder, ids, op), tax)
     # predict (no flag: the calibrated point is the run's point)
-    rows, used = predict_files(tta_run, [str(p) for p in paths])
+    rows, used, _ = predict_files(tta_run, [str(p) for p in paths])
     assert used == op
     got = np.array([r["p_malignant"] for r in rows])
     assert np.abs(got - expected).max() < 1e-5
@@ -252,7 +252,7 @@ def test_the_shipped_decoder_keeps_16_bit_and_float_parity(tiny_run, tiny_export
     spec.loader.exec_module(decode)
     session = ort.InferenceSession(str(out / "model.onnx"))
     p_mal = session.run(["p_malignant"], {"images": decode.decode_image(str(path))[None]})[0][0]
-    (row,), _ = predict_files(tiny_run[0], [str(path)])
+    (row,), *_ = predict_files(tiny_run[0], [str(path)])
     assert p_mal == pytest.approx(row["p_malignant"], abs=1e-5)
 
 

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from conftest import BRAIN_MRI, demo_png, needs_brain_mri
-from riskcl.deploy.predict import predict_files
+from riskcl.deploy.scoring import predict_files
 from riskcl.deploy.serve import create_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -42,7 +42,7 @@ def test_predict_matches_riskcl_predict_and_explain_returns_png(client, tiny_run
     r = client.post("/predict", files={"file": ("x.png", img.read_bytes(), "image/png")})
     assert r.status_code == 200
     body = r.json()
-    (row,), _ = predict_files(tiny_run[0], [str(img)])
+    (row,), *_ = predict_files(tiny_run[0], [str(img)])
     assert body["decision"] == row["decision"] and body["predicted"] == row["predicted"]
     assert body["p_malignant"] == pytest.approx(row["p_malignant"], abs=1e-9)
     assert body["threshold"] == 0.5 and body["operating_point"]["method"] == "default"
@@ -204,7 +204,7 @@ def test_page_in_headless_chromium_shows_what_riskcl_predict_says(brain_run, tmp
     bad = tmp_path / "notes.png"
     bad.write_bytes(b"these are my notes, not an image")
     shown = screenshot_page(brain_run, image, shot, bad)
-    (row,), _ = predict_files(brain_run, [str(image)], calibrated=True)
+    (row,), *_ = predict_files(brain_run, [str(image)], calibrated=True)
     assert shown["decision"].split(" ")[0] == row["decision"].upper()
     assert shown["filename"] == image.name and shown["preview"] and "does not rule out disease" in shown["notice"]
     assert shown["bad_result_hidden"] and shown["bad_overlay_src"] is None and shown["bad_filename"] == "notes.png"

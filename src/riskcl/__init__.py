@@ -5,8 +5,7 @@ The package's face is lazy (PEP 562): ``import riskcl`` and ``riskcl --help`` / 
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ._lazy import lazy_face
 
 __version__ = "0.2.0"  # the one place the version is written (pyproject.toml reads it)
 
@@ -15,13 +14,4 @@ _LAZY = {"create_loss": "losses", "list_losses": "losses", "safety_report": "met
 __all__ = [*sorted(_LAZY), "__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value  # later look-ups skip this function
-        return value
-    raise AttributeError(f"module 'riskcl' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_face(__name__, globals(), _LAZY)

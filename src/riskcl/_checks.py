@@ -41,3 +41,12 @@ def check_int(name: str, value: Any, choices: tuple[int, ...] | None = None, min
         want = f"one of {choices}" if choices else f"an integer >= {minimum}" if minimum is not None else "an integer"
         raise ValueError(f"Expected `{name}` to be {want}, but got {value!r}")
     return int(value)
+
+
+def check_method(method: str) -> str:
+    """``method`` if it is a saliency method riskcl offers, else a ``ValueError`` naming the choices."""
+    from .defaults import SALIENCY_METHODS
+
+    if method not in SALIENCY_METHODS:
+        raise ValueError(f"Unknown saliency method '{method}'; expected one of {list(SALIENCY_METHODS)}")
+    return method

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..defaults import BORDERLINE, MIN_SENSITIVITY, MIN_SPECIFICITY, N_BOOT
+from ..defaults import BORDERLINE, MAX_BATCH, MAX_WAIT_MS, MIN_SENSITIVITY, MIN_SPECIFICITY, N_BOOT, SALIENCY
 from .command import Command
 
 
@@ -38,41 +38,53 @@ def _point_line(op) -> str:
 
 
 def _add_predict(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir")
-    p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--out", default=None, help="CSV to write (default: the CSV goes to standard output); an existing "
-                   "file is replaced only when it is a riskcl prediction CSV, unless --force")
-    p.add_argument("--force", action="store_true", help="overwrite --out even if it is not a prediction CSV")
+    p.add_argument("run_dir", metavar="RUN_OR_EXPORT", help="a run folder (PyTorch) or an export folder (ONNX "
+                   "Runtime, no PyTorch needed)")
+    p.add_argument("images", nargs="+", help="image files, folders (every image below) or quoted globs")
+    p.add_argument("--out", default=None, help="CSV written as the images are scored; a rerun with the same --out "
+                   "skips the images already scored (default: the CSV goes to standard output); an existing file "
+                   "is used only when it is a riskcl prediction CSV, unless --force")
+    p.add_argument("--force", action="store_true", help="start --out over, even if it is not a prediction CSV")
     _add_point(p)
     p.add_argument("--metadata", default=None,
                    help="CSV with an `image` column and the group column of a per-group calibration")
     p.add_argument("--argmax", action="store_true", help="decide by the fine-class argmax (the paper's rule)")
     p.add_argument("--allow-unfinished", action="store_true", help="use an unfinished run's best weights so far")
+    p.add_argument("--batch-size", type=int, default=64, help="images decoded and scored at a time (bounds memory)")
+    p.add_argument("--threads", type=int, default=None, help="threads of the model (default: the runtime's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+UNREADABLE_EXIT = 3  # predict finished, but some inputs could not be read (their rows say why)
 
 
 def _predict(a: argparse.Namespace) -> int:
     import sys
 
-    from ..deploy.predict import predict_files, write_rows_csv
+    from ..deploy.scoring import is_export, predict_files
 
-    _unfinished_note(a.run_dir, a.allow_unfinished)
-    rows, op = predict_files(a.run_dir, a.images, a.out, calibrated=_calibrated(a), threshold=a.threshold,
-                             metadata=a.metadata, rule="argmax" if a.argmax else "superclass",
-                             allow_unfinished=a.allow_unfinished, allow_uncertified=a.allow_uncertified,
-                             force=a.force)
+    if not is_export(a.run_dir):
+        _unfinished_note(a.run_dir, a.allow_unfinished)
     log = sys.stderr if a.out is None else sys.stdout  # stdout carries the CSV when no --out is given
-    print(_point_line(op), file=log)
-    for r in rows:
-        print(f"{r['image']}: {r['decision'].upper()} {r['predicted']} ({r['superclass']}, p_malignant="
-              f"{r['p_malignant']:.3f}, threshold {r['threshold']:.3f})", file=log)
-    if a.out is None:
-        write_rows_csv(rows, None)
-    else:
+    result = predict_files(a.run_dir, a.images, a.out or "-", calibrated=_calibrated(a), threshold=a.threshold,
+                           metadata=a.metadata, rule="argmax" if a.argmax else "superclass",
+                           allow_unfinished=a.allow_unfinished, allow_uncertified=a.allow_uncertified,
+                           force=a.force, batch_size=a.batch_size, threads=a.threads, progress=not a.quiet,
+                           collect=False)
+    s = result.summary
+    print(_point_line(result.op), file=log)
+    print(f"{s.scored} image(s) scored ({s.referred} referred)" + (f", {s.skipped} already in {a.out}" if s.skipped
+                                                                   else "")
+          + (f", {len(s.unreadable)} unreadable (rows with decision 'unreadable' say why): "
+             + ", ".join(s.unreadable[:5]) + (" ..." if len(s.unreadable) > 5 else "") if s.unreadable else ""),
+          file=log)
+    if a.out:
         print(f"wrote {a.out}")
-    return 0
+    return UNREADABLE_EXIT if s.unreadable else 0
 
 
-PREDICT = Command("predict", "predict image files with a finished run (decision at its operating point)",
+PREDICT = Command("predict", "predict image files, folders or globs with a run or an export (decision at its "
+                  "operating point)",
                   _add_predict, _predict)
 
 
@@ -137,14 +149,15 @@ def _add_explain(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir")
     p.add_argument("images", nargs="*", help="image files (or --type-ii for the test split's fatal errors)")
     p.add_argument("--out", default=None, help="folder for the overlays (required with IMAGES)")
-    p.add_argument("--method", default="gradcam", help="gradcam, gradcam++, xgradcam, eigencam or layercam")
+    p.add_argument("--method", default=SALIENCY, help="gradcam, gradcam++, xgradcam, eigencam or layercam")
     p.add_argument("--type-ii", action="store_true", help="the gallery of the test split's Type II errors, written "
                    "to RUN/gallery/ (read by `riskcl report` and `riskcl card`)")
     p.add_argument("--cap", type=int, default=16, help="at most this many Type II cases in the gallery")
 
 
 def _explain(a: argparse.Namespace) -> int:
-    from ..deploy.explain import check_method, explain_files, explain_type_ii
+    from .._checks import check_method
+    from ..deploy.explain import explain_files, explain_type_ii
 
     check_method(a.method)
 
@@ -168,21 +181,28 @@ EXPLAIN = Command("explain", "saliency overlays (Grad-CAM) for image files or th
 
 
 def _add_serve(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", metavar="RUN_OR_EXPORT", help="a run folder (PyTorch, with saliency and the input "
+                   "check) or an export folder (ONNX Runtime alone)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="larger uploads get 413")
-    p.add_argument("--method", default="gradcam", help="saliency method of /explain")
+    p.add_argument("--method", default=SALIENCY, help="saliency method of /explain")
     p.add_argument("--borderline", type=float, default=BORDERLINE,
                    help="|p(malignant) - threshold| at or under which the page shows a borderline result")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads of ONNX Runtime / PyTorch")
+    p.add_argument("--max-batch", type=int, default=MAX_BATCH, help="concurrent images scored in one model call")
+    p.add_argument("--max-wait-ms", type=float, default=MAX_WAIT_MS,
+                   help="how long the first image of a batch waits for others")
     _add_point(p, manual=False)
 
 
 def _serve(a: argparse.Namespace) -> int:
     from ..deploy.serve import serve
 
-    serve(a.run_dir, a.host, a.port, a.max_upload_mb, a.method, a.allow_uncertified, a.borderline)
+    serve(a.run_dir, a.host, a.port, a.max_upload_mb, a.method, a.allow_uncertified, a.borderline, a.threads,
+          a.max_batch, a.max_wait_ms)
     return 0
 
 
-SERVE = Command("serve", "a triage web page and JSON API for a run (FastAPI + uvicorn)", _add_serve, _serve)
+SERVE = Command("serve", "a triage web page and JSON API for a run or an export (FastAPI + uvicorn)", _add_serve,
+                _serve)

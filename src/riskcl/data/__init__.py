@@ -1,9 +1,15 @@
-"""Data sets behind a registry: ``create_datasets(name, root, ...)``, images decoded once into a cache."""
-from .base import SPLITS, DataIndex, ImageDataset
-from .images import BadImageError, decode_bytes, decode_rgb, load_image
-from .registry import (SplitData, check_root, create_dataset, create_datasets, create_eval_dataset, dataset_options,
-                       list_datasets, load_source_images, register_dataset)
+"""Data sets behind a registry: ``create_datasets(name, root, ...)``, images decoded once into a cache.
 
-__all__ = ["SPLITS", "BadImageError", "DataIndex", "ImageDataset", "SplitData", "check_root", "create_dataset",
-           "create_datasets", "create_eval_dataset", "dataset_options", "decode_bytes", "decode_rgb", "list_datasets",
-           "load_image", "load_source_images", "register_dataset"]
+The package's face is lazy: decoding (:mod:`.decoding`, :mod:`.rgb`) loads no PyTorch."""
+from __future__ import annotations
+
+from .._lazy import lazy_face
+
+_LAZY = {"SPLITS": "base", "DataIndex": "base", "ImageDataset": "base", "BadImageError": "decoding",
+         "decode_bytes": "decoding", "decode_rgb": "decoding", "load_image": "images", "SplitData": "registry",
+         "check_root": "registry", "create_dataset": "registry", "create_datasets": "registry",
+         "create_eval_dataset": "registry", "dataset_options": "registry", "list_datasets": "registry",
+         "load_source_images": "registry", "register_dataset": "registry"}
+__all__ = sorted(_LAZY)
+
+__getattr__, __dir__ = lazy_face(__name__, globals(), _LAZY)

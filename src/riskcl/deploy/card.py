@@ -341,7 +341,11 @@ def _type_ii_section(doc: Document, c: CardContext) -> None:
     if (gallery is None or not current) and len(missed) and c.gallery_cap:
         from .explain import explain_type_ii
 
-        gallery = explain_type_ii(c.folder.path, cap=c.gallery_cap)
+        try:
+            gallery = explain_type_ii(c.folder.path, cap=c.gallery_cap)
+        except (OSError, ValueError) as exc:  # e.g. the data folder moved: the card is still written, and says so
+            gallery = None
+            doc.para(f"Saliency of the missed images is unavailable: {exc}.")
     if gallery is not None and gallery.get("items"):
         items = gallery["items"][:c.gallery_cap or len(gallery["items"])]
         doc.para(f"Saliency of {len(items)} of the {gallery['type_ii_total']} missed image(s), lowest p(malignant) "

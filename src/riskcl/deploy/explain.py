@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .._checks import check_method
 from ..data import decode_rgb, load_source_images
 from ..data.augment import to_model_input
 from ..data.images import resize_uint8
@@ -32,18 +33,10 @@ from ..taxonomy import Taxonomy
 from .predict import missed_malignant, predict_arrays
 
 DISPLAY = 224
-METHODS = ("gradcam", "gradcam++", "xgradcam", "eigencam", "layercam")
 MIN_GRID = 4          # cells per side the saliency layer must have at the run's input size
 BLANK_RANGE = 1e-6    # a map whose max - min is below this is blank
 BLANK_NOTE = ("blank saliency map: the map is constant, so it shows nothing about where the model looked (the "
               "method found no spatial signal at this input size)")
-
-
-def check_method(method: str) -> str:
-    """``method`` if it is a saliency method riskcl offers, else a ``ValueError`` naming the choices."""
-    if method not in METHODS:
-        raise ValueError(f"Unknown saliency method '{method}'; expected one of {list(METHODS)}")
-    return method
 
 
 def blank_map_note(cam: np.ndarray) -> str:
@@ -248,3 +241,15 @@ def explain_type_ii(run_dir: str | Path, cap: int = 16, method: str = "gradcam")
                "blank_maps": sum(bool(n) for n in notes), "note": BLANK_NOTE if any(notes) else ""}
     folder.write_gallery(gallery)
     return gallery
+
+
+def saliency_png(model: torch.nn.Module, image: np.ndarray, image_size: int, taxonomy: Taxonomy,
+                 method: str) -> tuple[bytes, str]:
+    """The p(malignant) saliency panel of one decoded image (image | overlay with a colour bar) as PNG, and a note:
+    empty, or why the map says nothing (the service's ``/explain``)."""
+    import io
+
+    cam = saliency(model, [image], image_size, taxonomy, "malignant", method)[0]
+    buf = io.BytesIO()
+    Image.fromarray(panel(image, [overlay(image, cam)])).save(buf, format="PNG")
+    return buf.getvalue(), blank_map_note(cam)

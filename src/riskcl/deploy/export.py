@@ -23,7 +23,6 @@ import contextlib
 import io
 import json
 import warnings
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -43,9 +42,9 @@ from ..experiment.folder import RunFolder
 from ..io import atomic_write_json, atomic_write_text, atomic_write_with, build_folder_atomically, file_sha256
 from ..metrics import malignant_probability
 from .predict import predict_arrays
+from .scoring import METADATA_FILE, group_by_shape
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
-METADATA_FILE = "riskcl_export.json"
 README_FILE = "README.md"
 DECODER_FILE = "decode.py"
 # The graph's outputs, in the order it returns them (riskcl_export.json lists them in this order too).
@@ -131,17 +130,10 @@ class _Runner:
             return tuple(t.numpy() for t in self.module(torch.from_numpy(batch)))
 
 
-def _by_size(images: Sequence[np.ndarray]) -> dict[tuple, list[int]]:
-    groups: dict[tuple, list[int]] = defaultdict(list)
-    for i, im in enumerate(images):
-        groups[im.shape].append(i)
-    return groups
-
-
 def run_exported(runner: _Runner, images: Sequence[np.ndarray], batch_size: int = 16) -> dict[str, np.ndarray]:
     """The exported model's outputs for images of any sizes (batched by size, in input order)."""
     out = {k: [None] * len(images) for k in OUTPUTS}
-    for _, idx in _by_size(images).items():
+    for idx in group_by_shape(images).values():
         for start in range(0, len(idx), batch_size):
             part = idx[start:start + batch_size]
             results = runner(np.stack([images[i] for i in part]))

@@ -1,24 +1,30 @@
-"""``riskcl serve``: a FastAPI app (served by uvicorn) with the run's model behind a triage page.
+"""``riskcl serve``: a FastAPI app (served by uvicorn) with a model behind a triage page.
+
+The model is a run folder (PyTorch) or an export folder (``riskcl_export.json`` + ``model.onnx``, served by ONNX
+Runtime alone: ``pip install 'riskcl[serve]'`` needs no PyTorch). Both answer the same API with the same numbers:
 
 * ``POST /predict`` (multipart field ``file``) -> JSON: class probabilities, p(malignant), the decision ``refer`` /
-  ``clear`` at the run's operating point (calibrated when ``calibration.json`` exists), the threshold and how it
-  was chosen;
-* ``POST /explain`` (same input) -> PNG: the image beside its p(malignant) saliency overlay;
+  ``clear`` at the operating point (calibrated when ``calibration.json`` exists, the exported one for an export),
+  the threshold and how it was chosen, and (run folders) whether the image looks unlike the calibration data;
+* ``POST /explain`` (same input) -> PNG: the image beside its p(malignant) saliency overlay (run folders; an
+  export answers 501 and the page says why);
 * ``GET /`` -> one self-contained HTML page (no CDN): drop an image, see the decision, the probabilities and
-  where the model looked; ``GET /health``; ``GET /model`` (the export metadata and the operating point in words).
+  where the model looked; ``GET /health``; ``GET /model`` (the model's description and the operating point in
+  words).
 
-The model is loaded once, at start. Requests run in FastAPI's thread pool (plain ``def`` endpoints), one model
-call at a time behind a lock, so a slow request never blocks ``/health``. Bad input gets a 4xx JSON
+The model is loaded once, at start. Requests run in FastAPI's thread pool (plain ``def`` endpoints) and
+concurrent images are scored together (:mod:`riskcl.deploy.batching`: up to ``max_batch`` images, waiting at most
+``max_wait_ms``), so a slow request never blocks ``/health``. ``threads`` sets ONNX Runtime's intra-op threads
+(or PyTorch's); for more cores run several workers (:func:`app_from_env`). Bad input gets a 4xx JSON
 ``{"error": ...}`` naming what was wrong and the server keeps serving: a missing or wrongly named field, an empty
 body, a file that is not an image or is truncated, an upload over the size limit (413, enforced while the body
 streams in: never more than the limit is received or spooled), an image whose header declares more pixels than
 riskcl's limit (413, refused before decoding), an image under 8 x 8 pixels. An uncertified calibration is
-refused unless ``allow_uncertified`` (then the page says so on every answer). FastAPI and uvicorn come with
-the ``deploy`` extra (``pip install 'riskcl[deploy]'``).
+refused unless ``allow_uncertified`` (then the page says so on every answer).
 """
 from __future__ import annotations
 
-import io
+import contextlib
 import json
 import threading
 from importlib.resources import files
@@ -30,16 +36,12 @@ from fastapi import FastAPI, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from .._checks import check_int, check_number
-from ..data import BadImageError, decode_bytes
+from .._checks import check_int, check_method, check_number
+from ..data.decoding import BadImageError, decode_bytes
 from ..decision import OperatingPoint
-from ..defaults import BORDERLINE
-from ..experiment.calibrate import operating_point
-from ..experiment.folder import RunFolder
-from ..experiment.input_check import check_images, load_input_check
-from .explain import blank_map_note, check_method, overlay, panel, saliency
-from .export import describe_run
-from .predict import decision_rows, predict_arrays
+from ..defaults import BORDERLINE, MAX_BATCH, MAX_WAIT_MS, SALIENCY
+from .batching import MicroBatcher
+from .scoring import decision_rows, open_scorer
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
 FRAMING = 64 * 1024  # multipart headers and boundaries around the image: allowed beyond the upload limit
@@ -129,36 +131,56 @@ class UploadLimit:
 
 
 class TriageService:
-    """The loaded run: model, taxonomy, operating point; thread-safe prediction and explanation."""
+    """A served model: a run folder (PyTorch: probabilities, the input check, saliency) or an export folder (ONNX
+    Runtime alone: probabilities; no input check or saliency, said so in ``/model`` and on the page).
 
-    def __init__(self, run_dir: str | Path, method: str = "gradcam", allow_uncertified: bool = False,
-                 borderline: float = BORDERLINE) -> None:
+    Concurrent predictions are batched (:class:`riskcl.deploy.batching.MicroBatcher`); the run folder's model is
+    used by one call at a time (saliency hooks into it), an ONNX Runtime session by several."""
+
+    def __init__(self, target: str | Path, method: str = SALIENCY, allow_uncertified: bool = False,
+                 borderline: float = BORDERLINE, threads: int | None = None, max_batch: int = MAX_BATCH,
+                 max_wait_ms: float = MAX_WAIT_MS) -> None:
         check_method(method)
-        self.folder = RunFolder(run_dir)
-        self.folder.require_finished(None)
-        self.taxonomy = self.folder.taxonomy()
-        self.op = operating_point(self.folder, allow_uncertified=allow_uncertified)
-        self.model = self.folder.load_model()
-        try:  # fitted once from the run's cached validation / calibration images
-            self.input_check, check_text = load_input_check(self.folder.path), ""
-        except (OSError, ValueError) as exc:  # e.g. the data folder moved: serve without it, and say so
-            self.input_check, check_text = None, f"unavailable ({exc})"
+        self.target = Path(target)
+        self.scorer = open_scorer(target, allow_uncertified=allow_uncertified, threads=threads)
+        if self.scorer.kind == "run":
+            self.scorer.folder.require_finished(None)
+        self.taxonomy, self.op = self.scorer.taxonomy, self.scorer.op
+        if self.scorer.kind == "run":
+            from .export import describe_run  # PyTorch: only a run folder's service gets here
+
+            self.input_check, check_text = self.scorer.load_input_check()
+            description = {**describe_run(self.scorer.folder, self.op), "format": "served by riskcl (PyTorch)"}
+            saliency_note = ""
+        else:
+            self.input_check = None
+            check_text = "not in an export (serve the run folder to flag unusual images)"
+            description = {**self.scorer.meta, "format": f"served from an ONNX export by {self.scorer.runtime}"}
+            saliency_note = ("Saliency is not served from an exported model: serve the run folder (riskcl serve RUN) "
+                             "to see where the model looked.")
         self.method, self.borderline = method, float(borderline)
-        self.lock = threading.Lock()
-        self.metadata = {**describe_run(self.folder, self.op), "format": "served by riskcl (PyTorch)",
-                         "operating_point_text": operating_point_text(self.op), "notice": NOTICE,
+        self.lock = threading.Lock() if self.scorer.kind == "run" else contextlib.nullcontext()
+        self.batcher = MicroBatcher(self._score, max_batch, max_wait_ms)
+        self.metadata = {**description, "operating_point_text": operating_point_text(self.op), "notice": NOTICE,
                          "borderline": self.borderline, "certified": self.op.certified or not self.op.calibrated,
-                         "input_check": check_text or self.input_check.describe()}
+                         "input_check": check_text, "input_check_available": self.input_check is not None,
+                         "saliency": not saliency_note, "saliency_note": saliency_note,
+                         "batching": {"max_batch": self.batcher.max_batch,
+                                      "max_wait_ms": 1000 * self.batcher.max_wait}}
 
     def image(self, data: bytes, name: str) -> np.ndarray:
         return decode_bytes(data, name)  # the pixel limits (too large, too small) are the decoder's
 
-    def predict(self, arr: np.ndarray, name: str) -> dict[str, Any]:
+    def _score(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, float | None]]:
         with self.lock:
-            probs = predict_arrays(self.model, [arr], self.op)
-            distance = None if self.input_check is None else \
-                float(check_images(self.model, self.input_check, [arr], self.op.image_size)[0])
-        row = decision_rows(probs, self.taxonomy, self.op)[0]
+            probs = self.scorer.probabilities(images)
+            distances = [None] * len(images) if self.input_check is None else \
+                [float(d) for d in self.scorer.distances(self.input_check, images)]
+        return list(zip(probs, distances))
+
+    def predict(self, arr: np.ndarray, name: str) -> dict[str, Any]:
+        probs, distance = self.batcher(arr)
+        row = decision_rows(probs[None], self.taxonomy, self.op)[0]
         return {"image": name, "decision": row["decision"], "predicted": row["predicted"],
                 "superclass": row["superclass"], "p_malignant": row["p_malignant"], "threshold": row["threshold"],
                 "borderline": abs(row["p_malignant"] - row["threshold"]) <= self.borderline,
@@ -170,22 +192,22 @@ class TriageService:
                                     "certified": self.op.certified, "how": self.op.describe()},
                 "image_size": [int(arr.shape[1]), int(arr.shape[0])]}
 
-    def explain_png(self, arr: np.ndarray) -> tuple[bytes, str]:
-        """The panel (image | overlay with a colour bar) and a note: empty, or why the map says nothing."""
-        from PIL import Image
+    def explain_png(self, arr: np.ndarray) -> tuple[bytes, str] | None:
+        """The saliency panel as PNG and a note (:func:`riskcl.deploy.explain.saliency_png`); None from an export."""
+        if not self.metadata["saliency"]:
+            return None
+        from .explain import saliency_png  # PyTorch: only a run folder's service gets here
 
         with self.lock:
-            cam = saliency(self.model, [arr], self.op.image_size, self.taxonomy, "malignant", self.method)[0]
-        buf = io.BytesIO()
-        Image.fromarray(panel(arr, [overlay(arr, cam)])).save(buf, format="PNG")
-        return buf.getvalue(), blank_map_note(cam)
+            return saliency_png(self.scorer.model, arr, self.op.image_size, self.taxonomy, self.method)
 
 
-def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, method: str = "gradcam",
-               allow_uncertified: bool = False, borderline: float = BORDERLINE) -> FastAPI:
-    """The FastAPI app serving one run."""
+def create_app(target: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, method: str = SALIENCY,
+               allow_uncertified: bool = False, borderline: float = BORDERLINE, threads: int | None = None,
+               max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS) -> FastAPI:
+    """The FastAPI app serving one run folder or export folder."""
     check_serve_options("127.0.0.1", 8000, max_upload_mb, method, borderline)
-    service = TriageService(run_dir, method, allow_uncertified, borderline)
+    service = TriageService(target, method, allow_uncertified, borderline, threads, max_batch, max_wait_ms)
     limit = int(max_upload_mb * 1024 * 1024)
     page = files("riskcl.deploy").joinpath("page.html").read_text(encoding="utf-8")
     app = FastAPI(title="riskcl triage", version=service.metadata["riskcl_version"])
@@ -222,7 +244,7 @@ def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
 
     @app.get("/health")
     def health() -> dict[str, str]:
-        return {"status": "ok", "run": str(service.folder.path)}
+        return {"status": "ok", "model": str(service.target)}
 
     @app.get("/model")
     def model() -> dict[str, Any]:
@@ -234,15 +256,35 @@ def create_app(run_dir: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
 
     @app.post("/explain")
     def explain(file: UploadFile) -> Response:
-        png, note = service.explain_png(read_upload(file))
+        arr = read_upload(file)
+        answer = service.explain_png(arr)
+        if answer is None:
+            raise HTTPError(501, service.metadata["saliency_note"])
+        png, note = answer
         return Response(png, media_type="image/png", headers={"X-Saliency-Note": note} if note else None)
 
+    app.state.service = service
     return app
 
 
-def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
-          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, method: str = "gradcam", allow_uncertified: bool = False,
-          borderline: float = BORDERLINE) -> None:
+def app_from_env() -> FastAPI:
+    """The app for ``uvicorn --workers N --factory riskcl.deploy.serve:app_from_env`` (one model per worker
+    process, for machines with more cores): the model folder in ``RISKCL_SERVE_MODEL``, the upload limit in
+    ``RISKCL_SERVE_MAX_UPLOAD_MB`` and ONNX Runtime / PyTorch threads per worker in ``RISKCL_SERVE_THREADS``."""
+    import os
+
+    target = os.environ.get("RISKCL_SERVE_MODEL")
+    if not target:
+        raise ValueError("RISKCL_SERVE_MODEL is not set: name the run folder or export folder to serve")
+    threads = os.environ.get("RISKCL_SERVE_THREADS")
+    return create_app(target, float(os.environ.get("RISKCL_SERVE_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB)),
+                      threads=int(threads) if threads else None)
+
+
+def serve(target: str | Path, host: str = "127.0.0.1", port: int = 8000,
+          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, method: str = SALIENCY, allow_uncertified: bool = False,
+          borderline: float = BORDERLINE, threads: int | None = None, max_batch: int = MAX_BATCH,
+          max_wait_ms: float = MAX_WAIT_MS) -> None:
     """Run the app with uvicorn until interrupted; the address is bound (or the error names it) before the
     "serving on" line is printed."""
     import socket
@@ -250,14 +292,17 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
     import uvicorn
 
     check_serve_options(host, port, max_upload_mb, method, borderline)
-    app = create_app(run_dir, max_upload_mb, method, allow_uncertified, borderline)
+    app = create_app(target, max_upload_mb, method, allow_uncertified, borderline, threads, max_batch, max_wait_ms)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted connections inherit it: a response's header and body leave at once instead of the body waiting
+    # for the client's delayed ACK (about 40 ms per request on a kept-alive connection).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
         raise OSError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
-    print(f"riskcl serve: {run_dir} on http://{host}:{port}/  ({app.title}; Ctrl-C stops)", flush=True)
+    print(f"riskcl serve: {target} on http://{host}:{port}/  ({app.title}; Ctrl-C stops)", flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

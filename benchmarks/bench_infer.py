@@ -1,0 +1,252 @@
+"""Inference throughput and latency of an exported model (issue 26), three ways, on a run's held-in test split:
+
+    python benchmarks/bench_infer.py --run RUN [--export RUN/export] [--batch 32] [--requests 2000]
+    python benchmarks/bench_infer.py --run RUN --images 48 --requests 60   # the small form the tests run
+
+(a) ceiling: the bare ONNX Runtime session on pre-decoded ``uint8`` images (the graph's own resize, TTA and
+    temperature included), batches of ``--batch`` images of one size;
+(b) ``riskcl predict EXPORT FILES`` end to end from the image files (decoding, batching, CSV written and synced)
+    at the same batch size, through :func:`riskcl.deploy.scoring.predict_files`;
+(c) the service (``riskcl serve EXPORT`` in its own process on 127.0.0.1) under a closed-loop load of 1, 4 and
+    16 clients, each sending the next image as soon as its answer came back, ``--requests`` requests per level:
+    images/s, p50 / p95 / p99 latency, errors, and the server's resident memory before the load and after it.
+
+Prints one JSON object (machine, figures, the targets and whether each holds): (b) >= 0.8 x (a); no error,
+p99 <= 3 x p50 at 4 clients, and memory growth under 5% across the run. The export is made with ``riskcl export``
+when ``--export`` does not exist yet. Image files come from the run's split table; a data set generated in memory
+(the demo) is written to PNG files in a temp folder first.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+
+def _test_files(run: Path, limit: int, tmp: Path) -> list[str]:
+    """Up to ``limit`` test images of the run as files (the originals, or PNGs of an in-memory data set)."""
+    from PIL import Image
+
+    from riskcl.data import load_source_images
+    from riskcl.experiment.folder import RunFolder
+
+    folder = RunFolder(run)
+    test = folder.splits()
+    test = test.loc[test["split"] == "test"].head(limit)
+    paths = [str(p) for p in test["path"]]
+    if all(os.path.isfile(p) for p in paths):
+        return paths
+    cfg = folder.read_config()
+    images = load_source_images(cfg.data.name, cfg.data.root, paths, **cfg.data.options)
+    out = []
+    for i, im in enumerate(images):
+        out.append(str(tmp / f"test_{i:05d}.png"))
+        Image.fromarray(im).save(out[-1])
+    return out
+
+
+def ceiling(export: Path, images: list[np.ndarray], batch: int, repeat: int) -> dict:
+    from riskcl.deploy.scoring import ExportedModel, group_by_shape
+
+    model = ExportedModel(export)
+    model.batch_size = batch
+    batches = [[images[i] for i in idx[s:s + batch]] for idx in group_by_shape(images).values()
+               for s in range(0, len(idx), batch)]
+    model.probabilities(batches[0])  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeat):
+        for b in batches:
+            model.session.run(["probabilities"], {"images": np.stack(b)})
+    seconds = time.perf_counter() - start
+    return {"images": len(images) * repeat, "seconds": round(seconds, 3),
+            "images_per_s": round(len(images) * repeat / seconds, 1), "runtime": model.runtime}
+
+
+def predict_end_to_end(export: Path, files: list[str], batch: int, tmp: Path) -> dict:
+    """Steady-state throughput of riskcl predict's pipeline (decode, score, rows, CSV written and synced) with the
+    session already open, and the wall time of the whole call (session creation included) beside it."""
+    from riskcl.deploy.scoring import PredictionCSV, csv_columns, open_scorer, predict_files, stream_predictions
+
+    scorer = open_scorer(export)
+    stream_predictions(scorer, files[:batch], PredictionCSV(tmp / "warm.csv", csv_columns(scorer.taxonomy),
+                                                            scorer.op, force=True), batch_size=batch)
+    sink = PredictionCSV(tmp / "bench_predict.csv", csv_columns(scorer.taxonomy), scorer.op, force=True)
+    start = time.perf_counter()
+    summary = stream_predictions(scorer, files, sink, batch_size=batch)
+    seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    predict_files(export, files, tmp / "bench_call.csv", batch_size=batch, collect=False, force=True)
+    call = time.perf_counter() - start
+    return {"images": summary.scored, "seconds": round(seconds, 3), "images_per_s": round(summary.scored / seconds, 1),
+            "unreadable": len(summary.unreadable), "whole_call_seconds": round(call, 3)}
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _multipart(data: bytes, name: str) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def _load(port: int, bodies: list[tuple[bytes, str]], clients: int, requests: int) -> dict:
+    """A closed loop: ``clients`` threads, each with its own keep-alive connection, ``requests`` in all."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    counter = iter(range(requests))
+    lock = threading.Lock()
+
+    def connect() -> http.client.HTTPConnection:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        conn.connect()  # no Nagle delay between the request's header and body (as browsers and urllib3 do)
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn
+
+    def client() -> None:
+        conn = connect()
+        while True:
+            with lock:
+                k = next(counter, None)
+            if k is None:
+                break
+            body, ctype = bodies[k % len(bodies)]
+            t0 = time.perf_counter()
+            try:
+                conn.request("POST", "/predict", body, {"Content-Type": ctype})
+                resp = conn.getresponse()
+                payload = resp.read()
+                ok = resp.status == 200 and b'"decision"' in payload
+            except (OSError, http.client.HTTPException) as exc:
+                ok, payload = False, str(exc).encode()
+                conn.close()
+                conn = connect()
+            with lock:
+                latencies.append(time.perf_counter() - t0)
+                if not ok:
+                    errors.append(payload[:200].decode(errors="replace"))
+        conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - start
+    ms = np.asarray(latencies) * 1000
+    p50, p95, p99 = (float(np.percentile(ms, q)) for q in (50, 95, 99))
+    return {"clients": clients, "requests": len(latencies), "seconds": round(seconds, 3),
+            "images_per_s": round(len(latencies) / seconds, 1), "p50_ms": round(p50, 1), "p95_ms": round(p95, 1),
+            "p99_ms": round(p99, 1), "p99_over_p50": round(p99 / p50, 2), "errors": len(errors),
+            "first_error": errors[0] if errors else None}
+
+
+def service_load(export: Path, files: list[str], requests: int, levels: tuple[int, ...], threads: int | None) -> dict:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "riskcl", "serve", str(export), "--port", str(port)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/health")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"the service did not start: {proc.stdout.read()[-2000:]}") from None
+                time.sleep(0.5)
+        bodies = [_multipart(Path(f).read_bytes(), Path(f).name) for f in files]
+        # Warm-up at every level: the first batches of each size allocate ONNX Runtime's arenas, and the first
+        # concurrent requests start the server's worker threads; memory is measured from there on.
+        for c in levels:
+            _load(port, bodies, c, min(25 * c, requests))
+        rss_before = _rss_mb(proc.pid)
+        runs = []
+        for c in levels:
+            runs.append(_load(port, bodies, c, requests))
+            runs[-1]["rss_after_mb"] = round(_rss_mb(proc.pid), 1)
+        rss_after = _rss_mb(proc.pid)
+        return {"levels": runs, "requests_total": requests * len(levels), "rss_before_mb": round(rss_before, 1),
+                "rss_after_mb": round(rss_after, 1), "rss_growth": round(rss_after / rss_before - 1, 4)}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run(run_dir: str, export: str | None = None, batch: int = 32, images: int = 512, requests: int = 2000,
+        levels: tuple[int, ...] = (1, 4, 16), repeat: int = 3, threads: int | None = None) -> dict:
+    from riskcl.data import decode_rgb
+
+    run_path = Path(run_dir)
+    export_path = Path(export) if export else run_path / "export"
+    if not (export_path / "riskcl_export.json").is_file():
+        from riskcl.deploy.export import export_run
+
+        export_run(run_path, export_path, "onnx")
+    with tempfile.TemporaryDirectory(prefix="riskcl-bench-") as tmp:
+        files = _test_files(run_path, images, Path(tmp))
+        decoded = [decode_rgb(f) for f in files]
+        a = ceiling(export_path, decoded, batch, repeat)
+        b = predict_end_to_end(export_path, files, batch, Path(tmp))
+        c = service_load(export_path, files, requests, levels, threads)
+    at4 = next((r for r in c["levels"] if r["clients"] == 4), None)
+    meta = json.loads((export_path / "riskcl_export.json").read_text())
+    return {
+        "bench": "infer", "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+        "model": meta["run"].get("model"), "dataset": meta["run"].get("dataset"), "tta": meta["run"].get("tta"),
+        "image_sizes": sorted({f"{im.shape[1]}x{im.shape[0]}" for im in decoded})[:5], "batch": batch,
+        "a_ceiling": a, "b_predict": b, "b_over_a": round(b["images_per_s"] / a["images_per_s"], 3), "c_service": c,
+        "targets": {"b_over_a_at_least_0.8": b["images_per_s"] >= 0.8 * a["images_per_s"],
+                    "no_errors": all(r["errors"] == 0 for r in c["levels"]),
+                    "p99_within_3x_p50_at_4_clients": bool(at4 and at4["p99_ms"] <= 3 * at4["p50_ms"]),
+                    "memory_growth_under_5pct": c["rss_growth"] < 0.05},
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", required=True, help="a finished run folder (its test split is the load)")
+    p.add_argument("--export", default=None, help="its ONNX export (default RUN/export; made when missing)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--images", type=int, default=512, help="test images used")
+    p.add_argument("--requests", type=int, default=2000, help="requests per load level")
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--repeat", type=int, default=3, help="passes over the images for the ceiling")
+    p.add_argument("--threads", type=int, default=None, help="the service's intra-op threads")
+    a = p.parse_args()
+    print(json.dumps(run(a.run, a.export, a.batch, a.images, a.requests, tuple(a.clients), a.repeat, a.threads)))
+
+
+if __name__ == "__main__":
+    main()
