@@ -41,6 +41,23 @@ def test_report_tables_agree_with_run_metrics(swept, tmp_path):
     assert paired["ce CER"] == pytest.approx(np.mean([r["cer"] for r in data["runs"] if r["method"] == "ce"]))
     md = (rep / "REPORT.md").read_text()
     assert "Table V style" in md and "loss.name-ce__seed-0" in md
+    # The cost-robust table: each method's expected cost is the mean of its runs' (recomputed here by hand at
+    # each run's operating point, the 0.5 default rule: every run's costs are the fixed 5 / 20).
+    from riskcl.experiment import RunFolder
+    from riskcl.metrics import malignant_probability
+
+    assert "Cost-robust comparison" in md and (rep / "figures" / "decision_curve_demo.png").is_file()
+    for row in data["cost_robust"]:
+        costs = []
+        for r in (r for r in data["runs"] if r["method"] == row["method"]):
+            folder = RunFolder(out / r["folder"])
+            preds, tax = folder.predictions("test"), folder.taxonomy()
+            e = np.exp(preds["logits"] - preds["logits"].max(1, keepdims=True))
+            p_mal = malignant_probability(e / e.sum(1, keepdims=True), tax)
+            is_mal = tax.superclass[preds["target"]] == 1
+            costs.append((5 * np.sum((p_mal >= 0.5) & ~is_mal) + 20 * np.sum((p_mal < 0.5) & is_mal)) / len(p_mal))
+        assert row["cost (fixed)"] == pytest.approx(np.mean(costs)) == pytest.approx(row["expected cost"])
+        assert 0 <= row["H-measure"] <= 1 and row["seeds"] == 2
 
 
 def test_only_runs_that_differ_in_the_seed_alone_are_pooled(swept, tmp_path):

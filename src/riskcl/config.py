@@ -68,6 +68,8 @@ class CostConfig:
     lambda2: float = DEFAULT_LAMBDA2   # clinical cost of a Type II error (malignant called benign)
     within: float = 1.0                # clinical cost of a confusion inside a superclass (a correct decision costs 0)
     matrix: Any = None                 # or a full K x K matrix / {true: {predicted: cost}}; overrides the others
+    uncertain: Any = None              # plausible costs: {lambda1: [lo, hi], lambda2: [lo, hi], distribution:
+                                       # uniform | log-uniform | log-normal} or {pt: [lo, hi]}; None: the fixed ones
 
 
 @dataclass
@@ -302,6 +304,7 @@ def _check_top(cfg: ExperimentConfig) -> None:
     c = cfg.cost
     for key, value in (("cost.lambda1", c.lambda1), ("cost.lambda2", c.lambda2), ("cost.within", c.within)):
         _check(math.isfinite(value) and value >= 0, key, value, "a finite number >= 0")
+    run_cost_distribution(cfg)
 
 
 def _check_data(d: DataConfig) -> None:
@@ -338,7 +341,7 @@ def _check_data(d: DataConfig) -> None:
 
 def validate_config(cfg: ExperimentConfig) -> None:
     """Value ranges and registry look-ups; raises :class:`ConfigError` naming the key and value."""
-    from .losses import check_loss_params, create_loss, list_losses
+    from .losses import check_loss_params, list_losses
 
     _check_top(cfg)
     _check_data(cfg.data)
@@ -356,8 +359,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
     except ValueError as exc:
         raise ConfigError(f"`cost`: {exc}") from None
     try:
-        create_loss(cfg.loss.name, taxonomy=taxonomy, class_counts=[1] * taxonomy.num_classes, cost=cost,
-                    **cfg.loss.params)
+        run_loss(cfg, taxonomy, [1] * taxonomy.num_classes, cost)
     except ValueError as exc:
         raise ConfigError(f"`loss`: {exc}") from None
 
@@ -389,6 +391,22 @@ def run_cost_matrix(cfg: ExperimentConfig, taxonomy) -> Any:
     from .taxonomy import resolve_cost_matrix
 
     return resolve_cost_matrix(taxonomy, cfg.cost.lambda1, cfg.cost.lambda2, cfg.cost.matrix, cfg.cost.within)
+
+
+def run_loss(cfg: ExperimentConfig, taxonomy, class_counts, cost):
+    """The run's loss module, from the ``loss`` section with the run's cost matrix, plausible costs and seed."""
+    from .losses import create_loss
+
+    return create_loss(cfg.loss.name, taxonomy=taxonomy, class_counts=class_counts, cost=cost,
+                       costs=None if cfg.cost.matrix is not None else run_cost_distribution(cfg),
+                       within=cfg.cost.within, seed=cfg.seed, **cfg.loss.params)
+
+
+def run_cost_distribution(cfg: ExperimentConfig):
+    """The run's plausible costs (:class:`riskcl.decision.costs.CostDistribution`) from ``cost.uncertain``."""
+    from .decision.costs import CostDistribution
+
+    return CostDistribution.from_config(cfg.cost.uncertain, cfg.cost.lambda1, cfg.cost.lambda2)
 
 
 def save_config(cfg: ExperimentConfig) -> str:

@@ -72,7 +72,12 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", choices=["train", "val", "calib", "test"])
     p.add_argument("--by", action="append", default=[], metavar="COLUMN",
                    help="per-group safety from the saved predictions (repeatable), e.g. --by sex --by localization")
-    p.add_argument("--bootstrap", type=int, default=N_BOOT, help="bootstrap resamples for the subgroup CIs")
+    p.add_argument("--decision-curve", action="store_true", help="net benefit vs refer-all / refer-none over the "
+                   "threshold probabilities of cost.uncertain, from the saved predictions (JSON and PNG in the run)")
+    p.add_argument("--pt", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="the decision curve's range of threshold probabilities (default: from cost.uncertain)")
+    p.add_argument("--bootstrap", type=int, default=N_BOOT, help="bootstrap resamples for the subgroup CIs and "
+                   "the decision curve's band")
     p.add_argument("--allow-unfinished", action="store_true", help="use an unfinished run's best weights so far")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     g = p.add_mutually_exclusive_group()
@@ -87,6 +92,8 @@ def _evaluate(a: argparse.Namespace) -> int:
 
     if a.by:
         return _subgroups(a)
+    if a.decision_curve:
+        return _decision_curve(a)
     report = evaluate_run(a.run_dir, a.split, a.data_root, a.allow_unfinished, threshold=a.threshold,
                           default_rule=a.default_rule)
     if report["note"]:
@@ -98,6 +105,32 @@ def _evaluate(a: argparse.Namespace) -> int:
     else:
         print_table([summary_row("operating point", op), summary_row(f"{report['decision_rule']} at 0.5", report),
                      summary_row("argmax", report["by_rule"]["argmax"])], SUMMARY_COLUMNS)
+    return 0
+
+
+def _decision_curve(a: argparse.Namespace) -> int:
+    from .._checks import check_int
+    from ..experiment.decision_curves import run_decision_curve
+    from ..experiment.folder import RunFolder
+    from ..report.plots import plot_decision_curves
+
+    check_int("--bootstrap", a.bootstrap, minimum=1)
+    if a.data_root or a.threshold is not None or a.default_rule:
+        raise ValueError("--decision-curve reads the run's saved predictions at its operating point; --data-root, "
+                         "--threshold and --default-rule do not apply")
+    if a.pt is not None and not 0 < a.pt[0] < a.pt[1] < 1:
+        raise ValueError(f"Expected --pt LOW HIGH with 0 < LOW < HIGH < 1, but got {a.pt}")
+    curve = run_decision_curve(a.run_dir, a.split, tuple(a.pt) if a.pt else None, n_boot=a.bootstrap)
+    folder = RunFolder(a.run_dir)
+    png = plot_decision_curves({curve["run"]: curve}, folder.decision_curve_file(a.split, "png"),
+                               f"{curve['run']}: decision curve ({a.split})")
+    c = curve["cost_figures"]
+    if a.json:
+        print(json.dumps(curve, indent=2, default=str))
+    print(f"{curve['sentence']}\n  pt range {curve['pt'][0]:.3g}-{curve['pt'][-1]:.3g} ({curve['pt_source']}); "
+          f"operating point: {curve['operating_point']}\n  expected cost per case at it {c['expected_cost']:.4g} "
+          f"(90% of cost draws {c['cost_p05']:.4g}-{c['cost_p95']:.4g}; {c['costs']}); H-measure "
+          f"{c['h_measure']:.4f}\nwrote {folder.decision_curve_file(a.split)} and {png}")
     return 0
 
 

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..defaults import DELTA, FRONTIER_TARGETS, N_BOOT
+from ..defaults import DELTA, FRONTIER_TARGETS, N_BOOT, OBJECTIVES
 from .command import Command
 
 
@@ -116,6 +116,9 @@ def _add_calibrate(p: argparse.ArgumentParser) -> None:
                    help="threshold of a group too small to certify: the pooled one or the most conservative")
     p.add_argument("--allow-uncertified", action="store_true",
                    help="write calibration.json even when no threshold is certified (exit 0; marked uncertified)")
+    p.add_argument("--objective", choices=OBJECTIVES, default="guarantee",
+                   help="among the certified thresholds: the largest (guarantee), or the lowest expected cost / "
+                   "worst-case regret under the run's cost.uncertain")
 
 
 def _calibrate(a: argparse.Namespace) -> int:
@@ -126,12 +129,16 @@ def _calibrate(a: argparse.Namespace) -> int:
     if a.by:
         from ..experiment.subgroups import calibrate_by_group, format_group_calibration
 
+        if a.objective != "guarantee":
+            raise ValueError("--objective chooses among the certified thresholds of a pooled calibration; it does "
+                             "not combine with --by")
+
         r = calibrate_by_group(a.run_dir, a.by, a.alpha, a.delta, a.method, a.split, a.allow_selection_split,
                                a.fallback, a.allow_uncertified)
         print(format_group_calibration(r))
         return 0
     r = calibrate_run(a.run_dir, a.alpha, a.delta, a.method, a.temperature, a.split, a.allow_selection_split,
-                      a.allow_uncertified)
+                      a.allow_uncertified, a.objective)
     t, d = r["test"], r["test_default_rule"]
     if not r["certified"]:
         print("WARNING: NOT CERTIFIED: no threshold could be certified; written with --allow-uncertified, so export, "
@@ -142,6 +149,10 @@ def _calibrate(a: argparse.Namespace) -> int:
           f"{100 * t['specificity']:.2f}%  F1-macro {t['f1_macro']:.4f}\n  (threshold 0.5: CER {100 * d['cer']:.2f}%,"
           f" specificity {100 * d['specificity']:.2f}%)\n  shift check: {r['shift_check']['note']}\n"
           + (f"  temperature {r['temperature']:.4g} (fitted on validation)\n" if r["temperature"] != 1.0 else "")
+          + (f"  objective {o['objective']} under {o['costs']}: chose {o['threshold']:.4f} of the certified "
+             f"thresholds up to {o['certified_threshold']:.4f} (expected cost {o['expected_cost']:.4g}, worst-case "
+             f"regret {o['max_regret']:.4g} per case on the {r['calibration_split']} split)\n"
+             if (o := r["objective"])["objective"] != "guarantee" else "")
           + f"wrote {a.run_dir}/calibration.json: predict, evaluate, export, card and serve now decide at it")
     return 0
 

@@ -157,6 +157,28 @@ def control_risk(method: str, probs: Any, target: Any, taxonomy: Taxonomy, alpha
     return RISK_CONTROL[method](probs, target, taxonomy, alpha, delta, groups)
 
 
+def robust_threshold(result: RiskControlResult, probs: Any, target: Any, taxonomy: Taxonomy, costs: Any,
+                     objective: str, groups: Any = None, seed: int = 0,
+                     grid_size: int = 1001) -> tuple[RiskControlResult, dict[str, Any]]:
+    """Among the thresholds ``result`` certifies, the one ``objective`` prefers under the plausible ``costs``
+    (:func:`riskcl.decision.costs.choose_threshold`: lowest expected cost or lowest worst-case regret), with the
+    result's figures recomputed there. The certified set is every threshold of the grid up to ``result``'s own
+    (and that one): the miss rate can only fall as the threshold falls, and Learn-then-Test's fixed sequence
+    rejected the null hypothesis of each of them, so the guarantee stays the constraint."""
+    from .costs import choose_threshold
+
+    if objective == "guarantee":
+        return result, {"objective": "guarantee", "threshold": result.threshold}
+    p_mal, is_mal, units, unit, _ = _prepare(probs, target, taxonomy, result.alpha, groups)
+    grid = np.linspace(0.0, 1.0, grid_size)
+    candidates = np.union1d(grid[grid <= result.threshold], [result.threshold])
+    choice = choose_threshold(candidates, p_mal, is_mal, costs, objective, seed=seed)
+    choice["certified_threshold"] = result.threshold
+    chosen = _result(result.method, choice["threshold"], result.alpha, result.delta, units, unit, p_mal, is_mal,
+                     result.guarantee, result.certified)
+    return chosen, choice
+
+
 def smallest_certifiable_alpha(method: str, probs: Any, target: Any, taxonomy: Taxonomy, delta: float = DELTA,
                                groups: Any = None, tol: float = 1e-4) -> float:
     """The smallest ``alpha`` (to within ``tol``) at which ``method`` certifies a threshold on this calibration

@@ -17,6 +17,7 @@ import pandas as pd
 
 from .. import __version__
 from .._checks import check_int, check_number
+from ..config import run_cost_distribution
 from ..data.registry import dataset_license
 from ..decision import OperatingPoint, decide
 from ..defaults import MIN_SENSITIVITY, MIN_SPECIFICITY, N_BOOT
@@ -24,7 +25,7 @@ from ..experiment.calibrate import operating_point
 from ..experiment.folder import RunFolder
 from ..io import file_sha256, read_json
 from ..metrics import (accuracy, auroc_malignant, bootstrap_ci, critical_error_rate, expected_calibration_error,
-                       f1_macro, predictive_values, sensitivity_specificity)
+                       f1_macro, malignant_probability, predictive_values, sensitivity_specificity)
 from ..metrics.subgroups import MIN_MALIGNANT, PRINTABLE_COLUMNS, intervals_note, printable_rows, subgroup_metrics
 from ..report import plots
 from ..report.render import Document
@@ -251,6 +252,32 @@ def _cost(doc: Document, c: CardContext) -> None:
                f"risk-calibrated loss weights use the paper's matrix instead (1 on the diagonal).")
     doc.table(pd.DataFrame([{"true": n, **{p: f"{v:g}" for p, v in zip(tax.classes, row)}}
                             for n, row in zip(tax.classes, cost)]))
+    costs = run_cost_distribution(cfg)
+    if costs.uncertain:
+        lo, hi = costs.pt_range()
+        doc.para(f"Plausible costs (`cost.uncertain`): {costs.describe()}: a referral is worth it when "
+                 f"p(malignant) is above a threshold probability between {lo:.3g} and {hi:.3g}. The decision curve "
+                 f"below covers that range.")
+
+
+def _decision_curve(doc: Document, c: CardContext) -> None:
+    from ..decision.costs import benefit_sentence, decision_curve
+    from ..experiment.decision_curves import DEFAULT_PT_RANGE, cost_figures
+
+    doc.heading("Decision curve")
+    costs = run_cost_distribution(c.cfg)
+    p_mal, is_mal = malignant_probability(c.probs, c.tax), c.tax.superclass[c.test["target"]] == 1
+    curve = decision_curve(p_mal, is_mal, costs.pt_range() if costs.uncertain else DEFAULT_PT_RANGE,
+                           c.test.get("groups"), c.n_boot)
+    figs = cost_figures(p_mal, is_mal, c.op.threshold, costs)
+    doc.para(f"{benefit_sentence(curve)} (Test split, the probabilities of the operating point; net benefit = "
+             f"true referrals per case minus false referrals weighted by pt / (1 - pt), Vickers and Elkin 2006; "
+             f"the band is a 95% bootstrap interval over {c.info.get('group_unit', 'the grouping unit')}.) At the "
+             f"operating threshold {c.op.threshold:.4f} the expected cost per case under the plausible costs is "
+             f"{figs['expected_cost']:.4g} (90% of cost draws {figs['cost_p05']:.4g}-{figs['cost_p95']:.4g}); "
+             f"H-measure {figs['h_measure']:.3f}.")
+    doc.figure("Decision curve (test split)", plots.plot_decision_curves({"model": curve},
+                                                                         c.fig_dir / "decision_curve.png"))
 
 
 def _operating_point(doc: Document, c: CardContext) -> None:
@@ -395,7 +422,8 @@ def _checklist(doc: Document, c: CardContext) -> None:
     ]))
 
 
-SECTIONS = (_details, _intended_use, _data, _cost, _operating_point, _results, _subgroups, _type_ii_section,
+SECTIONS = (_details, _intended_use, _data, _cost, _operating_point, _results, _decision_curve, _subgroups,
+            _type_ii_section,
             _input_check, _limitations_section, _checklist)
 
 

@@ -203,6 +203,16 @@ def _check_images(folder: RunFolder, check_images: Sequence[str] | None, limit: 
     return images, test["id"].tolist(), f"the run's test split ({len(images)} images)"
 
 
+def _decision_curve_summary(folder: RunFolder) -> dict[str, Any]:
+    """The test split's decision curve in one sentence, with its pt range, expected cost and H-measure."""
+    from ..experiment.decision_curves import run_decision_curve
+
+    curve = run_decision_curve(folder.path, "test", n_boot=0, write=False)
+    return {"sentence": curve["sentence"], "pt_range": [curve["pt"][0], curve["pt"][-1]],
+            "adds_benefit": curve["adds_benefit"], **{k: curve["cost_figures"][k] for k in
+                                                      ("expected_cost", "h_measure", "costs")}}
+
+
 def describe_run(folder: RunFolder, op: OperatingPoint) -> dict[str, Any]:
     """What a deployed model is (classes, input convention, outputs in order, cost, operating point, versions):
     the export's metadata and the service's ``/model`` answer, from one place."""
@@ -226,6 +236,7 @@ def describe_run(folder: RunFolder, op: OperatingPoint) -> dict[str, Any]:
             f"the model's `refer` output applies the pooled threshold {op.threshold:.4f}; for a case whose "
             f"'{op.by}' is known, compare p_malignant with operating_point.groups[<{op.by}>].threshold instead")}
             if op.per_group else {})},
+        "decision_curve": _decision_curve_summary(folder),
         "weights_sha256": folder.weights_sha256(),
         "run": {k: metrics["run"].get(k) for k in ("name", "dataset", "model", "loss", "seed", "epochs", "best_epoch",
                                                    "weights", "device", "tta")},
@@ -268,6 +279,8 @@ decodes exactly as riskcl does. Preprocessing: {meta['preprocessing']}.
 
 Threshold {op['threshold']:.6g}, method `{op['method']}`, certified: {op['certified']}, alpha {op['alpha']},
 delta {op['delta']}, split {op['split']}.
+
+Decision curve (test split, {meta['decision_curve']['costs']}): {meta['decision_curve']['sentence']}
 
 ## Parity
 {parity['runtime']} on {parity['source']}: max |p(malignant) difference| {parity['max_abs_diff_p_malignant']:.2e},

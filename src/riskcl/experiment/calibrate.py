@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from ..decision import control_risk, fit_temperature, smallest_certifiable_alpha, threshold_decision
+from ..config import run_cost_distribution
+from ..decision import control_risk, fit_temperature, robust_threshold, smallest_certifiable_alpha, threshold_decision
 from ..decision.operating_point import OperatingPoint
-from ..defaults import DELTA
+from ..defaults import DELTA, OBJECTIVES
 from ..metrics import malignant_probability, safety_report
 from .folder import RunFolder
 
@@ -114,12 +115,19 @@ def _check_split(folder: RunFolder, split: str, allow_selection_split: bool) -> 
 
 def calibrate_run(run_dir: str | Path, alpha: float, delta: float = DELTA, method: str = "ltt",
                   temperature: bool = False, split: str = "calib", allow_selection_split: bool = False,
-                  allow_uncertified: bool = False) -> dict[str, Any]:
+                  allow_uncertified: bool = False, objective: str = "guarantee") -> dict[str, Any]:
     """Choose the p(malignant) threshold on ``split``'s predictions (risk control of the CER), report the test
     metrics at that threshold and write ``calibration.json``.
 
+    ``objective``: ``"guarantee"`` keeps the risk control's own threshold (the largest certified: the most
+    specific); ``"expected-cost"`` / ``"minimax"`` choose, among the certified thresholds, the one with the lowest
+    expected cost / worst-case regret under the run's plausible costs (``cost.uncertain``), on the same split
+    (:func:`riskcl.decision.robust_threshold`); both thresholds are recorded.
+
     A calibration that certifies no threshold raises :class:`UncertifiedError` naming the smallest alpha this
     calibration set can certify, and writes nothing, unless ``allow_uncertified``."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"Expected --objective in {list(OBJECTIVES)}, but got {objective!r}")
     folder = RunFolder(run_dir)
     folder.require()
     _check_split(folder, split, allow_selection_split)
@@ -134,6 +142,9 @@ def calibrate_run(run_dir: str | Path, alpha: float, delta: float = DELTA, metho
     result = control_risk(method, cal_probs, cal["target"], taxonomy, alpha, delta, groups=cal.get("groups"))
     if not result.certified and not allow_uncertified:
         raise_uncertified(folder, result, method, delta, split, cal_probs, cal)
+    costs = run_cost_distribution(folder.read_config())
+    result, choice = robust_threshold(result, cal_probs, cal["target"], taxonomy, costs, objective,
+                                      groups=cal.get("groups"))
     labels = threshold_decision(test_probs, taxonomy, result.threshold)
     rep = safety_report(test_probs, test["target"], taxonomy, labels=labels)
     default = safety_report(test_probs, test["target"], taxonomy, labels=threshold_decision(test_probs, taxonomy, 0.5))
@@ -143,7 +154,7 @@ def calibrate_run(run_dir: str | Path, alpha: float, delta: float = DELTA, metho
            "calibration_file": folder.prediction_file(split).name,
            "selection_split_warning": SELECTION_WARNING if split == "val" else None,
            "test": {k: rep[k] for k in TEST_KEYS}, "test_default_rule": {k: default[k] for k in TEST_KEYS},
-           "shift_check": shift}
+           "shift_check": shift, "objective": choice, "costs": costs.to_dict()}
     if shift["shift"]:
         warnings.warn(shift["note"], UserWarning, stacklevel=2)
     folder.write_calibration(out)

@@ -380,6 +380,18 @@ class RunFolder:
         """``input_check.npz`` (the fitted input check), or None when the run has none yet."""
         return load_npz(self.file("input_check")) if self.file("input_check").is_file() else None
 
+    def decision_curve_file(self, split: str = "test", suffix: str = "json") -> Path:
+        """``decision_curve_<split>.json`` (net benefit, written by ``riskcl evaluate --decision-curve``) and its
+        figure (``suffix="png"``)."""
+        return self.path / f"decision_curve_{split}.{suffix}"
+
+    def write_decision_curve(self, split: str, curve: dict[str, Any]) -> None:
+        atomic_write_json(self.decision_curve_file(split), curve)
+
+    def decision_curve(self, split: str = "test") -> dict[str, Any] | None:
+        path = self.decision_curve_file(split)
+        return read_json(path) if path.is_file() else None
+
     def write_calibration(self, result: dict[str, Any]) -> None:
         atomic_write_json(self.file("calibration"), result)
 

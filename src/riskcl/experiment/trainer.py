@@ -18,11 +18,10 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..config import ExperimentConfig, run_cost_matrix
+from ..config import ExperimentConfig, run_cost_matrix, run_loss
 from ..data import SplitData
 from ..distributed import DistInfo, barrier, wrap_model
 from ..engine import BatchFeeder, TrainingSlot, apply_threads, predict_logits, train_one_epoch
-from ..losses import create_loss
 from ..models import create_model
 from ..taxonomy import Taxonomy
 from .folder import RunFolder
@@ -56,8 +55,7 @@ class Trainer:
         model.to(device)
         if cfg.channels_last and device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-        self.loss_fn = create_loss(cfg.loss.name, taxonomy=taxonomy, class_counts=self.train_ds.class_counts,
-                                   cost=self.cost, **cfg.loss.params).to(device)
+        self.loss_fn = run_loss(cfg, taxonomy, self.train_ds.class_counts, self.cost).to(device)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.raw_model, self.model = model, wrap_model(model, info, device)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
@@ -169,6 +167,8 @@ class Trainer:
                "levels": list(tax.levels), "superclass": tax.superclass.tolist(),
                "cost_matrix": np.asarray(self.cost).tolist(),
                "loss_matrix": None if loss_matrix is None else loss_matrix.cpu().tolist(),
+               "loss_costs": (f"sampled per batch from cost.uncertain: {self.loss_fn.costs.describe()}"
+                              if hasattr(self.loss_fn, "last_draw") else "fixed"),
                **{f"n_{s}": n for s, n in counts.items()}, "threads": self.threads,
                "threads_per_epoch": [r.get("threads") for r in self.history], "riskcl": __version__,
                "torch": torch.__version__, "timm": _version("timm"), "numpy": np.__version__,

@@ -43,6 +43,9 @@ class LossContext:
     taxonomy: Taxonomy | None
     class_counts: list[int] | None
     cost: np.ndarray | None
+    costs: Any = None      # the run's plausible costs (riskcl.decision.costs.CostDistribution), for sampled_costs
+    within: float = 1.0    # the cost of a confusion inside a superclass, kept by every draw
+    seed: int = 0          # the run's seed: the draws of sampled_costs repeat with it
 
     @property
     def superclass(self) -> torch.Tensor:
@@ -89,9 +92,46 @@ def _logit_adjust(ctx: LossContext, tau: float = 1.0) -> nn.Module:
     return LogitAdjustedLoss(ctx.class_counts, tau)
 
 
+class SampledCostLoss(nn.Module):
+    """A cost-based loss whose severity matrix is drawn per batch from the run's plausible costs (the paper's
+    probabilistic severity matrices): before each batch ``(lambda1, lambda2)`` is drawn from ``costs`` with a
+    generator seeded by ``(seed, epoch)`` and the inner loss's ``matrix`` becomes its loss weights. A rerun, or a run
+    resumed at an epoch boundary, draws the same sequence. ``last_draw`` holds the latest ``(lambda1, lambda2)``."""
+
+    def __init__(self, inner: nn.Module, taxonomy: Taxonomy, costs: Any, within: float, seed: int) -> None:
+        super().__init__()
+        self.inner, self.taxonomy, self.costs, self.within, self.seed = inner, taxonomy, costs, within, int(seed)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.rng = np.random.default_rng([self.seed, int(epoch)])
+        if hasattr(self.inner, "set_epoch"):
+            self.inner.set_epoch(epoch)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        l1, l2 = (float(v[0]) for v in self.costs.sample(1, self.rng))
+        self.last_draw = (l1, l2)
+        weights = loss_weight_matrix(resolve_cost_matrix(self.taxonomy, l1, l2, within=self.within))
+        self.inner.matrix.copy_(torch.as_tensor(weights, dtype=self.inner.matrix.dtype))
+        return self.inner(logits, target)
+
+
+def _maybe_sampled(ctx: LossContext, loss: nn.Module, sampled_costs: bool, own: bool) -> nn.Module:
+    if not sampled_costs:
+        return loss
+    if own:
+        raise ValueError("loss.params.sampled_costs draws lambda1 / lambda2 from cost.uncertain; it does not combine "
+                         "with the loss's own lambda1 / lambda2 / cost_matrix")
+    if ctx.costs is None or not ctx.costs.uncertain:
+        raise ValueError("loss.params.sampled_costs needs plausible costs to draw from: set cost.uncertain (ranges "
+                         "of lambda1 / lambda2, or of pt), and no cost.matrix")
+    return SampledCostLoss(loss, ctx.taxonomy, ctx.costs, ctx.within, ctx.seed)
+
+
 def _rcl(ctx: LossContext, lambda1: float | None = None, lambda2: float | None = None, cost_matrix: Any = None,
-         warmup_epochs: int = 0) -> nn.Module:
-    return RiskCalibratedLoss(_cost(ctx, lambda1, lambda2, cost_matrix), warmup_epochs)
+         warmup_epochs: int = 0, sampled_costs: bool = False) -> nn.Module:
+    loss = RiskCalibratedLoss(_cost(ctx, lambda1, lambda2, cost_matrix), warmup_epochs)
+    return _maybe_sampled(ctx, loss, sampled_costs, not (lambda1 is None and lambda2 is None and cost_matrix is None))
 
 
 def _hxe(ctx: LossContext, alpha: float = 0.1, levels: int = 2) -> nn.Module:
@@ -103,8 +143,9 @@ def _soft_labels(ctx: LossContext, beta: float = 10.0) -> nn.Module:
 
 
 def _expected_cost(ctx: LossContext, weight: float = 1.0, lambda1: float | None = None,
-                   lambda2: float | None = None, cost_matrix: Any = None) -> nn.Module:
-    return ExpectedCostLoss(_cost(ctx, lambda1, lambda2, cost_matrix), weight)
+                   lambda2: float | None = None, cost_matrix: Any = None, sampled_costs: bool = False) -> nn.Module:
+    loss = ExpectedCostLoss(_cost(ctx, lambda1, lambda2, cost_matrix), weight)
+    return _maybe_sampled(ctx, loss, sampled_costs, not (lambda1 is None and lambda2 is None and cost_matrix is None))
 
 
 def _marginal_bce(ctx: LossContext, weight: float = 1.0, pos_weight: float | str = 1.0) -> nn.Module:
@@ -179,7 +220,7 @@ def check_loss_params(name: str, params: dict[str, Any]) -> None:
 
 
 def create_loss(name: str, taxonomy: Taxonomy | None = None, class_counts: Sequence[int] | np.ndarray | None = None,
-                cost: Any = None, **params: Any) -> nn.Module:
+                cost: Any = None, costs: Any = None, within: float = 1.0, seed: int = 0, **params: Any) -> nn.Module:
     """Build a loss module by registry name.
 
     Args:
@@ -189,6 +230,8 @@ def create_loss(name: str, taxonomy: Taxonomy | None = None, class_counts: Seque
         class_counts: training-set count per class (``wce``, ``logit-adjust``, ``marginal-bce`` with
             ``pos_weight: auto``).
         cost: the run's ``(K, K)`` clinical cost matrix: the default of ``rcl`` and ``expected-cost``.
+        costs, within, seed: the run's plausible costs (``cost.uncertain``), in-superclass cost and seed, from which
+            ``rcl`` / ``expected-cost`` with ``sampled_costs: true`` draw their matrix per batch.
         **params: the loss's own parameters (``lambda1``, ``lambda2``, ``cost_matrix``, ``gamma``, ...).
 
     Example:
@@ -207,4 +250,5 @@ def create_loss(name: str, taxonomy: Taxonomy | None = None, class_counts: Seque
             raise ValueError(f"Loss '{name}' needs `class_counts` (the training-set count of each class)")
         if taxonomy is not None and len(counts) != taxonomy.num_classes:
             raise ValueError(f"Loss '{name}': expected {taxonomy.num_classes} class counts, but got {len(counts)}")
-    return spec.builder(LossContext(taxonomy, counts, None if cost is None else np.asarray(cost)), **params)
+    return spec.builder(LossContext(taxonomy, counts, None if cost is None else np.asarray(cost), costs,
+                                    float(within), int(seed)), **params)

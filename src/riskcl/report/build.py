@@ -15,8 +15,8 @@ from . import plots
 from .collect import find_runs, runs_table
 from .frontier import DEFAULT_TARGETS, fair_frontier_table
 from .render import Document
-from .tables import (matched_sensitivity_table, paired_table, pareto_front, pooled_cer_ci, run_labels, subgroup_frame,
-                     subgroup_tables, summary_table, threshold_curve)
+from .tables import (cost_robust_table, matched_sensitivity_table, paired_table, pareto_front, pooled_cer_ci,
+                     run_labels, subgroup_frame, subgroup_tables, summary_table, threshold_curve)
 
 
 def _methods_table(summary: pd.DataFrame, ci: dict) -> pd.DataFrame:
@@ -119,11 +119,18 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, baseline: str = "foc
     for (ds, model), part in summary.groupby(["dataset", "model"]):
         recs = [r for r in records if r.run["dataset"] == ds and r.run["model"] == model]
         figures += _figures(recs, part.reset_index(drop=True), out / "figures", f"{ds}_{model}", f"{ds} / {model}")
+    robust, dcurves = cost_robust_table(records)
+    for ds, by_method in dcurves.items():
+        path = plots.plot_decision_curves(by_method, out / "figures" / f"decision_curve_{ds}.png",
+                                          f"{ds}: decision curves (test, mean over seeds)")
+        figures.append((f"Decision curves, {ds}: net benefit of each method at its operating point's "
+                        f"probabilities against refer-all and refer-none", path.name))
     atomic_write_text(out / "runs.csv", runs.to_csv(index=False))
     atomic_write_text(out / "report.json", json.dumps({
         "runs_dir": str(runs_dir), "baseline": baseline, "method": method, "reference": reference,
         "runs": runs.to_dict("records"), "methods": methods.to_dict("records"), "paired": paired.to_dict("records"),
         "matched_sensitivity": matched.to_dict("records"), "fair_frontier": fair.to_dict("records"),
+        "cost_robust": robust.to_dict("records"),
         "not_included": notes}, indent=1, default=str))
     sections = [
         ("Table III style: baseline vs method", f"Baseline `{baseline}` vs `{method}`, means over seeds. "
@@ -141,6 +148,11 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, baseline: str = "foc
          f"For each method and seed, `{reference}` with its p(malignant) threshold lowered until its test sensitivity "
          "reaches the method's; columns are means over seeds. The threshold is matched on the test split itself, so "
          "this is an upper bound for the threshold; the fair frontier above chooses it on held-out data.", matched),
+        ("Cost-robust comparison", "Test split, each run's operating point, means over seeds: the cost per case "
+         "at the fixed costs of the config, the expected cost and its 90% range over the plausible costs "
+         "(`cost.uncertain`; the fixed costs when it is absent), the H-measure (Hand 2009, Beta(2, 2) prior over "
+         "the normalised cost; threshold-free), and the rank of each method by the fixed and by the expected cost: "
+         "a method that wins only at one cost point ranks differently.", robust),
         ("Runs", "Every number above comes from these run folders (paths relative to the runs folder).",
          runs[["dataset", "model", "method", "seed", "cer", "f1_macro", "accuracy", "type_ii", "wall_time_s",
                "folder"]]),

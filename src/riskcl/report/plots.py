@@ -150,3 +150,26 @@ def plot_severity_confusions(confusions: Mapping[str, np.ndarray], classes, supe
     fig.supxlabel("predicted (green correct, blue ambiguity, orange Type I, red Type II)", fontsize=7)
     fig.supylabel("true", fontsize=7)
     return _save(fig, path)
+
+
+def plot_decision_curves(curves: Mapping[str, Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Net benefit against the threshold probability for each run (with its bootstrap band when present), and
+    the refer-all / refer-none references of the first curve's data."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    first = next(iter(curves.values()))
+    pt = np.asarray(first["pt"])
+    for label, c in curves.items():
+        x = np.asarray(c["pt"])
+        (line,) = ax.plot(x, c["model"], lw=1.8, label=label)
+        if "model_low" in c:
+            ax.fill_between(x, c["model_low"], c["model_high"], color=line.get_color(), alpha=0.15, lw=0)
+    ax.plot(pt, first["refer_all"], color="0.35", ls="--", lw=1.2, label="refer all")
+    ax.axhline(0.0, color="0.1", lw=1.0, label="refer none")
+    top = max(max(c["model"]) for c in curves.values())
+    ax.set_ylim(min(-0.02, -0.25 * abs(top)), max(top, first["prevalence"]) * 1.15 + 1e-3)
+    ax.set_xlabel("threshold probability pt (cost of a referral / (cost of a referral + cost of a miss))")
+    ax.set_ylabel("net benefit (true referrals per case)")
+    ax.set_title(title or "Decision curve")
+    ax.legend(fontsize=8, frameon=False)
+    ax.grid(alpha=0.25)
+    return _save(fig, path)

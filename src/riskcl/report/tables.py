@@ -174,3 +174,52 @@ def subgroup_frame(rows: list[dict]) -> pd.DataFrame:
     from ..metrics.subgroups import PRINTABLE_COLUMNS, printable_rows
 
     return pd.DataFrame(printable_rows(rows), columns=list(PRINTABLE_COLUMNS))
+
+
+def _p_malignant_at_operating_point(record: RunRecord) -> tuple[np.ndarray, np.ndarray, float]:
+    from ..experiment.calibrate import operating_point
+    from ..metrics import malignant_probability
+
+    op = operating_point(record.folder, allow_uncertified=True)
+    arrays = record.predictions("test")
+    p_mal = malignant_probability(op.probabilities(arrays["logits"]), record.taxonomy)
+    return p_mal, record.taxonomy.superclass[arrays["target"]] == 1, op.threshold
+
+
+def cost_robust_table(records: list[RunRecord]) -> tuple[pd.DataFrame, dict[str, dict[str, dict]]]:
+    """Per (dataset, model, method), means over seeds on the test split at each run's operating point: the cost
+    per case at the fixed costs, the expected cost and its 90% range over the plausible costs (``cost.uncertain``),
+    the H-measure, and the ranks by the fixed and by the expected cost (a method that wins only at one cost point
+    ranks differently). Also each data set's decision curves (mean net benefit over seeds per method) over the
+    pt range of its first run's costs."""
+    from ..config import run_cost_distribution
+    from ..decision.costs import cost_table, decision_curve
+    from ..experiment.decision_curves import DEFAULT_PT_RANGE, cost_figures
+
+    rows, curves = [], {}
+    ranges: dict[str, tuple[float, float]] = {}
+    for r in records:
+        costs = run_cost_distribution(r.folder.read_config())
+        p_mal, is_mal, threshold = _p_malignant_at_operating_point(r)
+        figs = cost_figures(p_mal, is_mal, threshold, costs)
+        point = float(cost_table(p_mal, is_mal, [threshold], [costs.point[0]], [costs.point[1]])[0, 0])
+        rows.append({"dataset": r.run["dataset"], "model": r.run["model"], "method": r.method,
+                     "cost (fixed)": point, "expected cost": figs["expected_cost"], "cost p05": figs["cost_p05"],
+                     "cost p95": figs["cost_p95"], "H-measure": figs["h_measure"], "costs": figs["costs"]})
+        ds = r.run["dataset"]
+        ranges.setdefault(ds, costs.pt_range() if costs.uncertain else DEFAULT_PT_RANGE)
+        curve = decision_curve(p_mal, is_mal, ranges[ds])
+        curves.setdefault(ds, {}).setdefault(f"{r.run['model']} / {r.method}", []).append(curve)
+    if not rows:
+        return pd.DataFrame(), {}
+    df = pd.DataFrame(rows)
+    table = df.groupby(GROUP + ["costs"], as_index=False).mean(numeric_only=True)
+    table.insert(3, "seeds", df.groupby(GROUP + ["costs"]).size().to_numpy())
+    for col, rank in (("cost (fixed)", "rank (fixed)"), ("expected cost", "rank (expected)")):
+        table[rank] = table.groupby(["dataset", "model"])[col].rank(method="min").astype(int)
+    mean_curves = {}
+    for ds, by_method in curves.items():
+        mean_curves[ds] = {}
+        for label, cs in by_method.items():
+            mean_curves[ds][label] = {**cs[0], "model": np.mean([c["model"] for c in cs], axis=0).tolist()}
+    return table, mean_curves
