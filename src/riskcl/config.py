@@ -73,6 +73,15 @@ class CostConfig:
 
 
 @dataclass
+class TrackingConfig:
+    mlflow: str | None = None          # MLflow tracking URI: "sqlite:///runs/mlflow.db" (a local file), or a server
+                                       # "http://host:5000"; None: no MLflow
+    tensorboard: str | None = None     # TensorBoard event folder (one subfolder per run), e.g. "runs/tb"; None: none
+    experiment: str | None = None      # MLflow experiment (default: the config's name; a sweep: the sweep's name)
+    tags: dict = field(default_factory=dict)  # MLflow tags (a sweep adds its grid values)
+
+
+@dataclass
 class OptimConfig:
     lr: float = 1e-4                   # AdamW learning rate (the paper does not give one; 1e-4 fine-tunes well)
     weight_decay: float = 0.05         # AdamW weight decay
@@ -103,6 +112,7 @@ class ExperimentConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     cost: CostConfig = field(default_factory=CostConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -305,6 +315,11 @@ def _check_top(cfg: ExperimentConfig) -> None:
     for key, value in (("cost.lambda1", c.lambda1), ("cost.lambda2", c.lambda2), ("cost.within", c.within)):
         _check(math.isfinite(value) and value >= 0, key, value, "a finite number >= 0")
     run_cost_distribution(cfg)
+    t = cfg.tracking
+    for key, value in (("tracking.mlflow", t.mlflow), ("tracking.tensorboard", t.tensorboard),
+                       ("tracking.experiment", t.experiment)):
+        _check(value is None or (isinstance(value, str) and value.strip() != ""), key, value,
+               "a non-empty string or null")
 
 
 def _check_data(d: DataConfig) -> None:

@@ -17,6 +17,80 @@ def _add_sweep(p: argparse.ArgumentParser) -> None:
                    help="overrides for every run (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="list this shard's runs and exit")
     p.add_argument("--quiet", action="store_true")
+    g = p.add_argument_group("launching through submitit (SLURM, or several runs at once here)")
+    g.add_argument("--launcher", choices=["local", "slurm"], default=None,
+                   help="local (default): here, --jobs at a time; slurm: submit one job array and exit")
+    g.add_argument("--jobs", type=int, default=None, help="--launcher local: runs at once (the cores are shared)")
+    g.add_argument("--status", action="store_true", help="print each run's state, epoch, job id and log, and exit")
+    g.add_argument("--wait", action="store_true", help="block until no run is pending or running")
+    g.add_argument("--only", default=None, metavar="RUN", help="run this one run of the sweep (what a task runs)")
+    g.add_argument("--partition", default=None)
+    g.add_argument("--gpus-per-task", type=int, default=None, help="> 1: each run under torchrun inside its task")
+    g.add_argument("--cpus-per-task", type=int, default=None)
+    g.add_argument("--mem", type=float, default=None, metavar="GB")
+    g.add_argument("--time", type=int, default=None, metavar="MINUTES", help="time limit of each task")
+    g.add_argument("--array-parallelism", type=int, default=None, help="tasks of the array running at once")
+    g.add_argument("--slurm", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="any other sbatch option, e.g. --slurm account=lab qos=high")
+
+
+def _launch_options(a: argparse.Namespace):
+    from ..experiment.launch import LaunchOptions
+    from ..experiment.sweep import sweep_launcher
+
+    section = sweep_launcher(a.config)
+    for key, value in (("partition", a.partition), ("gpus_per_task", a.gpus_per_task),
+                       ("cpus_per_task", a.cpus_per_task), ("mem_gb", a.mem), ("time_min", a.time),
+                       ("array_parallelism", a.array_parallelism), ("jobs", a.jobs)):
+        if value is not None:
+            section[key] = value
+    for item in a.slurm:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--slurm {item!r}: expected KEY=VALUE (an sbatch option without its dashes)")
+        section.setdefault("slurm", {})[key] = value
+    return LaunchOptions.from_mapping(section)
+
+
+def _wait(a: argparse.Namespace, extra) -> list:
+    import time
+
+    from tqdm.auto import tqdm
+
+    from ..experiment.launch import run_states
+
+    rows = run_states(a.config, a.out, extra)
+    bar = tqdm(total=len(rows), desc="runs done", disable=a.quiet)
+    while True:
+        rows = run_states(a.config, a.out, extra)
+        bar.n = sum(r["state"] == "done" for r in rows)
+        bar.refresh()
+        if not any(r["state"] in ("pending", "running") for r in rows):
+            bar.close()
+            return rows
+        time.sleep(5)
+
+
+def _launched(a: argparse.Namespace, extra) -> int:
+    from ..experiment.launch import format_states, launch, run_states
+
+    if a.status:
+        print(format_states(run_states(a.config, a.out, extra)))
+        return 0
+    if a.launcher is not None and not (a.launcher == "local" and (a.jobs or 1) == 1):
+        rows = launch(a.config, a.out, a.launcher, _launch_options(a), extra)
+        if not rows:
+            print("nothing to submit: every run is done, queued or running (see --status)")
+        elif a.launcher == "slurm":
+            print(f"submitted {len(rows)} run(s) as SLURM job array {rows[0]['job_id'].split('_')[0]} "
+                  f"(logs in {a.out}/.submitit/); `riskcl sweep {a.config} --out {a.out} --status` shows them")
+        if a.launcher == "local" or not a.wait:
+            rows = run_states(a.config, a.out, extra)
+            failed = [r for r in rows if r["state"] == "failed"]
+            return 1 if failed and a.launcher == "local" else 0
+    rows = _wait(a, extra)
+    print(format_states(rows))
+    return 1 if any(r["state"] == "failed" for r in rows) else 0
 
 
 def _sweep(a: argparse.Namespace) -> int:
@@ -24,6 +98,16 @@ def _sweep(a: argparse.Namespace) -> int:
     from ..experiment.sweep import load_sweep, parse_shard, run_sweep, shard_runs
 
     extra = parse_overrides(a.set)
+    if a.only:
+        from ..experiment import run_experiment
+
+        runs = {r.run_id: r for r in load_sweep(a.config, extra)}
+        if a.only not in runs:
+            raise ValueError(f"--only {a.only!r}: no such run in {a.config} (it has {sorted(runs)[:5]} ...)")
+        run_experiment(runs[a.only].config, f"{a.out}/{a.only}", progress=not a.quiet)
+        return 0
+    if a.status or a.wait or (a.launcher is not None and not (a.launcher == "local" and (a.jobs or 1) == 1)):
+        return _launched(a, extra)
     if a.dry_run:
         for r in shard_runs(load_sweep(a.config, extra), parse_shard(a.shard)):
             print(r.run_id)

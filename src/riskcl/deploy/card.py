@@ -460,4 +460,7 @@ def build_card(run_dir: str | Path, out: str | Path | None = None, n_boot: int =
     for section in SECTIONS:
         section(doc, ctx)
     doc.write(md_path, md_path.parent / CARD_HTML, inline_figures=True)
+    from ..experiment.tracking import track_after_training
+
+    track_after_training(folder, artifact=md_path)
     return md_path

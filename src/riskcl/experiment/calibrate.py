@@ -28,6 +28,7 @@ from ..decision.operating_point import OperatingPoint
 from ..defaults import DELTA, OBJECTIVES
 from ..metrics import malignant_probability, safety_report
 from .folder import RunFolder
+from .tracking import track_after_training
 
 CALIBRATION_SPLITS = ("calib", "val")
 SELECTION_WARNING = ("the validation split chose the best epoch, so its predictions are optimistic: the "
@@ -158,4 +159,6 @@ def calibrate_run(run_dir: str | Path, alpha: float, delta: float = DELTA, metho
     if shift["shift"]:
         warnings.warn(shift["note"], UserWarning, stacklevel=2)
     folder.write_calibration(out)
+    track_after_training(folder, {"calibrated_threshold": result.threshold, "calibrated_alpha": alpha,
+                                  **{f"calibrated_test_{k}": rep[k] for k in ("cer", "sensitivity", "specificity")}})
     return out

@@ -48,7 +48,7 @@ FILES = {
     "config": "config.yaml", "taxonomy": "taxonomy.yaml", "status": "status.json", "splits": "splits.csv",
     "data": "data.json", "history": "history.csv", "checkpoint": "last.pt", "weights": "model.safetensors",
     "metrics": "metrics.json", "calibration": "calibration.json", "skipped": "skipped_images.txt",
-    "lock": ".lock", "gallery": "gallery.json", "input_check": "input_check.npz",
+    "lock": ".lock", "gallery": "gallery.json", "input_check": "input_check.npz", "tracking": "tracking.json",
 }
 PREDICTIONS = {"test": "predictions.npz", "val": "val_predictions.npz", "calib": "calib_predictions.npz"}
 PREDICTION_KEYS = ("logits", "target", "ids", "groups")
@@ -391,6 +391,14 @@ class RunFolder:
     def decision_curve(self, split: str = "test") -> dict[str, Any] | None:
         path = self.decision_curve_file(split)
         return read_json(path) if path.is_file() else None
+
+    def tracking(self) -> dict[str, Any]:
+        """``tracking.json``: the tracked run this run logs to (MLflow URI and run id); empty when none."""
+        path = self.file("tracking")
+        return read_json(path) if path.is_file() else {}
+
+    def write_tracking(self, record: dict[str, Any]) -> None:
+        atomic_write_json(self.file("tracking"), record)
 
     def write_calibration(self, result: dict[str, Any]) -> None:
         atomic_write_json(self.file("calibration"), result)

@@ -21,6 +21,7 @@ from ..models import check_model_name
 from ..taxonomy import Taxonomy, load_taxonomy
 from .folder import RunFolder
 from .lock import RunLock
+from .tracking import Tracker
 from .trainer import Trainer
 
 
@@ -31,7 +32,7 @@ class RunFailed(RuntimeError):
 def _comparable(cfg: ExperimentConfig) -> dict[str, Any]:
     """The config without the settings of the machine it runs on (they do not change the results)."""
     d = cfg.to_dict()
-    for key in ("progress", "threads"):
+    for key in ("progress", "threads", "tracking"):
         d.pop(key, None)
     for key in ("num_workers", "cache_dir"):
         d["data"].pop(key, None)
@@ -179,12 +180,24 @@ def _train_and_evaluate(cfg: ExperimentConfig, folder: RunFolder, progress: bool
             folder.write_taxonomy(taxonomy)
         trainer = Trainer(cfg, folder, info, device, taxonomy, data, progress, slot)
         trainer.resume()
-        for epoch in range(trainer.first_epoch, cfg.epochs):
-            trainer.fit_epoch(epoch)
-        if not info.is_main:
-            return {}
-        metrics = trainer.final_metrics(trainer.predict_splits())
+        tracker = Tracker(cfg, folder) if info.is_main else None
+        try:
+            if tracker:
+                tracker.params(cfg)
+            for epoch in range(trainer.first_epoch, cfg.epochs):
+                trainer.fit_epoch(epoch)
+                if tracker:
+                    tracker.epoch(trainer.history[-1])
+            if not info.is_main:
+                return {}
+            metrics = trainer.final_metrics(trainer.predict_splits())
+        except BaseException as exc:
+            if tracker:
+                tracker.close("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
     metrics["wall_time_s"] = round(time.time() - start, 2)
     folder.write_metrics(metrics)
     folder.mark("finished")
+    tracker.final(metrics, cfg.epochs)
+    tracker.close("FINISHED")
     return metrics

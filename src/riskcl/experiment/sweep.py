@@ -71,9 +71,9 @@ def load_sweep(path: str | Path, extra_overrides: Mapping[str, Any] | None = Non
     spec = parse_yaml_text(path.read_text(encoding="utf-8", errors="replace"), str(path))
     if not isinstance(spec, dict):
         raise ConfigError(f"{path}: expected a mapping with `base`, `overrides` and `grid`")
-    unknown = set(spec) - {"base", "overrides", "grid"}
+    unknown = set(spec) - {"base", "overrides", "grid", "launcher"}
     if unknown:
-        raise ConfigError(f"{path}: unknown sweep keys {sorted(unknown)}; expected base, overrides, grid")
+        raise ConfigError(f"{path}: unknown sweep keys {sorted(unknown)}; expected base, overrides, grid, launcher")
     if spec.get("base") is not None and (not isinstance(spec["base"], str) or not spec["base"].strip()):
         raise ConfigError(f"{path}: `base` = {spec['base']!r}: expected the path of one YAML file (relative to "
                           f"{path.name})")
@@ -97,11 +97,24 @@ def load_sweep(path: str | Path, extra_overrides: Mapping[str, Any] | None = Non
             cfg = config_from_dict(base, {**overrides, **applied, "name": rid})
         except ConfigError as exc:
             raise ConfigError(f"{path}: run {rid}: {exc}") from None
+        if cfg.tracking.mlflow or cfg.tracking.tensorboard:  # one experiment per sweep, the grid values as tags
+            cfg.tracking.experiment = cfg.tracking.experiment or path.stem
+            cfg.tracking.tags = {**cfg.tracking.tags, "riskcl.sweep": path.stem,
+                                 **{f"grid.{k}": _slug(v) for k, v in values.items()}}
         runs.append(PlannedRun(rid, values, cfg))
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{path}: two grid points give the same run name; make the grid values distinct")
     return sorted(runs, key=lambda r: r.run_id)
+
+
+def sweep_launcher(path: str | Path) -> dict[str, Any]:
+    """The sweep file's ``launcher:`` section (SLURM resources of ``--launcher slurm``), or ``{}``."""
+    spec = parse_yaml_text(Path(path).read_text(encoding="utf-8", errors="replace"), str(path))
+    section = spec.get("launcher") if isinstance(spec, dict) else None
+    if section is not None and not isinstance(section, dict):
+        raise ConfigError(f"{path}: `launcher` must be a mapping of options (partition, gpus_per_task, ...)")
+    return dict(section or {})
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
