@@ -117,3 +117,30 @@ def test_launcher_options_and_the_torchrun_command(tmp_path, capsys):
     # --only runs one run of the sweep in this process (what each torchrun rank executes)
     assert main(["sweep", str(sweep), "--out", str(tmp_path / "r"), "--only", "seed-1", "--quiet"]) == 0
     assert RunFolder(tmp_path / "r" / "seed-1").is_finished() and not (tmp_path / "r" / "seed-0").exists()
+
+
+def test_a_preempted_or_timed_out_task_is_requeued_and_resumes(slurm, tmp_path):
+    """SLURM signals a job before its time limit or on preemption (USR2, as submitit asks with --signal): the
+    task checkpoints through submitit, is requeued, and the run resumes from its last finished epoch."""
+    sweep, out = _sweep(tmp_path, 5, seeds=(0,)), tmp_path / "runs"
+    assert main(["sweep", str(sweep), "--out", str(out), "--launcher", "slurm", "--time", "10"]) == 0
+    folder = RunFolder(out / "seed-0")
+    _until(lambda: folder.file("history").is_file() and len(folder.history()) >= 2, what="two epochs")
+    job = json.loads((out / JOBS_FILE).read_text())["seed-0"]["job_id"]
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+
+    def requeued() -> bool:
+        info = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+        return "Restarts=1" in info and "JobState=PENDING" in info
+
+    _until(requeued, timeout=120, what="the requeue")
+    kept = folder.history().iloc[:2].to_dict("records")
+    assert run_states(sweep, out)[0]["state"] == "pending"
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)  # skip SLURM's delay
+    assert main(["sweep", str(sweep), "--out", str(out), "--wait", "--quiet"]) == 0
+    history = folder.history()
+    assert folder.is_finished() and history["epoch"].tolist() == [1, 2, 3, 4, 5]
+    assert history.iloc[:2].to_dict("records") == kept
+    assert json.loads((out / JOBS_FILE).read_text())["seed-0"]["job_id"] == job  # the same job, requeued
+    log = "".join(p.read_text() for p in (out / ".submitit").rglob("*.err"))
+    assert "Caught signal SIGUSR2" in log

@@ -73,6 +73,9 @@ def test_commands_after_training_continue_the_same_tracked_run(tracked, capsys):
     calibration = json.loads((out / "calibration.json").read_text())
     assert run.data.metrics["calibrated_threshold"] == pytest.approx(calibration["threshold"])
     assert "MODEL_CARD.md" in [a.path for a in client.list_artifacts(first)]
+    assert main(["report", str(out.parent), "--out", str(out.parent / "report"), "--bootstrap", "20"]) == 0
+    logged = {a.path for a in client.list_artifacts(first)}
+    assert {"decision_curve_demo.png", "pareto_demo_resnet10t.png"} <= logged  # the report's figures
     # A second tracker on the folder (a resumed run) reopens the same tracked run: one run in the experiment.
     Tracker(RunFolder(out).read_config(), RunFolder(out)).close()
     assert RunFolder(out).tracking()["mlflow_run_id"] == first

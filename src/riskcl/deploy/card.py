@@ -462,5 +462,5 @@ def build_card(run_dir: str | Path, out: str | Path | None = None, n_boot: int =
     doc.write(md_path, md_path.parent / CARD_HTML, inline_figures=True)
     from ..experiment.tracking import track_after_training
 
-    track_after_training(folder, artifact=md_path)
+    track_after_training(folder, artifacts=[md_path])
     return md_path

@@ -14,7 +14,6 @@ from any login node at any time. A run that asks for several GPUs (``--gpus-per-
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import submitit
 
-from ..io import atomic_write_json, read_json
+from ..io import atomic_write_json, pid_alive, read_json
 from .folder import RunFolder
 from .sweep import PlannedRun, load_sweep
 
@@ -103,14 +102,6 @@ def _active_slurm_jobs() -> dict[str, str]:
     return dict(line.split(maxsplit=1) for line in done.stdout.splitlines() if line.strip())
 
 
-def _pid_alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
 def run_states(sweep: str | Path, out: str | Path, extra: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """One row per run of the sweep: ``state`` (pending / running / done / failed / not submitted), the last
     finished ``epoch``, the ``job`` id and its ``log`` folder, from the run folders, ``sweep-jobs.json`` and the
@@ -129,13 +120,13 @@ def run_states(sweep: str | Path, out: str | Path, extra: Mapping[str, Any] | No
         if launcher == "slurm":
             live = active.get(str(jid), "") if jid else ""
         else:
-            live = "RUNNING" if jid and _pid_alive(str(jid)) else ""
+            live = "RUNNING" if jid and str(jid).isdigit() and pid_alive(int(jid)) else ""
         epochs = len(folder.history()) if folder.file("history").is_file() else 0
         if state == "finished":
             shown = "done"
         elif live.startswith(("PENDING", "CONFIGURING", "REQUEUE")):
             shown = "pending"
-        elif live:
+        elif live or (state == "running" and not jid):  # a task, or a plain `riskcl sweep` on this folder
             shown = "running"
         elif state in ("failed", "damaged", "interrupted") or (jid and state != "finished"):
             shown = "failed"  # the job is gone and the run did not finish: never reported as done

@@ -17,7 +17,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ..config import ExperimentConfig
 from .folder import RunFolder
@@ -178,15 +178,15 @@ class Tracker:
 
 
 def track_after_training(folder: RunFolder, values: Mapping[str, Any] | None = None,
-                         artifact: str | Path | None = None) -> None:
-    """Log what a command after training produced (the calibrated operating point, the model card) into the
-    run's tracked run, when its config tracks; nothing otherwise."""
+                         artifacts: Sequence[str | Path] = ()) -> None:
+    """Log what a command after training produced (the calibrated operating point, the model card, the report's
+    figures) into the run's tracked run, when its config tracks; nothing otherwise."""
     cfg = folder.read_config()
     if not (cfg.tracking.mlflow or cfg.tracking.tensorboard):
         return
     tracker = Tracker(cfg, folder)
     if values:
         tracker.log(values, step=cfg.epochs)
-    if artifact is not None:
-        tracker.artifact(artifact)
+    for path in artifacts:
+        tracker.artifact(path)
     tracker.close()

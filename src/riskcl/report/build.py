@@ -179,4 +179,9 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, baseline: str = "foc
         _subgroups(doc, records, column, n_boot, out)
     _gallery(doc, records, runs_dir, out)
     doc.write(out / "REPORT.md", out / "report.html", inline_figures=True)  # the HTML survives being moved
+    from ..experiment.tracking import track_after_training
+
+    for r in records:  # tracked runs get the report's figures of their data set
+        track_after_training(r.folder, artifacts=[out / "figures" / name for _, name in figures
+                                                  if r.run["dataset"] in name])
     return out / "REPORT.md"
