@@ -9,7 +9,8 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "riskcl"
 # ARCHITECTURE.md, "Layers": a module may import its own layer (without cycles) and the layers below.
 LAYERS = [
-    ("util", ["riskcl._names", "riskcl._checks", "riskcl.defaults", "riskcl.io"]),
+    ("util", ["riskcl._names", "riskcl._lazy", "riskcl.requirements", "riskcl._checks", "riskcl.defaults",
+              "riskcl.io"]),
     ("core", ["riskcl", "riskcl.taxonomy", "riskcl.losses", "riskcl.metrics", "riskcl.decision"]),
     ("components", ["riskcl.data", "riskcl.models", "riskcl.distributed", "riskcl.engine"]),
     ("config", ["riskcl.config"]),
