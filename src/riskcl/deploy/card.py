@@ -262,12 +262,12 @@ def _cost(doc: Document, c: CardContext) -> None:
 
 def _decision_curve(doc: Document, c: CardContext) -> None:
     from ..decision.costs import benefit_sentence, decision_curve
-    from ..experiment.decision_curves import DEFAULT_PT_RANGE, cost_figures
+    from ..experiment.decision_curves import cost_figures, curve_range
 
     doc.heading("Decision curve")
     costs = run_cost_distribution(c.cfg)
     p_mal, is_mal = malignant_probability(c.probs, c.tax), c.tax.superclass[c.test["target"]] == 1
-    curve = decision_curve(p_mal, is_mal, costs.pt_range() if costs.uncertain else DEFAULT_PT_RANGE,
+    curve = decision_curve(p_mal, is_mal, curve_range(costs),
                            c.test.get("groups"), c.n_boot)
     figs = cost_figures(p_mal, is_mal, c.op.threshold, costs)
     doc.para(f"{benefit_sentence(curve)} (Test split, the probabilities of the operating point; net benefit = "

@@ -62,7 +62,7 @@ class RunModel:
     kind = "run"
 
     def __init__(self, run_dir: str | Path, calibrated: bool | None = None, threshold: float | None = None,
-                 rule: str = "superclass", allow_uncertified: bool = False, allow_unfinished: bool = False,
+                 rule: str = "superclass", allow_uncertified: bool = False, allow_unfinished: bool | None = False,
                  threads: int | None = None) -> None:
         self.folder = RunFolder(run_dir)
         self.folder.require_finished(allow_unfinished)

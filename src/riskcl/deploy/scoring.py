@@ -124,7 +124,7 @@ class ExportedModel:
 
 
 def open_scorer(path: str | os.PathLike, calibrated: bool | None = None, threshold: float | None = None,
-                rule: str = "superclass", allow_uncertified: bool = False, allow_unfinished: bool = False,
+                rule: str = "superclass", allow_uncertified: bool = False, allow_unfinished: bool | None = False,
                 threads: int | None = None) -> Scorer:
     """A run folder (PyTorch) or an export folder (ONNX Runtime) ready to score, at its operating point.
 
@@ -396,7 +396,7 @@ class PredictResult(NamedTuple):
 
 def predict_files(model_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike],
                   out_csv: str | os.PathLike | None = None, calibrated: bool | None = None,
-                  threshold: float | None = None, rule: str = "superclass", allow_unfinished: bool = False,
+                  threshold: float | None = None, rule: str = "superclass", allow_unfinished: bool | None = False,
                   metadata: str | os.PathLike | None = None, batch_size: int = 64, allow_uncertified: bool = False,
                   force: bool = False, progress: bool = False, threads: int | None = None,
                   collect: bool = True) -> PredictResult:

@@ -142,9 +142,9 @@ class TriageService:
                  max_wait_ms: float = MAX_WAIT_MS) -> None:
         check_method(method)
         self.target = Path(target)
-        self.scorer = open_scorer(target, allow_uncertified=allow_uncertified, threads=threads)
-        if self.scorer.kind == "run":
-            self.scorer.folder.require_finished(None)
+        # A service never ships an unfinished run (None: the error does not offer --allow-unfinished).
+        self.scorer = open_scorer(target, allow_uncertified=allow_uncertified, allow_unfinished=None,
+                                  threads=threads)
         self.taxonomy, self.op = self.scorer.taxonomy, self.scorer.op
         if self.scorer.kind == "run":
             from .export import describe_run  # PyTorch: only a run folder's service gets here

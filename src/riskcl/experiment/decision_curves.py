@@ -25,6 +25,11 @@ DEFAULT_PT_RANGE = (0.01, 0.5)  # with fixed costs: from a 1:99 to a 1:1 trade o
 COST_DRAWS = 2000
 
 
+def curve_range(costs) -> tuple[float, float]:
+    """The pt range a decision curve covers: the plausible costs' (``cost.uncertain``), else the default."""
+    return costs.pt_range() if costs.uncertain else DEFAULT_PT_RANGE
+
+
 def cost_figures(p_mal, is_mal, threshold: float, costs, seed: int = 0) -> dict[str, Any]:
     """Expected cost per case at ``threshold`` under the plausible ``costs``, its spread over the draws, and the
     H-measure (Beta(2, 2) prior over the normalised cost)."""
@@ -44,7 +49,7 @@ def run_decision_curve(run_dir: str | Path, split: str = "test", pt_range: tuple
     op = operating_point(folder, allow_uncertified=True)
     costs = run_cost_distribution(folder.read_config())
     if pt_range is None:
-        pt_range = costs.pt_range() if costs.uncertain else DEFAULT_PT_RANGE
+        pt_range = curve_range(costs)
     p_mal = malignant_probability(op.probabilities(preds["logits"]), taxonomy)
     is_mal = taxonomy.superclass[preds["target"]] == 1
     curve = decision_curve(p_mal, is_mal, pt_range, preds.get("groups"), n_boot, seed)

@@ -194,7 +194,7 @@ def cost_robust_table(records: list[RunRecord]) -> tuple[pd.DataFrame, dict[str,
     pt range of its first run's costs."""
     from ..config import run_cost_distribution
     from ..decision.costs import cost_table, decision_curve
-    from ..experiment.decision_curves import DEFAULT_PT_RANGE, cost_figures
+    from ..experiment.decision_curves import cost_figures, curve_range
 
     rows, curves = [], {}
     ranges: dict[str, tuple[float, float]] = {}
@@ -207,7 +207,7 @@ def cost_robust_table(records: list[RunRecord]) -> tuple[pd.DataFrame, dict[str,
                      "cost (fixed)": point, "expected cost": figs["expected_cost"], "cost p05": figs["cost_p05"],
                      "cost p95": figs["cost_p95"], "H-measure": figs["h_measure"], "costs": figs["costs"]})
         ds = r.run["dataset"]
-        ranges.setdefault(ds, costs.pt_range() if costs.uncertain else DEFAULT_PT_RANGE)
+        ranges.setdefault(ds, curve_range(costs))
         curve = decision_curve(p_mal, is_mal, ranges[ds])
         curves.setdefault(ds, {}).setdefault(f"{r.run['model']} / {r.method}", []).append(curve)
     if not rows:
