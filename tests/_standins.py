@@ -90,3 +90,46 @@ def make_medmnist(root: Path, flag: str = "dermamnist", k: int = 7, n: int = 40,
     root.mkdir(parents=True, exist_ok=True)
     np.savez(root / f"{flag}.npz", **arrays)
     return root
+
+
+def write_mask(path: Path, seed: int, size: tuple[int, int] = (24, 24), values: tuple[int, int] = (0, 255)) -> Path:
+    """A binary mask PNG (a random rectangle of lesion) of ``size`` = (width, height)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    arr = np.full((h, w), values[0], np.uint8)
+    y0, x0 = rng.integers(0, h // 2), rng.integers(0, w // 2)
+    arr[y0:y0 + h // 3 + 1, x0:x0 + w // 3 + 1] = values[1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def make_isic_seg(root: Path, layout: str = "task1", n: int = 40, official_val: bool = False,
+                  mask_scale: int = 1) -> Path:
+    """ISIC 2018 segmentation stand-ins: ``task1`` (Task 1 input + ground-truth folders) or ``ham`` (Task 3 input
+    + HAM10000 masks + metadata, two images per lesion); masks ``mask_scale`` times the image size."""
+    parts = [("Training", n)] + ([("Validation", n // 4)] if official_val else [])
+    for part, count in parts:
+        for i in range(count):
+            name = f"ISIC_{(0 if part == 'Training' else 50000) + i:07d}"
+            if layout == "task1":
+                write_image(root / f"ISIC2018_Task1-2_{part}_Input" / f"{name}.jpg", i)
+                write_mask(root / f"ISIC2018_Task1_{part}_GroundTruth" / f"{name}_segmentation.png", i,
+                           (24 * mask_scale, 24 * mask_scale))
+            else:
+                write_image(root / "ISIC2018_Task3_Training_Input" / f"{name}.jpg", i)
+                write_mask(root / "HAM10000_segmentations_lesion_tschandl" / f"{name}_segmentation.png", i,
+                           (24 * mask_scale, 24 * mask_scale))
+    if layout == "ham":
+        pd.DataFrame([{"lesion_id": f"HAM_{i // 2:07d}", "image_id": f"ISIC_{i:07d}", "dx": "nv", "dx_type": "histo",
+                       "age": 40.0, "sex": "male", "localization": "back"} for i in range(n)]
+                     ).to_csv(root / "HAM10000_metadata.csv", index=False)
+    return root
+
+
+def make_seg_folder(root: Path, n: int = 40, suffix: str = "") -> Path:
+    """The generic pair ``images/<stem>.png`` and ``masks/<stem><suffix>.png``."""
+    for i in range(n):
+        write_image(root / "images" / f"case{i:03d}.png", i)
+        write_mask(root / "masks" / f"case{i:03d}{suffix}.png", i)
+    return root

@@ -12,7 +12,7 @@ LAYERS = [
     ("util", ["riskcl._names", "riskcl._lazy", "riskcl.requirements", "riskcl._checks", "riskcl.defaults",
               "riskcl.io"]),
     ("core", ["riskcl", "riskcl.taxonomy", "riskcl.losses", "riskcl.metrics", "riskcl.decision"]),
-    ("components", ["riskcl.data", "riskcl.models", "riskcl.distributed", "riskcl.engine"]),
+    ("components", ["riskcl.data", "riskcl.models", "riskcl.distributed", "riskcl.engine", "riskcl.tasks"]),
     ("config", ["riskcl.config"]),
     ("experiment", ["riskcl.experiment"]),
     ("report", ["riskcl.report"]),

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from _standins import make_isic, make_medmnist, make_sicapv2_small, write_image
+from _standins import make_isic, make_isic_seg, make_medmnist, make_seg_folder, make_sicapv2_small, write_image
 from conftest import BRAIN_MRI, BREAKHIS, ISIC_SAMPLE
 from riskcl.data import SPLITS, create_datasets, list_datasets
 from riskcl.data.splits import carve_groups
@@ -55,6 +55,12 @@ CASES = {  # adapter -> [(case name, builder(tmp_path) -> (root, options))]
                ("official train/test", lambda p: (_folder(p / "f", True), {"taxonomy": TAX}))],
     "csv": [("no split column", lambda p: (_csv(p / "c", False), {"taxonomy": TAX})),
             ("split column", lambda p: (_csv(p / "c", True), {"taxonomy": TAX}))],
+    "seg_demo": [("official train/val/test", lambda p: (None, {"scale": 0.05}))],
+    "isic2018_seg": [("Task 1 layout", lambda p: (make_isic_seg(p / "t1"), {})),
+                     ("Task 1 layout, official validation", lambda p: (make_isic_seg(p / "t1", official_val=True), {})),
+                     ("HAM10000 masks", lambda p: (make_isic_seg(p / "h", "ham"), {}))]
+    + ([("HAM10000 masks (real sample)", lambda p: (ISIC_SAMPLE, {}))] if ISIC_SAMPLE.is_dir() else []),
+    "seg_folder": [("images / masks pair", lambda p: (make_seg_folder(p / "s"), {}))],
 }
 
 

@@ -49,10 +49,14 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet18"             # any timm architecture
+    name: str = "resnet18"             # any timm architecture (segmentation: the encoder)
+    arch: str | None = None            # segmentation: the decoder of segmentation-models-pytorch ("unet", "fpn",
+                                       # ...; None: unet); classification: must stay None
     pretrained: Any = "auto"           # "auto": hub if reachable else random init (recorded); true; false
     weights_path: str | None = None    # local .safetensors weights
     drop_rate: float = 0.0             # dropout before the classifier head
+    options: dict = field(default_factory=dict)  # more keyword arguments of the model (timm's, or for
+                                       # segmentation smp's, e.g. {decoder_channels: [64, 32, 16, 8, 4]})
 
 
 @dataclass
@@ -93,6 +97,8 @@ class OptimConfig:
 @dataclass
 class ExperimentConfig:
     name: str = "run"                  # the run's name in reports and model cards
+    task: str = "classification"       # "classification" (a label per image) or "segmentation" (a lesion mask per
+                                       # image); the data set and the loss must serve the same task
     seed: int = 0                      # training seed (initialisation, shuffling, augmentation)
     epochs: int = 10                   # training epochs (shorten a trial with epochs=1 data.limit_train=500)
     device: str = "auto"               # "auto" (cuda if available), "cpu", "cuda", "cuda:1"
@@ -101,7 +107,8 @@ class ExperimentConfig:
     deterministic: bool = True         # deterministic algorithms (bit-identical reruns on CPU)
     threads: int | None = None         # CPU threads; None: OMP_NUM_THREADS, else the free cores shared among riskcl
                                        # trainings; chosen at start, recorded, kept on resume
-    select_metric: str = "mean_cost"   # best epoch on validation: "mean_cost", "cer" (lower) or "f1_macro", "accuracy"
+    select_metric: str = "mean_cost"   # best epoch on validation: "mean_cost", "cer" (lower) or "f1_macro", "accuracy";
+                                       # segmentation: "mean_cost" (per pixel), "fnr" (lower) or "dice"
     decision: str = "superclass"       # "superclass": malignant iff p(malignant) >= 0.5, then the best class
                                        # within the decided superclass; "argmax": the paper's fine-class argmax
     tta: str = "none"                  # test-time augmentation at evaluation: "none" or "flip" (mean of 4 flips)
@@ -118,7 +125,6 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
 
-SELECT_METRICS = {"cer": "min", "mean_cost": "min", "f1_macro": "max", "accuracy": "max"}
 TTA_CHOICES = ("none", "flip")
 
 
@@ -294,7 +300,12 @@ def _check(cond: bool, key: str, value: Any, expected: str) -> None:
 def _check_top(cfg: ExperimentConfig) -> None:
     _check(cfg.epochs >= 1, "epochs", cfg.epochs, "an integer >= 1")
     _check(0 <= cfg.seed <= MAX_SEED, "seed", cfg.seed, f"an integer in [0, {MAX_SEED}]")
-    _check(cfg.select_metric in SELECT_METRICS, "select_metric", cfg.select_metric, f"one of {list(SELECT_METRICS)}")
+    from .tasks import TASK_NAMES, task_of
+
+    _check(cfg.task in TASK_NAMES, "task", cfg.task, f"one of {list(TASK_NAMES)}{did_you_mean(cfg.task, TASK_NAMES)}")
+    metrics = task_of(cfg.task).select_metrics
+    _check(cfg.select_metric in metrics, "select_metric", cfg.select_metric,
+           f"one of {list(metrics)} (for {cfg.task})")
     _check(cfg.decision in DECISION_RULES, "decision", cfg.decision, f"one of {list(DECISION_RULES)}")
     _check(cfg.tta in TTA_CHOICES, "tta", cfg.tta, f"one of {list(TTA_CHOICES)}")
     _check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"), "device", cfg.device,
@@ -360,8 +371,18 @@ def validate_config(cfg: ExperimentConfig) -> None:
 
     _check_top(cfg)
     _check_data(cfg.data)
+    from .data.registry import dataset_task
+    from .losses import loss_task
+
+    names = list_losses(cfg.task)
     _check(cfg.loss.name in list_losses(), "loss.name", cfg.loss.name,
-           f"one of {list_losses()}{did_you_mean(cfg.loss.name, list_losses())}")
+           f"one of {names}{did_you_mean(cfg.loss.name, names)}")
+    _check(loss_task(cfg.loss.name) == cfg.task, "loss.name", cfg.loss.name,
+           f"a loss of the run's task ({cfg.task}): one of {names}")
+    _check(dataset_task(cfg.data.name) == cfg.task, "data.name", cfg.data.name,
+           f"a data set of the run's task ({cfg.task}; set `task: {dataset_task(cfg.data.name)}` for this one)")
+    _check(cfg.model.arch is None or cfg.task == "segmentation", "model.arch", cfg.model.arch,
+           "null for classification (the timm model is model.name); a decoder for segmentation")
     try:
         check_loss_params(cfg.loss.name, cfg.loss.params)
         taxonomy = config_taxonomy(cfg)
@@ -392,6 +413,10 @@ def config_taxonomy(cfg: ExperimentConfig):
     folder / CSV data (None when only the data knows it)."""
     from .taxonomy import list_taxonomies, load_taxonomy
 
+    from .tasks import task_of
+
+    if cfg.task in ("classification", "segmentation") and task_of(cfg.task).taxonomy is not None:
+        return load_taxonomy(task_of(cfg.task).taxonomy)
     if cfg.loss.taxonomy is not None:
         return load_taxonomy(cfg.loss.taxonomy)
     if cfg.data.name in list_taxonomies():

@@ -84,22 +84,55 @@ def create_model(name: str, num_classes: int, pretrained: Any = "auto", weights_
     """
     import timm
 
+    check_model_name(name)
+    return _with_weights(lambda hub: timm.create_model(name, pretrained=hub, num_classes=num_classes, **kwargs),
+                         name, pretrained, weights_path)
+
+
+SEGMENTATION_ARCHS = ("unet", "fpn", "unetplusplus", "deeplabv3plus", "linknet", "pspnet", "pan", "manet", "upernet",
+                      "segformer")
+
+
+def create_segmentation_model(arch: str, encoder: str, pretrained: Any = "auto",
+                              weights_path: str | Path | None = None, **kwargs: Any) -> nn.Module:
+    """A segmentation-models-pytorch ``arch`` (``unet``, ``fpn``, ...) on a timm ``encoder`` (smp's ``tu-<name>``)
+    with one output channel, the lesion logit. ``pretrained``: ImageNet weights for the encoder, as for
+    :func:`create_model` (``"auto"`` falls back to random initialisation offline); ``weights_path``: a whole
+    model's ``.safetensors``; ``kwargs``: smp's own arguments (``decoder_channels``, ...)."""
+    import segmentation_models_pytorch as smp
+
+    check_model_name(encoder)
+    if arch not in SEGMENTATION_ARCHS:
+        from ._names import did_you_mean
+
+        hint = did_you_mean(arch, SEGMENTATION_ARCHS)
+        raise ValueError(f"Unknown segmentation architecture '{arch}' (model.arch){hint}; expected one of "
+                         f"{list(SEGMENTATION_ARCHS)}")
+
+    def build(hub: bool) -> nn.Module:
+        return smp.create_model(arch, encoder_name=f"tu-{encoder}", encoder_weights="imagenet" if hub else None,
+                                classes=1, **kwargs)
+
+    return _with_weights(build, f"{arch} / {encoder}", pretrained, weights_path)
+
+
+def _with_weights(build: Any, name: str, pretrained: Any, weights_path: str | Path | None) -> nn.Module:
+    """``build(hub: bool)`` with the weights ``pretrained`` / ``weights_path`` ask for (module docstring)."""
     if pretrained not in PRETRAINED_CHOICES:
         raise ValueError(f"Expected `pretrained` in ('auto', true, false), but got {pretrained!r}")
-    check_model_name(name)
     if weights_path is not None:
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+        model = build(False)
         missing = _load_local(model, weights_path)
         model.riskcl_weights = f"file:{weights_path}" + (f" (new head: {len(missing)} tensors)" if missing else "")
         return model
     if pretrained is False:
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+        model = build(False)
         model.riskcl_weights = "random"
         return model
     reachable, reason = hub_reachable()
     if reachable:
         try:
-            model = timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
+            model = build(True)
             model.riskcl_weights = "hub"
             return model
         except Exception as exc:  # network errors come in many types (OSError, HTTP errors, hub errors)
@@ -110,7 +143,7 @@ def create_model(name: str, num_classes: int, pretrained: Any = "auto", weights_
             f"pass model.weights_path=<file.safetensors>, or set model.pretrained=false for random init."
         )
     warnings.warn(f"Pretrained weights for '{name}' unreachable ({reason}); using RANDOM initialisation",
-                  UserWarning, stacklevel=2)
-    model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+                  UserWarning, stacklevel=3)
+    model = build(False)
     model.riskcl_weights = "random (pretrained weights unreachable)"
     return model

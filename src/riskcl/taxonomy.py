@@ -182,6 +182,8 @@ _BUILTIN: dict[str, dict[str, Any]] = {
                  "malignant": ["ductal_carcinoma", "lobular_carcinoma", "mucinous_carcinoma",
                                "papillary_carcinoma"]},
     "sicapv2": {"benign": ["NC"], "malignant": ["G3", "G4", "G5"]},
+    # Binary lesion segmentation: a pixel is background or lesion; a missed lesion pixel is the Type II error.
+    "lesion": {"benign": ["background"], "malignant": ["lesion"]},
     # Beyond the paper: the ordinal Gleason view of SICAPv2 (NC < G3 < G4 < G5).
     "sicapv2_gleason": {"levels": {"NC": 0, "G3": 1, "G4": 2, "G5": 3}},
     # MedMNIST (official label order of each .npz).

@@ -5,6 +5,11 @@ import math
 from typing import Any, Mapping, Sequence
 
 SUMMARY_COLUMNS = ["method", "CER", "F1-macro", "accuracy", "vis.amb.", "type I", "type II"]
+SEGMENTATION_COLUMNS = ["method", "Dice", "Jaccard", "ISIC J>=0.65", "missed lesion", "missed > half", "over-seg.",
+                        "HD95 px"]
+SEGMENTATION_LEGEND = ("missed lesion: mean share of each image's lesion called background (under-segmentation); "
+                       "missed > half: images missing more than half of their lesion; over-seg.: share of the "
+                       "predicted lesion that is background; HD95: 95th-percentile border distance in model pixels")
 
 
 def fmt(v: Any, pct: bool = False) -> str:
@@ -27,6 +32,8 @@ def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> No
         print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
     if list(columns) == SUMMARY_COLUMNS:
         print(f"({SUMMARY_LEGEND})")
+    if list(columns) == SEGMENTATION_COLUMNS:
+        print(f"({SEGMENTATION_LEGEND})")
 
 
 def degenerate_warning(m: Mapping[str, Any]) -> str | None:
@@ -39,8 +46,18 @@ def degenerate_warning(m: Mapping[str, Any]) -> str | None:
     return None
 
 
-def summary_row(name: str, m: Mapping[str, Any]) -> dict[str, Any]:
+def summary_columns(task: str = "classification") -> list[str]:
+    """The headline table's columns for ``task``."""
+    return SEGMENTATION_COLUMNS if task == "segmentation" else SUMMARY_COLUMNS
+
+
+def summary_row(name: str, m: Mapping[str, Any], task: str = "classification") -> dict[str, Any]:
     """The headline metrics of a report as printable strings."""
+    if task == "segmentation":
+        return {"method": name, "Dice": fmt(m["dice"]), "Jaccard": fmt(m["jaccard"]),
+                "ISIC J>=0.65": fmt(m["thresholded_jaccard"]), "missed lesion": fmt(m["fnr"], True),
+                "missed > half": fmt(m["missed_half"], True), "over-seg.": fmt(m["over_rate"], True),
+                "HD95 px": "nan" if m.get("hd95") is None else f"{m['hd95']:.2f}"}
     return {"method": name, "CER": fmt(m["cer"], True), "F1-macro": fmt(m["f1_macro"]),
             "accuracy": fmt(m["accuracy"], True), "vis.amb.": m["visual_ambiguity"], "type I": m["type_i"],
             "type II": m["type_ii"]}

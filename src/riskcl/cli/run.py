@@ -6,7 +6,7 @@ import json
 
 from ..defaults import N_BOOT
 from .command import Command
-from .console import SUMMARY_COLUMNS, degenerate_warning, print_table, summary_row
+from .console import SUMMARY_COLUMNS, degenerate_warning, print_table, summary_columns, summary_row
 
 
 def _add_demo(p: argparse.ArgumentParser) -> None:
@@ -53,8 +53,11 @@ def _train(a: argparse.Namespace) -> int:
     metrics = run_experiment(cfg, a.out, progress=not a.quiet)
     if not metrics:  # a non-zero rank under torchrun: rank 0 reports
         return 0
-    print(f"test split, decision rule '{metrics.get('decision_rule', cfg.decision)}' at p(malignant) 0.5:")
-    print_table([summary_row(cfg.loss.name, metrics)], SUMMARY_COLUMNS)
+    if cfg.task == "segmentation":
+        print("test split, a pixel is lesion at p(lesion) >= 0.5:")
+    else:
+        print(f"test split, decision rule '{metrics.get('decision_rule', cfg.decision)}' at p(malignant) 0.5:")
+    print_table([summary_row(cfg.loss.name, metrics, cfg.task)], summary_columns(cfg.task))
     warning = degenerate_warning(metrics)
     if warning:
         print(warning)
@@ -102,6 +105,9 @@ def _evaluate(a: argparse.Namespace) -> int:
     print(f"evaluated {report['source']}\n  operating point: {op['how']}")
     if a.json:
         print(json.dumps(report, indent=2, default=str))
+    elif "by_rule" not in report:  # segmentation
+        print_table([summary_row("operating point", op, "segmentation"),
+                     summary_row("p(lesion) >= 0.5", report, "segmentation")], summary_columns("segmentation"))
     else:
         print_table([summary_row("operating point", op), summary_row(f"{report['decision_rule']} at 0.5", report),
                      summary_row("argmax", report["by_rule"]["argmax"])], SUMMARY_COLUMNS)

@@ -224,6 +224,8 @@ def _calibrate(a: argparse.Namespace) -> int:
     r = calibrate_run(a.run_dir, a.alpha, a.delta, a.method, a.temperature, a.split, a.allow_selection_split,
                       a.allow_uncertified, a.objective)
     t, d = r["test"], r["test_default_rule"]
+    if r.get("task") == "segmentation":
+        return _print_pixel_calibration(a.run_dir, r)
     if not r["certified"]:
         print("WARNING: NOT CERTIFIED: no threshold could be certified; written with --allow-uncertified, so export, "
               "serve and card will refuse it unless told --allow-uncertified too")
@@ -238,6 +240,19 @@ def _calibrate(a: argparse.Namespace) -> int:
              f"regret {o['max_regret']:.4g} per case on the {r['calibration_split']} split)\n"
              if (o := r["objective"])["objective"] != "guarantee" else "")
           + f"wrote {a.run_dir}/calibration.json: predict, evaluate, export, card and serve now decide at it")
+    return 0
+
+
+def _print_pixel_calibration(run_dir: str, r: dict) -> int:
+    t, d = r["test"], r["test_default_rule"]
+    if not r["certified"]:
+        print("WARNING: NOT CERTIFIED: no pixel threshold could be certified; written with --allow-uncertified")
+    print(f"pixel threshold p(lesion) >= {r['threshold']:.4f} ({r['method']} on the {r['calibration_split']} split, "
+          f"{r['n_calibration']} {r['unit']}s with a lesion)\n  guarantee: {r['guarantee']}\n  test: missed share of "
+          f"the lesion {100 * t['fnr']:.2f}%  images missing > half {100 * t['missed_half']:.2f}%  Dice "
+          f"{t['dice']:.4f}  over-segmentation {100 * t['over_rate']:.2f}%\n  (threshold 0.5: missed "
+          f"{100 * d['fnr']:.2f}%, Dice {d['dice']:.4f})\n  shift check: {r['shift_check']['note']}\n"
+          f"wrote {run_dir}/calibration.json: predict, evaluate, export, card and serve now decide at it")
     return 0
 
 

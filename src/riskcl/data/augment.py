@@ -77,6 +77,13 @@ def augment(images: torch.Tensor, params: AugmentParams) -> torch.Tensor:
     return flip(rotate(images, params.angle), params.hflip, params.vflip)
 
 
+def augment_masks(masks: torch.Tensor, params: AugmentParams) -> torch.Tensor:
+    """``(B, H, W)`` masks under the very same rotation and flips as their images (:func:`augment` with the same
+    ``params``): nearest-neighbour sampling keeps them binary, and a mask pixel lands where its image pixel does."""
+    out = augment(masks[:, None].float(), params)[:, 0]
+    return out.round().to(masks.dtype)
+
+
 _STATS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
 

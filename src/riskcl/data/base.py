@@ -6,7 +6,7 @@ import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -31,13 +31,15 @@ class DataIndex:
     ``split`` (``"train"``, ``"val"``, ``"calib"``, ``"test"`` when the data set fixes it, else ``""``), plus the
     per-image metadata columns named in ``metadata`` (age, sex, body site, magnification, ...).
     ``images``: an in-memory ``(N, H, W, 3)`` ``uint8`` array aligned with the table (generated or ``.npz``
-    data); ``None`` means files on disk. ``problems``: what the adapter found wrong but could go on with
-    (each names the file and what happened to it).
+    data); ``None`` means files on disk. A segmentation index also has lesion masks: a ``mask`` column of file
+    paths, or in-memory ``masks`` aligned with ``images``. ``problems``: what the adapter found wrong but could go on
+    with (each names the file and what happened to it).
     """
 
     table: pd.DataFrame
     taxonomy: Taxonomy
     images: np.ndarray | None = None
+    masks: np.ndarray | None = None    # in-memory ``(N, H, W)`` lesion masks (segmentation; files: ``mask`` column)
     problems: list[str] = field(default_factory=list)
     metadata: list[str] = field(default_factory=list)
     group_unit: str = CONTENT_GROUPS  # what one group is (patient, lesion, slide, ...), for reports and cards
@@ -130,13 +132,16 @@ class ImageDataset(Dataset):
     """One split: images from the cache (or memory) and their labels.
 
     Attributes: ``ids``, ``targets`` (np.int64), ``groups``, ``paths``, ``meta`` (a DataFrame of the metadata
-    columns), ``taxonomy``, ``classes``, ``class_counts``. :meth:`gather` returns a ``uint8`` batch
-    ``(B, H, W, 3)`` in one indexing operation; items are ``(uint8 image (3, H, W), label)``.
+    columns), ``taxonomy``, ``classes``, ``class_counts``; ``masks`` (segmentation: ``(N, H, W)`` ``uint8`` 0 / 1
+    aligned with ``images``, else None). :meth:`gather` returns a ``uint8`` batch ``(B, H, W, 3)`` in one indexing
+    operation (:meth:`gather_masks` the masks ``(B, H, W)``); items are ``(uint8 image (3, H, W), label)``, or
+    ``(image, mask (H, W))`` for segmentation.
     """
 
     def __init__(self, images: np.ndarray, rows: np.ndarray, table: pd.DataFrame, taxonomy: Taxonomy,
-                 split: str = "", metadata: list[str] | None = None) -> None:
+                 split: str = "", metadata: list[str] | None = None, masks: np.ndarray | None = None) -> None:
         self.images = images
+        self.masks = masks
         self.rows = np.asarray(rows, dtype=np.int64)
         self.table = table.reset_index(drop=True)
         self.taxonomy = taxonomy
@@ -167,8 +172,17 @@ class ImageDataset(Dataset):
         out[order] = self.images[rows[order]]
         return out
 
+    def gather_masks(self, index: np.ndarray) -> np.ndarray:
+        """``(B, H, W)`` ``uint8`` masks of positions ``index`` (segmentation data only)."""
+        if self.masks is None:
+            raise ValueError(f"The '{self.split}' split has no lesion masks (not a segmentation data set)")
+        return np.ascontiguousarray(self.masks[self.rows[np.asarray(index, dtype=np.int64)]])
+
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return torch.from_numpy(np.array(self.images[self.rows[i]])).permute(2, 0, 1), int(self.targets[i])
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, Any]:
+        image = torch.from_numpy(np.array(self.images[self.rows[i]])).permute(2, 0, 1)
+        if self.masks is not None:
+            return image, torch.from_numpy(np.array(self.masks[self.rows[i]]))
+        return image, int(self.targets[i])

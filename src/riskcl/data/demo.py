@@ -22,8 +22,11 @@ CLASS_SHARES = {"nevus": 0.4, "keratosis": 0.2, "melanoma": 0.2, "carcinoma": 0.
 SPLIT_SIZES = {"train": 2000, "val": 500, "test": 1000}
 
 
-def generate_lesions(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """``(N, size, size, 3)`` ``uint8`` images for demo labels (0 nevus, 1 keratosis, 2 melanoma, 3 carcinoma)."""
+def generate_lesions(labels: np.ndarray, size: int, rng: np.random.Generator,
+                     return_masks: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """``(N, size, size, 3)`` ``uint8`` images for demo labels (0 nevus, 1 keratosis, 2 melanoma, 3 carcinoma);
+    with ``return_masks`` also their ``(N, size, size)`` ``uint8`` lesion masks (where the lesion outweighs the
+    skin in the blend)."""
     n = labels.shape[0]
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size - 0.5
     cx, cy = rng.uniform(-0.08, 0.08, (2, n, 1, 1)).astype(np.float32)
@@ -57,7 +60,8 @@ def generate_lesions(labels: np.ndarray, size: int, rng: np.random.Generator) ->
     lesion_px = lesion + shade[..., None]
     img = skin * (1 - mask[..., None]) + lesion_px * mask[..., None]
     img = img + rng.normal(0, 0.05, img.shape).astype(np.float32)
-    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+    out = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+    return (out, (mask >= 0.5).astype(np.uint8)) if return_masks else out
 
 
 def index_demo(root: object = None, size: int = 32, seed: int = 0, scale: float = 1.0) -> DataIndex:

@@ -50,6 +50,7 @@ class OperatingPoint:
     fallback: float | None = None          # threshold of a group unseen at calibration
     guarantee: str = ""
     allowed_uncertified: bool = False      # an uncertified calibration used anyway (--allow-uncertified)
+    task: str = "classification"           # "segmentation": the threshold applies to each pixel's p(lesion)
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.threshold) <= 1.0:
@@ -71,8 +72,17 @@ class OperatingPoint:
     def per_group(self) -> bool:
         return bool(self.groups)
 
+    @property
+    def segmentation(self) -> bool:
+        return self.task == "segmentation"
+
     def probabilities(self, logits: Any) -> np.ndarray:
-        """``(N, K)`` float64 probabilities the threshold applies to: ``softmax(logits / temperature)``."""
+        """``(N, K)`` float64 probabilities the threshold applies to: ``softmax(logits / temperature)``; for
+        segmentation ``(N, H, W)`` float32 lesion probabilities ``sigmoid(logits / temperature)``."""
+        if self.segmentation:
+            from .segmentation import lesion_probability
+
+            return lesion_probability(logits, self.temperature)
         return softmax(logits, self.temperature)
 
     def thresholds(self, strata: Sequence[str] | None = None) -> float | np.ndarray:
@@ -82,9 +92,16 @@ class OperatingPoint:
         fallback = self.threshold if self.fallback is None else self.fallback
         return thresholds_per_sample(self.groups, fallback, strata)
 
-    def decide(self, probs: Any, taxonomy: Taxonomy, strata: Sequence[str] | None = None) -> np.ndarray:
-        """``(N,)`` labels at this point (``probs`` from :meth:`probabilities`)."""
-        return decide(probs, taxonomy, self.rule, self.thresholds(strata))
+    def decide(self, probs: Any, taxonomy: Taxonomy | None = None,
+               strata: Sequence[str] | None = None) -> np.ndarray:
+        """``(N,)`` labels at this point (``probs`` from :meth:`probabilities`); for segmentation the ``(N, H, W)``
+        ``uint8`` masks (1: lesion, ``p(lesion) >= threshold``)."""
+        t = self.thresholds(strata)
+        if self.segmentation:
+            p = np.asarray(probs)
+            t = np.asarray(t, dtype=np.float64).reshape(-1, *([1] * (p.ndim - 1))) if np.ndim(t) else t
+            return (p >= t).astype(np.uint8)
+        return decide(probs, taxonomy, self.rule, t)
 
     def with_threshold(self, threshold: float) -> "OperatingPoint":
         """A manual point at ``threshold`` that keeps how probabilities are computed (T, TTA, size)."""
@@ -93,6 +110,8 @@ class OperatingPoint:
 
     def describe(self) -> str:
         """The point in one plain sentence (what the threshold is and what, if anything, it guarantees)."""
+        if self.segmentation:
+            return self._describe_pixels()
         probs = "p(malignant)" + (f" after temperature scaling (T = {self.temperature:.3g})"
                                   if self.temperature != 1.0 else "") + \
             (" averaged over 4 flips (test-time augmentation)" if self.tta == "flip" else "")
@@ -106,6 +125,19 @@ class OperatingPoint:
         cert = "" if self.certified else " NOT CERTIFIED (used with --allow-uncertified): no guarantee holds; "
         where = f" per '{self.by}' group ({self.threshold:.4f} pooled)" if self.per_group else ""
         return (f"{cert}refer when {probs} >= {self.threshold:.4f}{where}, chosen by {self.method} on the "
+                f"{self.split} split: {self.guarantee}")
+
+    def _describe_pixels(self) -> str:
+        probs = "p(lesion)" + (f" after temperature scaling (T = {self.temperature:.3g})"
+                               if self.temperature != 1.0 else "") + \
+            (" averaged over 4 flips (test-time augmentation)" if self.tta == "flip" else "")
+        if self.method == "default":
+            return (f"the default rule: a pixel is lesion when {probs} >= {self.threshold:g} (not calibrated: no "
+                    f"guarantee on the missed share of the lesion; `riskcl calibrate` gives one)")
+        if self.method == "manual":
+            return f"a threshold given by hand: a pixel is lesion when {probs} >= {self.threshold:g} (no guarantee)"
+        cert = "" if self.certified else " NOT CERTIFIED (used with --allow-uncertified): no guarantee holds; "
+        return (f"{cert}a pixel is lesion when {probs} >= {self.threshold:.4f}, chosen by {self.method} on the "
                 f"{self.split} split: {self.guarantee}")
 
     def to_dict(self) -> dict[str, Any]:

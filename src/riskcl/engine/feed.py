@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..data.augment import AugmentParams, sample_params, to_model_input
+from ..data.augment import AugmentParams, augment_masks, sample_params, to_model_input
 from ..data.base import ImageDataset
 
 
@@ -32,7 +32,8 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 class BatchFeeder:
-    """Batches ``(x, y)`` of one split on ``device``: ``x`` normalised float32 ``(B, 3, H, W)``, ``y`` int64.
+    """Batches ``(x, y)`` of one split on ``device``: ``x`` normalised float32 ``(B, 3, H, W)``, ``y`` int64
+    labels, or for segmentation data ``(B, H, W)`` ``uint8`` masks (augmented exactly as their images).
 
     Args:
         dataset: the split. batch_size: images per batch (per process under torchrun).
@@ -54,6 +55,7 @@ class BatchFeeder:
         self.prefetch = max(0, int(prefetch))
         self.pin = self.device.type == "cuda"
         self.targets = torch.from_numpy(np.array(dataset.targets, dtype=np.int64))
+        self.segmentation = getattr(dataset, "masks", None) is not None
 
     def _order(self, epoch: int) -> np.ndarray:
         n = len(self.dataset)
@@ -86,7 +88,8 @@ class BatchFeeder:
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             x = torch.from_numpy(self.dataset.gather(idx))
-            y = self.targets[torch.from_numpy(idx)]
+            y = torch.from_numpy(self.dataset.gather_masks(idx)) if self.segmentation else \
+                self.targets[torch.from_numpy(idx)]
             if self.pin:
                 x, y = x.pin_memory(), y.pin_memory()
             yield x, y, slice(start, start + len(idx))
@@ -151,6 +154,8 @@ class BatchFeeder:
                 x_dev.record_stream(torch.cuda.current_stream(self.device))
                 y_dev.record_stream(torch.cuda.current_stream(self.device))
             p = None if params is None else params[where]
+            if p is not None and self.segmentation:
+                y_dev = augment_masks(y_dev, p)
             pending = (to_model_input(x_dev, p, self.channels_last), y_dev)
         if pending is not None:
             yield pending

@@ -116,26 +116,38 @@ def _flips(x: torch.Tensor) -> list[torch.Tensor]:
     return [x, x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)]
 
 
+def _unflip(maps: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Undo :func:`_flips` on the model's output maps (flips are their own inverses)."""
+    return [maps[0], maps[1].flip(-1), maps[2].flip(-2), maps[3].flip(-2).flip(-1)]
+
+
 def tta_logits(model: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
-    """``(N, K)`` float32 logits of a normalised batch ``x`` under the run's test-time augmentation: ``none``, the
-    model's logits; ``flip``, the log of the mean softmax over the image and its three flips (their softmax is that
-    mean). The one definition used by evaluation, ``riskcl predict``, the service and the exported graph."""
+    """The model's float32 output for a normalised batch ``x`` under the run's test-time augmentation.
+
+    Classification (``(N, K)`` logits): ``none``, the model's logits; ``flip``, the log of the mean softmax over
+    the image and its three flips (their softmax is that mean). Segmentation (``(N, 1, H, W)`` lesion logits,
+    returned as ``(N, H, W)``): ``flip`` averages the lesion probability of each pixel over the four flipped
+    passes, each mapped back onto the image, and returns its logit. The one definition used by evaluation,
+    ``riskcl predict``, the service and the exported graph."""
+    if tta not in ("none", "flip"):
+        raise ValueError(f"Expected `tta` in ('none', 'flip'), but got {tta!r}")
     if tta == "none":
-        return model(x).float()
-    if tta == "flip":
-        probs = torch.stack([torch.softmax(model(v).float(), 1) for v in _flips(x)]).mean(0)
-        return torch.log(probs.clamp_min(1e-30))
-    raise ValueError(f"Expected `tta` in ('none', 'flip'), but got {tta!r}")
+        out = model(x).float()
+        return out[:, 0] if out.ndim == 4 else out
+    outs = [model(v).float() for v in _flips(x)]
+    if outs[0].ndim == 4:
+        probs = torch.stack([torch.sigmoid(o[:, 0]) for o in _unflip(outs)]).mean(0).clamp(1e-7, 1 - 1e-7)
+        return torch.log(probs) - torch.log1p(-probs)
+    probs = torch.stack([torch.softmax(o, 1) for o in outs]).mean(0)
+    return torch.log(probs.clamp_min(1e-30))
 
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, batches: Iterable, device: torch.device, amp: bool = True,
                    channels_last: bool = False, progress: bool = True, desc: str = "eval",
                    tta: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logits (N, K) float32, targets (N,) int64)`` on the CPU, in batch order.
-
-    ``tta="flip"``: the mean of the softmax over the image and its three flips, returned as log-probabilities
-    (their softmax is that mean).
+    """``(logits (N, K) float32, targets (N,) int64)`` on the CPU, in batch order; for segmentation
+    ``(logits (N, H, W) float32, masks (N, H, W) uint8)``. ``tta``: see :func:`tta_logits`.
     """
     if tta not in ("none", "flip"):
         raise ValueError(f"Expected `tta` in ('none', 'flip'), but got {tta!r}")
@@ -146,4 +158,5 @@ def predict_logits(model: nn.Module, batches: Iterable, device: torch.device, am
         with autocast_context(device, amp):
             outs.append(tta_logits(model, x, tta).cpu())
         targets.append(y.cpu())
-    return torch.cat(outs), torch.cat(targets).long()
+    target = torch.cat(targets)
+    return torch.cat(outs), (target.long() if target.ndim == 1 else target)

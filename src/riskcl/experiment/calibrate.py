@@ -66,7 +66,7 @@ def operating_point(folder: RunFolder, calibrated: bool | None = None, threshold
     paper's rule. An uncertified calibration raises :class:`UncertifiedError` unless ``allow_uncertified``.
     """
     cfg = folder.read_config()
-    base = OperatingPoint(rule=rule, tta=cfg.tta, image_size=cfg.data.image_size)
+    base = OperatingPoint(rule=rule, tta=cfg.tta, image_size=cfg.data.image_size, task=cfg.task)
     if threshold is not None:
         return base.with_threshold(threshold)
     if calibrated is None:
@@ -114,6 +114,53 @@ def _check_split(folder: RunFolder, split: str, allow_selection_split: bool) -> 
                                 f"split, or pass --split val --allow-selection-split (unsafe: {SELECTION_WARNING})")
 
 
+SEGMENTATION_TEST_KEYS = ("dice", "jaccard", "fnr", "missed_half", "over_rate", "hd95", "n", "n_with_lesion")
+
+
+def _calibrate_pixels(folder: RunFolder, alpha: float, delta: float, method: str, split: str,
+                      allow_uncertified: bool) -> dict[str, Any]:
+    """:func:`calibrate_run` for a segmentation run: the pixel threshold whose missed share of the lesion is
+    controlled (:func:`riskcl.decision.segmentation.control_fnr`), the test split's report there and at 0.5."""
+    from ..decision.segmentation import control_fnr, smallest_certifiable_fnr_alpha
+    from ..metrics.segmentation import segmentation_report
+
+    cal, test = folder.predictions(split), folder.predictions("test")
+    op = operating_point(folder, calibrated=False)
+    cal_probs, test_probs = op.probabilities(cal["logits"]), op.probabilities(test["logits"])
+    result = control_fnr(method, cal_probs, cal["target"], alpha, delta, groups=cal.get("groups"))
+    if not result.certified and not allow_uncertified:
+        smallest = smallest_certifiable_fnr_alpha(method, cal_probs, cal["target"], delta, cal.get("groups"))
+        raise UncertifiedError(
+            f"{folder.path}: no pixel threshold could be certified at alpha = {alpha} ({method}"
+            + (f", delta = {delta}" if method == "ltt" else "") + f") on {result.n_calibration} {result.unit}s with a "
+            f"lesion in the {split} split; the smallest alpha this calibration set can certify is {smallest:.4g}. "
+            f"Nothing written: use --alpha >= {smallest:.4g}, a larger calibration split (data.calib_fraction), or "
+            f"--allow-uncertified to write it without a guarantee")
+    cost = folder.cost_matrix()
+    reports = {t: segmentation_report(test_probs, test["target"], t, test.get("groups"), float(cost[0, 1]),
+                                      float(cost[1, 0])) for t in (result.threshold, 0.5)}
+
+    def mean_lesion_probability(probs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        m = masks.astype(bool)
+        return np.array([probs[i][m[i]].mean() for i in range(len(m)) if m[i].any()])
+
+    shift = shift_check(mean_lesion_probability(cal_probs, cal["target"]),
+                        mean_lesion_probability(test_probs, test["target"]))
+    shift["note"] = shift["note"].replace("p(malignant) of malignant cases", "the mean p(lesion) of lesion pixels")
+    out = {**result.to_dict(), "task": "segmentation", "temperature": 1.0, "tta": op.tta,
+           "calibration_split": split, "calibration_file": folder.prediction_file(split).name,
+           "selection_split_warning": SELECTION_WARNING if split == "val" else None,
+           "test": {k: reports[result.threshold][k] for k in SEGMENTATION_TEST_KEYS},
+           "test_default_rule": {k: reports[0.5][k] for k in SEGMENTATION_TEST_KEYS}, "shift_check": shift,
+           "objective": {"objective": "guarantee", "threshold": result.threshold}}
+    if shift["shift"]:
+        warnings.warn(shift["note"], UserWarning, stacklevel=3)
+    folder.write_calibration(out)
+    track_after_training(folder, {"calibrated_threshold": result.threshold, "calibrated_alpha": alpha,
+                                  **{f"calibrated_test_{k}": out["test"][k] for k in ("dice", "fnr", "missed_half")}})
+    return out
+
+
 def calibrate_run(run_dir: str | Path, alpha: float, delta: float = DELTA, method: str = "ltt",
                   temperature: bool = False, split: str = "calib", allow_selection_split: bool = False,
                   allow_uncertified: bool = False, objective: str = "guarantee") -> dict[str, Any]:
@@ -132,6 +179,11 @@ def calibrate_run(run_dir: str | Path, alpha: float, delta: float = DELTA, metho
     folder = RunFolder(run_dir)
     folder.require()
     _check_split(folder, split, allow_selection_split)
+    if folder.read_config().task == "segmentation":
+        if temperature or objective != "guarantee":
+            raise ValueError("A segmentation run's pixel threshold is calibrated on the missed share of the lesion "
+                             "alone: --temperature and --objective do not apply to it")
+        return _calibrate_pixels(folder, alpha, delta, method, split, allow_uncertified)
     taxonomy = folder.taxonomy()
     cal, test = folder.predictions(split), folder.predictions("test")
     t_scale = 1.0

@@ -14,11 +14,10 @@ from typing import Any
 
 from ..data import create_eval_dataset
 from ..engine import BatchFeeder, predict_logits, resolve_device
-from ..metrics import safety_report
+from ..tasks import task_of
 from .calibrate import operating_point
 from .folder import RunFolder
 from .run import build_data
-from .scoring import split_report
 
 
 def training_overlap(folder: RunFolder, ds) -> str | None:
@@ -73,11 +72,11 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data_root: str | Path
     logits, target = predict_logits(model, feeder, device, amp=cfg.amp, progress=progress, tta=cfg.tta)
     cost = folder.cost_matrix()
     strata = ds.table[op.by].astype(str).to_numpy() if op.per_group and op.by in ds.table else None
-    probs = op.probabilities(logits)
-    at_op = {**safety_report(probs, target, taxonomy, cost, labels=op.decide(probs, taxonomy, strata)),
+    task = task_of(cfg.task)
+    at_op = {**task.report_at(op, logits, target, taxonomy, cost, strata, ds.groups),
              "how": op.describe(), "threshold": op.threshold, "method": op.method, "certified": op.certified,
              "per_group": strata is not None}
-    report = {**split_report(logits, target, taxonomy, cost, cfg.decision), "split": split,
+    report = {**task.report(logits, target, taxonomy, cost, cfg.decision, groups=ds.groups), "split": split,
               "data_root": str(data_root or cfg.data.root), "source": source, "note": note, "operating_point": at_op}
     if note is None:
         folder.write_evaluation(split, report, external=data_root is not None)

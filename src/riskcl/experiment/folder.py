@@ -11,7 +11,8 @@ A run folder holds:
   saved with ``torch.save`` and read back with ``torch.load(weights_only=True)``;
 * ``model.safetensors`` -- the best weights (by ``select_metric`` on validation);
 * ``predictions.npz`` (test), ``val_predictions.npz``, ``calib_predictions.npz`` -- ``logits``, ``target``,
-  ``ids``, ``groups``, ``paths`` and one ``meta__<column>`` array per metadata column;
+  ``ids``, ``groups``, ``paths`` and one ``meta__<column>`` array per metadata column (segmentation: lesion logit
+  maps ``(N, H, W)`` in float16 and the masks ``(N, H, W)`` as ``target``);
 * ``metrics.json`` -- the test report under the run's decision rule, the report under each rule, validation and
   calibration reports, and run facts (``run``: classes, levels, cost matrix, best epoch, ...);
 * ``calibration.json`` -- the operating point chosen by ``riskcl calibrate``;
@@ -260,21 +261,25 @@ class RunFolder:
 
     def load_model(self) -> torch.nn.Module:
         """The run's model with its best weights, in eval mode on the CPU."""
-        from ..models import create_model
+        from dataclasses import replace
+
+        from ..tasks import task_of
 
         cfg = self.read_config()
-        model = create_model(cfg.model.name, self.taxonomy().num_classes, pretrained=False)
+        model = task_of(cfg.task).create_model(replace(cfg.model, pretrained=False, weights_path=None),
+                                               self.taxonomy().num_classes)
         self.load_weights(model)
         return model.eval()
 
     def weights_epoch(self) -> int | None:
         """The epoch whose weights ``model.safetensors`` holds (the best so far), from the history."""
-        from .scoring import best_epoch
+        from ..tasks import task_of
 
         hist = self.history()
         if hist.empty:
             return None
-        return best_epoch(hist.to_dict("records"), self.read_config().select_metric)
+        cfg = self.read_config()
+        return task_of(cfg.task).best_epoch(hist.to_dict("records"), cfg.select_metric)
 
     def require_finished(self, allow_unfinished: bool | None = False) -> str | None:
         """Raise unless the run finished; with ``allow_unfinished`` return a note naming the weights' epoch.
@@ -297,7 +302,11 @@ class RunFolder:
 
     # --- predictions -------------------------------------------------------------------------------------------
     def write_predictions(self, split: str, logits: torch.Tensor, target: torch.Tensor, ds: ImageDataset) -> None:
-        arrays = {"logits": logits.numpy().astype(np.float32), "target": target.numpy().astype(np.int64),
+        """Classification: ``logits (N, K)`` float32, ``target (N,)``; segmentation: lesion ``logits (N, H, W)``
+        as float16 (a probability differs by < 1e-3 from float32's) and the masks ``target (N, H, W)`` uint8."""
+        seg = logits.ndim == 3
+        arrays = {"logits": logits.numpy().astype(np.float16 if seg else np.float32),
+                  "target": target.numpy().astype(np.uint8 if seg else np.int64),
                   "ids": np.asarray(ds.ids, dtype=str), "groups": np.asarray(ds.groups, dtype=str),
                   "paths": np.asarray(ds.paths, dtype=str)}
         for col in ds.metadata:
@@ -318,9 +327,13 @@ class RunFolder:
         missing = [k for k in PREDICTION_KEYS if k not in arrays]
         if missing:
             raise RunFolderError(f"{path}: missing array(s) {missing}")
-        n = arrays["target"].shape[0]
-        if arrays["logits"].ndim != 2 or arrays["logits"].shape[0] != n:
-            raise RunFolderError(f"{path}: `logits` of shape {arrays['logits'].shape} does not match {n} targets")
+        n, shape = arrays["target"].shape[0], arrays["logits"].shape
+        fits = shape == arrays["target"].shape if arrays["target"].ndim == 3 else (len(shape) == 2 and shape[0] == n)
+        if not fits:
+            raise RunFolderError(f"{path}: `logits` of shape {shape} does not match the targets' "
+                                 f"{arrays['target'].shape}")
+        if arrays["logits"].dtype == np.float16:
+            arrays["logits"] = arrays["logits"].astype(np.float32)
         return arrays
 
     @staticmethod

@@ -22,10 +22,9 @@ from ..config import ExperimentConfig, run_cost_matrix, run_loss
 from ..data import SplitData
 from ..distributed import DistInfo, barrier, wrap_model
 from ..engine import BatchFeeder, TrainingSlot, apply_threads, predict_logits, train_one_epoch
-from ..models import create_model
+from ..tasks import task_of
 from ..taxonomy import Taxonomy
 from .folder import RunFolder
-from .scoring import HISTORY_KEYS, best_epoch, score, split_report
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +47,9 @@ class Trainer:
         self.data, self.progress, self.slot = data, progress, slot
         self.train_ds = data.datasets["train"]
         self.cost = run_cost_matrix(cfg, taxonomy)
+        self.task = task_of(cfg.task)
         torch.manual_seed(cfg.seed)
-        model = create_model(cfg.model.name, taxonomy.num_classes, pretrained=cfg.model.pretrained,
-                             weights_path=cfg.model.weights_path, drop_rate=cfg.model.drop_rate)
+        model = self.task.create_model(cfg.model, taxonomy.num_classes)
         self.weights_source = getattr(model, "riskcl_weights", "unknown")
         model.to(device)
         if cfg.channels_last and device.type == "cuda":
@@ -101,7 +100,8 @@ class Trainer:
         if self.info.is_main:  # rank 0 evaluates, selects and writes; the others wait at the barrier
             report = self.validate()
             row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
-                   **{f"val_{k}": report[k] for k in HISTORY_KEYS}, "epoch_time_s": round(time.time() - t0, 3),
+                   **{f"val_{k}": report[k] for k in self.task.history_keys},
+                   "epoch_time_s": round(time.time() - t0, 3),
                    "threads": self.threads}
             self.history.append(row)
             if train_loss == 0.0:  # nothing to learn from: a cost or weight matrix, or a loss, that vanishes
@@ -119,11 +119,11 @@ class Trainer:
     def validate(self) -> dict[str, Any]:
         logits, target = predict_logits(self.raw_model, self.feeder("val"), desc="val", tta=self.cfg.tta,
                                         **self.common)
-        return split_report(logits, target, self.taxonomy, self.cost, self.cfg.decision)
+        return self.task.report(logits, target, self.taxonomy, self.cost, self.cfg.decision, final=False)
 
     def select(self, report: dict[str, Any]) -> None:
         """Keep the weights when this epoch's validation score is the best so far."""
-        s = list(score(report, self.cfg.select_metric))
+        s = list(self.task.score(report, self.cfg.select_metric))
         if self.best is None or s < self.best:
             self.best = s
             self.folder.save_weights(self.raw_model)
@@ -136,9 +136,7 @@ class Trainer:
 
     def _print(self, row: dict[str, Any]) -> None:
         if self.progress:
-            print(f"  epoch {row['epoch']}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  val CER "
-                  f"{100 * row['val_cer']:.2f}%  F1 {row['val_f1_macro']:.4f}  acc {100 * row['val_accuracy']:.2f}%  "
-                  f"type II {row['val_type_ii']}  ({row['epoch_time_s']:.1f}s)", flush=True)
+            print(self.task.epoch_line(row, self.cfg.epochs), flush=True)
 
     def predict_splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """The best weights on every evaluation split; writes the prediction files."""
@@ -156,12 +154,14 @@ class Trainer:
     def final_metrics(self, predictions: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
         """The ``metrics.json`` content: the test report (top level), validation and calibration reports, facts."""
         cfg, tax = self.cfg, self.taxonomy
-        reports = {s: split_report(lg, t, tax, self.cost, cfg.decision) for s, (lg, t) in predictions.items()}
+        reports = {s: self.task.report(lg, t, tax, self.cost, cfg.decision,
+                                       groups=self.data.datasets[s].groups) for s, (lg, t) in predictions.items()}
         counts = {s: len(d) for s, d in self.data.datasets.items()}
         loss_matrix = getattr(self.loss_fn, "matrix", None)  # the weights of a cost-based loss (1 on the diagonal)
-        run = {"name": cfg.name, "dataset": cfg.data.name, "model": cfg.model.name, "loss": cfg.loss.name,
+        run = {"name": cfg.name, "task": cfg.task, "dataset": cfg.data.name, "model": cfg.model.name,
+               "loss": cfg.loss.name,
                "loss_params": cfg.loss.params, "seed": cfg.seed, "epochs": cfg.epochs,
-               "best_epoch": best_epoch(self.history, cfg.select_metric), "select_metric": cfg.select_metric,
+               "best_epoch": self.task.best_epoch(self.history, cfg.select_metric), "select_metric": cfg.select_metric,
                "decision_rule": cfg.decision, "tta": cfg.tta, "device": str(self.device),
                "weights": self.weights_source, "world_size": self.info.world_size, "classes": list(tax.classes),
                "levels": list(tax.levels), "superclass": tax.superclass.tolist(),
@@ -171,7 +171,9 @@ class Trainer:
                               if hasattr(self.loss_fn, "last_draw") else "fixed"),
                **{f"n_{s}": n for s, n in counts.items()}, "threads": self.threads,
                "threads_per_epoch": [r.get("threads") for r in self.history], "riskcl": __version__,
-               "torch": torch.__version__, "timm": _version("timm"), "numpy": np.__version__,
+               "torch": torch.__version__, "timm": _version("timm"),
+               **({"segmentation_models_pytorch": _version("segmentation-models-pytorch"), "arch": cfg.model.arch
+                   or self.task.default_arch} if cfg.task == "segmentation" else {}), "numpy": np.__version__,
                "python": platform.python_version()}
         extra = {s: reports[s] for s in ("val", "calib") if s in reports}
         return {**reports["test"], **extra, "run": run}

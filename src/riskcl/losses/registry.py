@@ -22,6 +22,7 @@ from .cross_entropy import CrossEntropyLoss, LogitAdjustedLoss, class_weights_fr
 from .focal import FocalLoss
 from .hierarchical import ExpectedCostLoss, HierarchicalCrossEntropyLoss, SoftLabelLoss
 from .risk_calibrated import RiskCalibratedLoss
+from .segmentation import BCEDiceLoss, BCELoss, DiceLoss, FocalTverskyLoss, PixelRiskLoss, TverskyLoss
 from .superclass import MarginalBCELoss, PartialAUCLoss
 
 # The seven (lambda1, lambda2) settings of the paper's ablation (Table IV).
@@ -59,6 +60,7 @@ class LossSpec:
     builder: Callable[..., nn.Module]
     needs_taxonomy: bool = False
     needs_counts: bool = False
+    task: str = "classification"   # the task whose outputs it scores: "classification" or "segmentation"
 
 
 def _cost(ctx: LossContext, lambda1: float | None, lambda2: float | None, cost_matrix: Any) -> torch.Tensor:
@@ -163,6 +165,36 @@ def _pauc(ctx: LossContext, weight: float = 1.0, beta: float = 0.1, margin: floa
     return PartialAUCLoss(ctx.superclass, weight, beta, margin)
 
 
+def _bce(ctx: LossContext, pos_weight: float = 1.0) -> nn.Module:
+    return BCELoss(pos_weight=pos_weight)
+
+
+def _dice(ctx: LossContext, smooth: float = 1e-5) -> nn.Module:
+    return DiceLoss(smooth=smooth)
+
+
+def _bce_dice(ctx: LossContext, dice_weight: float = 1.0, smooth: float = 1e-5) -> nn.Module:
+    return BCEDiceLoss(dice_weight=dice_weight, smooth=smooth)
+
+
+def _tversky(ctx: LossContext, alpha: float = 0.3, beta: float = 0.7, smooth: float = 1e-5) -> nn.Module:
+    return TverskyLoss(alpha=alpha, beta=beta, smooth=smooth)
+
+
+def _focal_tversky(ctx: LossContext, alpha: float = 0.3, beta: float = 0.7, gamma: float = 0.75,
+                   smooth: float = 1e-5) -> nn.Module:
+    return FocalTverskyLoss(alpha=alpha, beta=beta, gamma=gamma, smooth=smooth)
+
+
+def _rcl_pixel(ctx: LossContext, lambda1: float | None = None, lambda2: float | None = None) -> nn.Module:
+    """The run's cost section (``cost.lambda1`` / ``lambda2``: background called lesion / lesion called background)
+    unless the loss's own ``lambda1`` / ``lambda2`` are given."""
+    cost = None if ctx.cost is None else np.asarray(ctx.cost, dtype=np.float64)
+    l1 = lambda1 if lambda1 is not None else (float(cost[0, 1]) if cost is not None else DEFAULT_LAMBDA1)
+    l2 = lambda2 if lambda2 is not None else (float(cost[1, 0]) if cost is not None else DEFAULT_LAMBDA2)
+    return PixelRiskLoss(lambda1=l1, lambda2=l2)
+
+
 LOSSES: dict[str, LossSpec] = {
     "ce": LossSpec(_ce),
     "wce": LossSpec(_wce, needs_counts=True),
@@ -176,20 +208,29 @@ LOSSES: dict[str, LossSpec] = {
     "marginal-bce": LossSpec(_marginal_bce, needs_taxonomy=True),
     "pauc": LossSpec(_pauc, needs_taxonomy=True),
 }
+SEGMENTATION_LOSSES = {"bce": _bce, "dice": _dice, "bce-dice": _bce_dice, "tversky": _tversky,
+                       "focal-tversky": _focal_tversky, "rcl-pixel": _rcl_pixel}
+for _name, _builder in SEGMENTATION_LOSSES.items():
+    LOSSES[_name] = LossSpec(_builder, task="segmentation")
 for _preset, (_l1, _l2) in RCL_PRESETS.items():
     LOSSES[f"rcl-{_preset}"] = LossSpec(partial(_rcl, lambda1=_l1, lambda2=_l2), needs_taxonomy=True)
 
 
 def register_loss(name: str, builder: Callable[..., nn.Module], needs_taxonomy: bool = False,
-                  needs_counts: bool = False) -> None:
+                  needs_counts: bool = False, task: str = "classification") -> None:
     """Add a loss: ``builder(ctx: LossContext, **params) -> nn.Module`` (its keyword parameters are the ones a
-    config may set); ``needs_*`` say what :func:`create_loss` must be given."""
-    LOSSES[name] = LossSpec(builder, needs_taxonomy, needs_counts)
+    config may set); ``needs_*`` say what :func:`create_loss` must be given; ``task`` which outputs it scores."""
+    LOSSES[name] = LossSpec(builder, needs_taxonomy, needs_counts, task)
 
 
-def list_losses() -> list[str]:
-    """Names accepted by :func:`create_loss`."""
-    return sorted(LOSSES)
+def list_losses(task: str | None = None) -> list[str]:
+    """Names accepted by :func:`create_loss` (those of one ``task`` when given)."""
+    return sorted(k for k, spec in LOSSES.items() if task is None or spec.task == task)
+
+
+def loss_task(name: str) -> str:
+    """The task whose outputs loss ``name`` scores (``classification`` or ``segmentation``)."""
+    return _lookup(name).task
 
 
 def _lookup(name: str) -> LossSpec:

@@ -1,0 +1,326 @@
+"""Segmentation as a task: pixel losses (against MONAI and by hand), metrics (against MONAI), the guarantee on the
+missed share of the lesion (conformal risk control checked over 1,000 re-splits), masks (bad ones named), the
+shared augmentation, and the verbs end to end on generated data."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from _standins import make_isic_seg, write_mask
+from riskcl.config import ConfigError, config_from_dict
+from riskcl.data import create_datasets
+from riskcl.data.augment import augment, augment_masks, sample_params
+from riskcl.data.masks import decode_mask, resize_mask
+from riskcl.decision.segmentation import control_fnr, fnr_curves
+from riskcl.losses import create_loss, list_losses
+from riskcl.metrics.segmentation import hd95, per_image_metrics
+from riskcl.taxonomy import get_taxonomy
+
+monai = pytest.importorskip("monai")
+SEG_LOSSES = list_losses("segmentation")
+LESION = get_taxonomy("lesion")
+
+
+def _maps(n=4, size=12, seed=0, scale=3.0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(n, 1, size, size, generator=g) * scale).to(dtype)
+    target = (torch.rand(n, size, size, generator=g) < 0.3).long()
+    return logits, target
+
+
+# --- losses ---------------------------------------------------------------------------------------------------
+def test_segmentation_losses_are_registered_for_their_task_only():
+    assert set(SEG_LOSSES) == {"bce", "dice", "bce-dice", "tversky", "focal-tversky", "rcl-pixel"}
+    assert not set(SEG_LOSSES) & set(list_losses("classification"))
+
+
+@pytest.mark.parametrize("alpha,beta", [(0.3, 0.7), (0.7, 0.3), (0.5, 0.5), (0.1, 0.9)])
+def test_tversky_equals_monai_with_beta_weighing_false_negatives(alpha, beta):
+    from monai.losses import TverskyLoss
+
+    x, y = _maps(seed=int(alpha * 10))
+    ours = create_loss("tversky", alpha=alpha, beta=beta)(x, y)
+    ref = TverskyLoss(sigmoid=True, alpha=alpha, beta=beta)(x, y[:, None].double())
+    torch.testing.assert_close(ours, ref.to(ours.dtype))
+    # beta weighs the misses: with beta > alpha, missing 2 of 4 lesion pixels costs more than 2 false pixels
+    target = torch.zeros(1, 4, 4, dtype=torch.long)
+    target[0, 0] = 1
+    missed, extra = torch.full((1, 1, 4, 4), -20.0), torch.full((1, 1, 4, 4), -20.0)
+    missed[0, 0, 0, :2] = 20.0
+    extra[0, 0, 0], extra[0, 0, 1, :2] = 20.0, 20.0
+    loss = create_loss("tversky", alpha=0.3, beta=0.7)
+    assert float(loss(missed, target)) > float(loss(extra, target))
+
+
+def test_dice_and_bce_equal_monai_and_torch():
+    from monai.losses import DiceLoss
+
+    x, y = _maps(seed=5)
+    torch.testing.assert_close(create_loss("dice")(x, y), DiceLoss(sigmoid=True)(x, y[:, None].double()))
+    torch.testing.assert_close(create_loss("bce")(x, y), F.binary_cross_entropy_with_logits(x, y[:, None].double()))
+    torch.testing.assert_close(create_loss("bce-dice")(x, y), create_loss("bce")(x, y) + create_loss("dice")(x, y))
+
+
+def test_focal_tversky_is_the_power_of_the_tversky_loss_per_image():
+    x, y = _maps(seed=7)
+    per_image = torch.stack([create_loss("tversky")(x[i:i + 1], y[i:i + 1]) for i in range(len(x))])
+    torch.testing.assert_close(create_loss("focal-tversky", gamma=0.75)(x, y), (per_image ** 0.75).mean())
+
+
+def test_pixel_risk_loss_by_hand():
+    # one image, 4 pixels: lesion called lesion, lesion missed, background called lesion, background right
+    x = torch.tensor([[[[2.0, -1.0], [0.5, -3.0]]]], dtype=torch.float64)
+    y = torch.tensor([[[1, 1], [0, 0]]])
+    bce = F.binary_cross_entropy_with_logits(x, y[:, None].double(), reduction="none").flatten()
+    expected = (bce * torch.tensor([1.0, 20.0, 5.0, 1.0], dtype=torch.float64)).mean()
+    torch.testing.assert_close(create_loss("rcl-pixel", lambda1=5, lambda2=20)(x, y), expected)
+    # from the run's cost section when the loss has no lambdas of its own
+    cost = np.array([[0.0, 5.0], [20.0, 0.0]])
+    torch.testing.assert_close(create_loss("rcl-pixel", taxonomy=LESION, cost=cost)(x, y), expected)
+    # unit severities: plain BCE
+    torch.testing.assert_close(create_loss("rcl-pixel", lambda1=1, lambda2=1)(x, y), bce.mean())
+
+
+@pytest.mark.parametrize("name", SEG_LOSSES)
+def test_every_segmentation_loss_passes_a_gradient_check(name):
+    x, y = _maps(n=2, size=5, seed=3)
+    x = x + torch.sign(x) * 0.05  # keep logits away from 0, where the risk loss's weights switch
+    x.requires_grad_(True)
+    loss = create_loss(name, taxonomy=LESION, cost=np.array([[0.0, 5.0], [20.0, 0.0]]))
+    assert torch.autograd.gradcheck(lambda z: loss(z, y), (x,), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", SEG_LOSSES)
+def test_every_segmentation_loss_is_finite_on_extreme_logits(name):
+    x, y = _maps(seed=2, scale=1e4, dtype=torch.float32)
+    x.requires_grad_(True)
+    value = create_loss(name)(x, y)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(x.grad).all()
+
+
+def test_segmentation_losses_refuse_bad_masks():
+    x, _ = _maps()
+    with pytest.raises(ValueError, match="only 0 .background. and 1"):
+        create_loss("dice")(x, torch.full((4, 12, 12), 2))
+    with pytest.raises(ValueError, match="shape"):
+        create_loss("dice")(x, torch.zeros(4, 10, 12))
+
+
+# --- metrics --------------------------------------------------------------------------------------------------
+def _random_masks(n=12, size=32, seed=0):
+    from scipy.ndimage import binary_dilation
+
+    rng = np.random.default_rng(seed)
+    t = np.zeros((n, size, size), bool)
+    for i in range(n):
+        y0, x0 = rng.integers(2, size // 2, 2)
+        t[i, y0:y0 + rng.integers(4, size // 2), x0:x0 + rng.integers(4, size // 2)] = True
+    p = np.stack([binary_dilation(m, iterations=int(rng.integers(0, 3))) for m in t])
+    p[rng.random(p.shape) < 0.02] = True
+    p[:, : size // 8] = False  # cut some lesions: under-segmentation
+    return p, t
+
+
+def test_dice_and_hd95_equal_monai():
+    from monai.metrics import compute_dice, compute_hausdorff_distance
+
+    p, t = _random_masks()
+    ours = per_image_metrics(p, t)
+    pt, tt = torch.from_numpy(p)[:, None].float(), torch.from_numpy(t)[:, None].float()
+    np.testing.assert_allclose(ours["dice"], compute_dice(pt, tt).flatten().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(ours["hd95"], compute_hausdorff_distance(pt, tt, percentile=95).flatten().numpy(),
+                               rtol=1e-5)
+
+
+def test_metrics_by_hand_including_empty_images():
+    t = np.zeros((3, 4, 4), bool)
+    p = np.zeros((3, 4, 4), bool)
+    t[0, :2, :2] = True          # 4 lesion pixels; 1 found, plus 1 false pixel
+    p[0, 0, 0] = p[0, 3, 3] = True
+    p[1, 0, 0] = True            # no lesion, one false pixel
+    m = per_image_metrics(p, t)  # image 2: no lesion, nothing predicted
+    assert m["fnr"][0] == 0.75 and m["missed_half"][0] == 1.0 and m["over_rate"][0] == 0.5
+    assert m["dice"][0] == pytest.approx(2 / (2 + 1 + 3)) and m["jaccard"][0] == pytest.approx(1 / 5)
+    assert m["thresholded_jaccard"][0] == 0.0  # below ISIC's 0.65
+    assert np.isnan(m["fnr"][1]) and m["dice"][1] == 0.0 and np.isnan(m["hd95"][1])
+    assert m["dice"][2] == 1.0 and m["jaccard"][2] == 1.0 and m["over_rate"][2] == 0.0
+    assert hd95(p[0], p[0]) == 0.0
+
+
+# --- the guarantee --------------------------------------------------------------------------------------------
+def _fixed_predictions(n=1200, size=10, seed=0):
+    """Probability maps of varying quality: lesion pixels score around a per-image level."""
+    rng = np.random.default_rng(seed)
+    masks = rng.random((n, size, size)) < rng.uniform(0.1, 0.6, (n, 1, 1))
+    level = rng.uniform(0.3, 0.9, (n, 1, 1))
+    probs = np.where(masks, rng.beta(2, 2, masks.shape) * level + (1 - level) * 0.5,
+                     rng.beta(1, 4, masks.shape))
+    return probs.astype(np.float32), masks
+
+
+def test_crc_bounds_the_mean_missed_lesion_share_over_1000_resplits():
+    probs, masks = _fixed_predictions()
+    grid = np.linspace(0, 1, 1001)
+    losses, _ = fnr_curves(probs, masks, grid)  # every image has a lesion here
+    rng = np.random.default_rng(1)
+    alpha, n_cal, realised = 0.1, 300, []
+    for _ in range(1000):
+        perm = rng.permutation(len(losses))
+        cal, test = losses[perm[:n_cal]], losses[perm[n_cal:]]
+        risk = cal.mean(0)
+        ok = n_cal / (n_cal + 1) * risk + 1 / (n_cal + 1) <= alpha
+        k = np.flatnonzero(ok).max()
+        realised.append(test[:, k].mean())
+    realised = np.asarray(realised)
+    mc = 3 * realised.std() / np.sqrt(len(realised))
+    assert realised.mean() <= alpha + mc
+    assert realised.mean() > alpha - 0.03  # and not trivially conservative
+    # the library function picks the same threshold as the hand-written rule above
+    r = control_fnr("crc", probs[perm[:n_cal]], masks[perm[:n_cal]], alpha)
+    assert r.threshold == pytest.approx(grid[k]) and r.certified
+
+
+def test_ltt_holds_with_probability_one_minus_delta():
+    probs, masks = _fixed_predictions(n=900, seed=2)
+    rng = np.random.default_rng(3)
+    alpha, delta, violations = 0.15, 0.1, 0
+    for _ in range(60):
+        perm = rng.permutation(len(probs))
+        r = control_fnr("ltt", probs[perm[:300]], masks[perm[:300]], alpha, delta)
+        test_losses, _ = fnr_curves(probs[perm[300:]], masks[perm[300:]], np.array([r.threshold]))
+        violations += test_losses.mean() > alpha
+    assert violations / 60 <= delta + 0.1
+
+
+def test_images_without_lesion_are_left_out_and_groups_average():
+    probs, masks = _fixed_predictions(n=40)
+    masks[:10] = False
+    r = control_fnr("crc", probs, masks, 0.2)
+    assert r.n_calibration == 30 and r.unit == "image"
+    groups = np.repeat(np.arange(20), 2)
+    assert control_fnr("crc", probs, masks, 0.2, groups=groups).unit == "lesion"
+    with pytest.raises(ValueError, match="lesion pixels"):
+        control_fnr("crc", probs, np.zeros_like(masks), 0.2)
+
+
+# --- masks and data -------------------------------------------------------------------------------------------
+def test_bad_masks_are_named(tmp_path):
+    grey = tmp_path / "grey.png"
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(grey)
+    with pytest.raises(ValueError, match=r"grey.png: not a binary mask"):
+        decode_mask(grey)
+    wide = write_mask(tmp_path / "wide.png", 0, (40, 10))
+    with pytest.raises(ValueError, match=r"wide.png: mask of 40 x 10 pixels has another aspect ratio"):
+        decode_mask(wide, (30, 40))
+    with pytest.raises(ValueError, match="mask file not found"):
+        decode_mask(tmp_path / "none.png")
+    assert decode_mask(write_mask(tmp_path / "ones.png", 1, (8, 8), values=(0, 1))).any()
+
+
+def test_a_mask_three_times_its_image_is_resized_with_nearest_neighbour():
+    big = np.zeros((450, 600), bool)
+    big[90:270, 150:450] = True
+    small = resize_mask(big, 50)          # the model's 50 x 50 grid
+    assert set(np.unique(small)) <= {0, 1}
+    rows, cols = np.nonzero(small)
+    # output row i samples input row floor((i + 0.5) * 9): in [90, 270) for i = 10..29; columns: * 12, i = 12..36
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (10, 29, 12, 36)
+
+
+def test_missing_and_bad_masks_error_or_are_skipped_and_listed(tmp_path):
+    root = make_isic_seg(tmp_path / "d", "task1", n=30)
+    gt = root / "ISIC2018_Task1_Training_GroundTruth"
+    (gt / "ISIC_0000003_segmentation.png").unlink()
+    Image.fromarray(np.full((24, 24), 7, np.uint8)).save(gt / "ISIC_0000004_segmentation.png")
+    with pytest.raises(ValueError, match=r"(?s)2 bad mask\(s\).*ISIC_0000003_segmentation.png: mask file not found"):
+        create_datasets("isic2018_seg", root, image_size=8, progress=False, cache_dir=tmp_path / "c")
+    data = create_datasets("isic2018_seg", root, image_size=8, progress=False, cache_dir=tmp_path / "c",
+                           on_bad_image="skip")
+    assert sum(len(d) for d in data.datasets.values()) == 28
+    assert any("not a binary mask" in r for r in data.info["skipped"].values())
+
+
+def test_augmentation_moves_a_mask_exactly_as_its_image():
+    masks = torch.zeros(6, 16, 16, dtype=torch.uint8)
+    masks[:, 3:9, 4:13] = 1
+    images = masks[:, None].float().repeat(1, 3, 1, 1)
+    params = sample_params(6, torch.Generator().manual_seed(0))
+    moved_images, moved_masks = augment(images, params), augment_masks(masks, params)
+    assert torch.equal(moved_images[:, 0].round().to(torch.uint8), moved_masks)
+    assert moved_masks.dtype == torch.uint8 and set(moved_masks.unique().tolist()) <= {0, 1}
+
+
+def test_config_refuses_a_loss_or_data_of_another_task():
+    base = {"task": "segmentation", "data": {"name": "seg_demo"}, "loss": {"name": "dice"}}
+    config_from_dict(base)
+    with pytest.raises(ConfigError, match="a loss of the run's task .segmentation."):
+        config_from_dict({**base, "loss": {"name": "ce"}})
+    with pytest.raises(ConfigError, match="set `task: classification`"):
+        config_from_dict({**base, "data": {"name": "demo"}})
+    with pytest.raises(ConfigError, match="select_metric"):
+        config_from_dict({**base, "select_metric": "cer"})
+    with pytest.raises(ConfigError, match="model.arch"):
+        config_from_dict({"model": {"arch": "unet"}})
+
+
+# --- the verbs on generated data ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory):
+    from riskcl.experiment import run_experiment
+
+    cfg = config_from_dict({
+        "name": "seg", "task": "segmentation", "epochs": 2, "progress": False,
+        "data": {"name": "seg_demo", "image_size": 32, "options": {"scale": 0.1}, "calib_fraction": 0.2},
+        "model": {"name": "resnet10t", "arch": "unet", "pretrained": False,
+                  "options": {"decoder_channels": [32, 16, 8, 8, 4]}},
+        "loss": {"name": "rcl-pixel"}, "optim": {"batch_size": 16, "lr": 0.003}})
+    out = tmp_path_factory.mktemp("seg") / "run"
+    run_experiment(cfg, out)
+    return out
+
+
+def test_a_segmentation_run_writes_masks_reports_and_resumes_finished(seg_run):
+    from riskcl.experiment import run_experiment
+    from riskcl.experiment.folder import RunFolder
+
+    folder = RunFolder(seg_run)
+    m = folder.metrics()
+    assert m["run"]["task"] == "segmentation" and m["run"]["classes"] == ["background", "lesion"]
+    for key in ("dice", "jaccard", "thresholded_jaccard", "fnr", "missed_half", "over_rate", "hd95"):
+        assert 0 <= m[key] <= (1 if key != "hd95" else 64), key
+        lo, hi = m[f"{key}_ci"]
+        assert lo <= m[key] <= hi, key
+    test = folder.predictions("test")
+    assert test["logits"].shape == test["target"].shape == (m["run"]["n_test"], 32, 32)
+    # the report is the metric functions applied to the saved maps
+    probs = 1 / (1 + np.exp(-test["logits"]))
+    ref = per_image_metrics(probs >= 0.5, test["target"])
+    assert m["dice"] == pytest.approx(ref["dice"].mean(), abs=1e-3)
+    assert set(folder.history().columns) >= {"val_dice", "val_fnr", "val_missed_half"}
+    assert run_experiment(folder.read_config(), seg_run) == m  # finished: nothing redone
+
+
+def test_calibrate_and_evaluate_a_segmentation_run(seg_run, capsys):
+    from riskcl.cli import main
+
+    assert main(["calibrate", str(seg_run), "--alpha", "0.2", "--method", "crc"]) == 0
+    out = capsys.readouterr().out
+    assert "pixel threshold p(lesion) >=" in out and "expected missed share of the lesion" in out
+    cal = json.loads((seg_run / "calibration.json").read_text())
+    assert cal["task"] == "segmentation" and cal["certified"]
+    # the calibration split's missed share at the threshold obeys CRC's inequality
+    n = cal["n_calibration"]
+    assert n / (n + 1) * cal["calibration_cer"] + 1 / (n + 1) <= 0.2 + 1e-9
+    assert main(["evaluate", str(seg_run)]) == 0
+    out = capsys.readouterr().out
+    assert "a pixel is lesion when p(lesion) >=" in out and "missed lesion" in out
+    report = json.loads((seg_run / "eval_test.json").read_text())
+    assert report["operating_point"]["threshold"] == cal["threshold"]
+    assert report["operating_point"]["fnr"] == pytest.approx(cal["test"]["fnr"], abs=2e-3)
+
