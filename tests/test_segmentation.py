@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from _standins import make_isic_seg, write_mask
+from conftest import ISIC_SAMPLE, needs_isic
 from riskcl.config import ConfigError, config_from_dict
 from riskcl.data import create_datasets
 from riskcl.data.augment import augment, augment_masks, sample_params
@@ -324,3 +325,120 @@ def test_calibrate_and_evaluate_a_segmentation_run(seg_run, capsys):
     assert report["operating_point"]["threshold"] == cal["threshold"]
     assert report["operating_point"]["fnr"] == pytest.approx(cal["test"]["fnr"], abs=2e-3)
 
+
+
+def _images(tmp_path, n=4):
+    from riskcl.data.segmentation import index_seg_demo
+
+    idx = index_seg_demo(size=40, scale=0.01, seed=9)
+    paths = []
+    for i in range(n):  # several sizes and aspect ratios: the masks come back at each image's own size
+        path = tmp_path / f"lesion{i}.png"
+        Image.fromarray(idx.images[i]).resize((40 + 9 * i, 30 + 4 * i)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_predict_writes_a_mask_and_an_outline_per_image_and_a_csv(seg_run, tmp_path):
+    import csv
+
+    from riskcl.cli import main
+
+    paths = _images(tmp_path)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(seg_run), str(tmp_path / "lesion*.png"), str(tmp_path / "broken.png"),
+                 "--out", str(out), "--quiet"]) == 3  # one unreadable input
+    rows = {r["image"]: r for r in csv.DictReader(out.open())}
+    assert rows[str(tmp_path / "broken.png")]["decision"] == "unreadable"
+    for p in paths:
+        r = rows[str(p)]
+        assert r["decision"] in ("segmented", "refer")
+        mask = np.asarray(Image.open(r["mask"]))
+        w, h = Image.open(p).size
+        assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
+        assert int(r["lesion_px"]) == int((mask == 255).sum())
+        assert (tmp_path / "pred_masks" / f"{p.stem}_outline.png").is_file()
+    # a rerun resumes: nothing scored twice
+    assert main(["predict", str(seg_run), str(tmp_path / "lesion*.png"), "--out", str(out), "--quiet"]) == 0
+    assert sum(1 for _ in csv.DictReader(out.open())) == len(paths)
+
+
+def test_export_outputs_probability_maps_and_masks_at_the_input_size(seg_run, tmp_path):
+    import onnxruntime as ort
+
+    from riskcl.deploy.export import export_run
+    from riskcl.deploy.predict import RunModel
+    from riskcl.deploy.segmentation import to_image_grid
+
+    meta = export_run(seg_run, tmp_path / "export", check_limit=12)
+    p = meta["parity"]
+    assert p["max_abs_diff_p_lesion"] <= 1e-4 and p["mask_pixel_flips"] == 0
+    assert [o["name"] for o in meta["outputs"]] == ["p_lesion", "mask"] and meta["task"] == "segmentation"
+    # independently: ONNX Runtime on images of other sizes against the run folder's PyTorch model
+    session = ort.InferenceSession(str(tmp_path / "export" / "model.onnx"), providers=["CPUExecutionProvider"])
+    run = RunModel(seg_run)
+    for path in _images(tmp_path):
+        image = np.array(Image.open(path).convert("RGB"))
+        p_onnx, mask = session.run(["p_lesion", "mask"], {"images": image[None]})
+        ref = to_image_grid(run.probabilities([image])[0], *image.shape[:2])
+        assert p_onnx.shape == mask.shape == (1, *image.shape[:2])
+        assert np.abs(p_onnx[0] - ref).max() <= 1e-4
+        tie = np.abs(ref - run.op.threshold) <= 1e-4
+        assert not ((mask[0] != (ref >= run.op.threshold)) & ~tie).any()
+
+
+def test_card_serve_and_report_of_a_segmentation_run(seg_run, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from riskcl.cli import main
+    from riskcl.deploy.serve import create_app
+
+    assert main(["calibrate", str(seg_run), "--alpha", "0.25", "--method", "ltt", "--delta", "0.2"]) == 0
+    assert main(["card", str(seg_run), "--bootstrap", "50", "--out", str(tmp_path / "card.md")]) == 0
+    card = (tmp_path / "card.md").read_text()
+    assert "missed share of the lesion" in card and "Worst under-segmented test images" in card
+    assert "misses at most 25% of the lesion per" in card and "p(malignant)" not in card
+    client = TestClient(create_app(seg_run))
+    assert client.get("/model").json()["task"] == "segmentation"
+    path = _images(tmp_path, 1)[0]
+    answer = client.post("/predict", files={"file": (path.name, path.read_bytes(), "image/png")})
+    assert answer.status_code == 200 and answer.json()["decision"] in ("segmented", "refer")
+    assert answer.json()["threshold"] == pytest.approx(json.loads((seg_run / "calibration.json").read_text())[
+        "threshold"])
+    outline = client.post("/explain", files={"file": (path.name, path.read_bytes(), "image/png")})
+    assert outline.status_code == 200 and outline.headers["content-type"] == "image/png"
+    assert client.post("/predict", files={"file": ("x.png", b"nope", "image/png")}).status_code == 415
+    assert client.get("/health").status_code == 200  # still serving
+    assert main(["report", str(seg_run.parent), "--out", str(tmp_path / "report"), "--bootstrap", "50"]) == 0
+    report = (tmp_path / "report" / "REPORT.md").read_text()
+    assert "Dice and under-segmentation" in report and "rcl-pixel" in report
+    assert (tmp_path / "report" / "figures" / "dice_vs_missed_seg_demo_resnet10t.png").is_file()
+
+
+def test_subgroups_and_a_threshold_per_group(seg_run, tmp_path):
+    import shutil
+
+    from riskcl.experiment.subgroups import calibrate_by_group, evaluate_subgroups
+
+    run = tmp_path / "run"
+    shutil.copytree(seg_run, run, ignore=shutil.ignore_patterns("last.pt"))
+    result = evaluate_subgroups(run, "kind", n_boot=50)
+    assert {g["group"] for g in result["groups"]} == {"nevus", "keratosis", "melanoma", "carcinoma"}
+    assert sum(g["n"] for g in result["groups"]) == result["n"]
+    cal = calibrate_by_group(run, "kind", alpha=0.3, method="crc")
+    assert set(cal["groups"]) <= {"nevus", "keratosis", "melanoma", "carcinoma"}
+    for g in cal["groups"].values():
+        assert 0 <= g["threshold"] <= 1
+
+
+@needs_isic
+def test_real_ham10000_masks_are_read_resized_and_cached_as_their_files_say():
+    data = create_datasets("isic2018_seg", ISIC_SAMPLE, image_size=50, progress=False)
+    test = data.datasets["test"]
+    assert data.info["group_unit"].startswith("lesion")
+    for i in range(0, len(test), max(1, len(test) // 5)):
+        mask_file = test.table["mask"].iloc[i]
+        raw = np.asarray(Image.open(mask_file)) > 0
+        assert raw.shape == (450, 600)
+        assert np.array_equal(test.gather_masks([i])[0], resize_mask(raw, 50))

@@ -119,13 +119,12 @@ class SegmentationTask(Task):
 
     def report_at(self, op: Any, logits: Any, target: Any, taxonomy: Any, cost: np.ndarray, strata: Any = None,
                   groups: Any = None) -> dict[str, Any]:
-        from .metrics.segmentation import segmentation_report
+        from .metrics.segmentation import per_image_metrics, summarize
 
-        if strata is not None and op.per_group:
-            raise ValueError("Per-group pixel thresholds are not supported for segmentation yet")
         cost = np.asarray(cost, dtype=np.float64)
-        return segmentation_report(op.probabilities(logits), target, op.threshold, groups, float(cost[0, 1]),
-                                   float(cost[1, 0]))
+        masks = op.decide(op.probabilities(logits), None, strata)
+        per = per_image_metrics(masks, target, float(cost[0, 1]), float(cost[1, 0]))
+        return {**summarize(per, groups), "threshold": op.threshold}
 
     def epoch_line(self, row: Mapping[str, Any], epochs: int) -> str:
         return (f"  epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  val Dice {row['val_dice']:.4f}  "

@@ -45,6 +45,8 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
                    "skips the images already scored (default: the CSV goes to standard output); an existing file "
                    "is used only when it is a riskcl prediction CSV, unless --force")
     p.add_argument("--force", action="store_true", help="start --out over, even if it is not a prediction CSV")
+    p.add_argument("--masks", default=None, metavar="DIR", help="segmentation: folder for each image's mask PNG and "
+                   "outline overlay (default: <out>_masks beside --out)")
     _add_point(p)
     p.add_argument("--metadata", default=None,
                    help="CSV with an `image` column and the group column of a per-group calibration")
@@ -70,10 +72,11 @@ def _predict(a: argparse.Namespace) -> int:
                            metadata=a.metadata, rule="argmax" if a.argmax else "superclass",
                            allow_unfinished=a.allow_unfinished, allow_uncertified=a.allow_uncertified,
                            force=a.force, batch_size=a.batch_size, threads=a.threads, progress=not a.quiet,
-                           collect=False)
+                           collect=False, mask_dir=a.masks)
     s = result.summary
     print(_point_line(result.op), file=log)
-    print(f"{s.scored} image(s) scored ({s.referred} referred)" + (f", {s.skipped} already in {a.out}" if s.skipped
+    what = "referred: no lesion found or an uncertain outline" if result.op.segmentation else "referred"
+    print(f"{s.scored} image(s) scored ({s.referred} {what})" + (f", {s.skipped} already in {a.out}" if s.skipped
                                                                    else "")
           + (f", {len(s.unreadable)} unreadable (rows with decision 'unreadable' say why): "
              + ", ".join(s.unreadable[:5]) + (" ..." if len(s.unreadable) > 5 else "") if s.unreadable else ""),
@@ -110,9 +113,12 @@ def _export(a: argparse.Namespace) -> int:
     p, op = meta["parity"], meta["operating_point"]
     print(f"exported {a.out}/{meta['file']} ({a.format}): input uint8 (N, H, W, 3) RGB, outputs "
           f"{', '.join(o['name'] for o in meta['outputs'])}\n  operating point: {op['how']}\n"
-          + "".join(f"  parity against {c['reference']}, {p['runtime']}: max |p(malignant) difference| "
-                    f"{c['max_abs_diff_p_malignant']:.2e}, {c['decision_flips']} decision flips, {c['label_flips']} "
-                    f"label flips\n" for c in p["checks"])
+          + (f"  parity against riskcl predict, {p['runtime']}: max |p(lesion) difference| "
+             f"{p['max_abs_diff_p_lesion']:.2e} per pixel, {p['mask_pixel_flips']} mask pixel flips beyond ties "
+             f"({p['mask_pixel_ties']} within {p['tolerance']:g} of the threshold)\n" if "checks" not in p else
+             "".join(f"  parity against {c['reference']}, {p['runtime']}: max |p(malignant) difference| "
+                     f"{c['max_abs_diff_p_malignant']:.2e}, {c['decision_flips']} decision flips, "
+                     f"{c['label_flips']} label flips\n" for c in p["checks"]))
           + f"wrote {a.out}/riskcl_export.json, README.md and decode.py")
     return 0
 

@@ -10,7 +10,10 @@ from .console import SUMMARY_COLUMNS, degenerate_warning, print_table, summary_c
 
 
 def _add_demo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="runs/demo", help="folder for the two runs, the table and the plot")
+    p.add_argument("--out", default=None, help="folder for the two runs, the table and the plot (default: "
+                   "runs/demo, or runs/demo-segmentation)")
+    p.add_argument("--task", default="classification", choices=["classification", "segmentation"],
+                   help="segmentation: BCE + Dice against the risk-calibrated pixel loss on generated lesions")
     p.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
     p.add_argument("--seed", type=int, default=None, help="training seed (default 0); rerun with others to see "
                    "how much the table moves")
@@ -23,7 +26,15 @@ def _demo(a: argparse.Namespace) -> int:
     from ..experiment import run_demo
     from ..report.plots import plot_error_taxonomy
 
-    runs = run_demo(a.out, epochs=a.epochs, progress=not a.quiet, seed=a.seed)
+    out = a.out or ("runs/demo" if a.task == "classification" else "runs/demo-segmentation")
+    runs = run_demo(out, epochs=a.epochs, progress=not a.quiet, seed=a.seed, task=a.task)
+    if a.task == "segmentation":
+        print("\nDemo test split (generated lesions with their masks; a pixel is lesion at p(lesion) >= 0.5):")
+        print_table([summary_row(name, m, "segmentation") for name, m in runs.items()],
+                    summary_columns("segmentation"))
+        print(f"\nnext: riskcl calibrate {out}/rcl-pixel --alpha 0.1 --method crc (a guarantee on the missed share of "
+              f"the lesion), then predict / export / card / serve the run folder")
+        return 0
     print("\nDemo test split (1000 generated lesions; malignant = melanoma, carcinoma; decision: p(malignant) "
           ">= 0.5):")
     print_table([summary_row(name, m) for name, m in runs.items()], SUMMARY_COLUMNS)
@@ -31,7 +42,7 @@ def _demo(a: argparse.Namespace) -> int:
     verdict = "fewer" if rcl["type_ii"] < ce["type_ii"] else "NOT fewer"
     print(f"\nrcl-proposed made {verdict} Type II (fatal) errors than CE: {rcl['type_ii']} vs {ce['type_ii']} "
           f"(Type I: {rcl['type_i']} vs {ce['type_i']}).")
-    print(f"plot: {plot_error_taxonomy(runs, Path(a.out) / 'demo_errors.png')}")
+    print(f"plot: {plot_error_taxonomy(runs, Path(out) / 'demo_errors.png')}")
     return 0
 
 

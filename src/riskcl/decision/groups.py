@@ -38,10 +38,13 @@ def thresholds_per_sample(groups: Mapping[str, Mapping[str, Any]], fallback: flo
                      for v in np.asarray(to_numpy(strata)).astype(str)], dtype=np.float64)
 
 
-def group_risk_control(method: str, probs: Any, target: Any, taxonomy: Taxonomy, strata: Any, alpha: float,
-                       delta: float = DELTA, groups: Any = None, fallback: str = "pooled") -> dict[str, Any]:
+def group_risk_control(method: str, probs: Any, target: Any, taxonomy: Taxonomy | None, strata: Any, alpha: float,
+                       delta: float = DELTA, groups: Any = None, fallback: str = "pooled",
+                       segmentation: bool = False) -> dict[str, Any]:
     """Thresholds per value of ``strata`` (``(N,)`` subgroup labels); ``groups``: patient units as in
-    :func:`~riskcl.decision.control_risk`.
+    :func:`~riskcl.decision.control_risk`. ``segmentation``: ``probs`` and ``target`` are ``(N, H, W)`` lesion
+    probability maps and masks, and each group's pixel threshold controls its missed share of the lesion
+    (:func:`riskcl.decision.segmentation.control_fnr`); a group needs images with a lesion.
 
     Returns ``{"pooled": RiskControlResult, "groups": {value: {"threshold", "certified", "n_calibration",
     "guarantee"}}, "fallback", "fallback_threshold", "correction"}``.
@@ -50,18 +53,32 @@ def group_risk_control(method: str, probs: Any, target: Any, taxonomy: Taxonomy,
         raise ValueError(f"Expected `fallback` in {FALLBACKS}, but got {fallback!r}")
     p, y = to_numpy(probs), to_numpy(target).astype(np.int64)
     s = np.asarray(to_numpy(strata)).astype(str)
-    if s.shape != y.shape:
+    if s.shape != y.shape[:1]:
         raise ValueError(f"Expected one subgroup label per sample ({y.shape[0]}), but got {s.shape}")
     g = None if groups is None else np.asarray(to_numpy(groups))
-    pooled = control_risk(method, p, y, taxonomy, alpha, delta, g)
+    if segmentation:
+        from .segmentation import control_fnr
+
+        def control(pp, yy, a, d, gg):
+            return control_fnr(method, pp, yy, a, d, gg)
+
+        def positive(yy):
+            return bool(yy.any())
+    else:
+        def control(pp, yy, a, d, gg):
+            return control_risk(method, pp, yy, taxonomy, a, d, gg)
+
+        def positive(yy):
+            return bool((taxonomy.superclass[yy] == 1).any())
+    pooled = control(p, y, alpha, delta, g)
     values = sorted(set(s.tolist()))
-    with_malignant = [v for v in values if (taxonomy.superclass[y[s == v]] == 1).any()]
+    with_malignant = [v for v in values if positive(y[s == v])]
     per_delta = delta / max(1, len(with_malignant)) if method == "ltt" else delta
     results: dict[str, RiskControlResult | None] = {}
     for v in values:
         m = s == v
-        results[v] = control_risk(method, p[m], y[m], taxonomy, alpha, per_delta,
-                                  None if g is None else g[m]) if v in with_malignant else None
+        results[v] = control(p[m], y[m], alpha, per_delta, None if g is None else g[m]) if v in with_malignant \
+            else None
     certified = [r.threshold for r in results.values() if r is not None and r.certified]
     fb = pooled.threshold if fallback == "pooled" else min([pooled.threshold, *certified])
     out = {}
@@ -71,7 +88,7 @@ def group_risk_control(method: str, probs: Any, target: Any, taxonomy: Taxonomy,
                   "n_calibration": 0 if r is None else r.n_calibration,
                   "calibration_cer": None if r is None else r.calibration_cer,
                   "guarantee": r.guarantee if ok else (
-                      f"not certified ({'no malignant calibration case' if r is None else 'too few calibration cases'}"
+                      f"not certified ({'no positive calibration case' if r is None else 'too few calibration cases'}"
                       f" for alpha = {alpha}): the {fallback} fallback threshold, with no guarantee for this group")}
     correction = (f"Bonferroni: delta / {len(with_malignant)} = {per_delta:.4g} per group, so all certified groups "
                   f"hold at once with probability >= {1 - delta}") if method == "ltt" else \

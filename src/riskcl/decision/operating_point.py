@@ -137,8 +137,9 @@ class OperatingPoint:
         if self.method == "manual":
             return f"a threshold given by hand: a pixel is lesion when {probs} >= {self.threshold:g} (no guarantee)"
         cert = "" if self.certified else " NOT CERTIFIED (used with --allow-uncertified): no guarantee holds; "
-        return (f"{cert}a pixel is lesion when {probs} >= {self.threshold:.4f}, chosen by {self.method} on the "
-                f"{self.split} split: {self.guarantee}")
+        where = f" per '{self.by}' group ({self.threshold:.4f} pooled)" if self.per_group else ""
+        return (f"{cert}a pixel is lesion when {probs} >= {self.threshold:.4f}{where}, chosen by {self.method} on "
+                f"the {self.split} split: {self.guarantee}")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

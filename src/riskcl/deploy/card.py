@@ -104,7 +104,11 @@ def _limitations(folder: RunFolder, metrics: dict, info: dict, cal: dict | None,
         out.append(f"Validation CER {100 * val['cer']:.2f}% is below the test CER {100 * metrics['cer']:.2f}% (share "
                    f"of malignant images called benign at the default rule): the validation split chose the best "
                    f"epoch, so its numbers are optimistic.")
-    if cal is not None:
+    if cal is not None and cal.get("task") == "segmentation":
+        out.append(f"Calibration-split missed share of the lesion at the threshold {100 * cal['calibration_cer']:.2f}% "
+                   f"per {cal.get('unit', 'image')} vs {100 * cal['test']['fnr']:.2f}% on the test split. Shift check: "
+                   f"{cal.get('shift_check', {}).get('note', 'n/a')}.")
+    elif cal is not None:
         out.append(f"Calibration-split miss rate at the threshold {100 * cal['calibration_cer']:.2f}% of malignant "
                    f"{cal.get('unit', 'sample')}s vs test CER {100 * cal['test']['cer']:.2f}% of malignant images. "
                    f"Shift check: {cal.get('shift_check', {}).get('note', 'n/a')}.")
@@ -162,29 +166,42 @@ class CardContext:
 
     def fitness(self) -> list[str]:
         """Reasons the model is not fit for use at its operating point (sensitivity / specificity under the
-        floors); empty when it is."""
-        sens, spec = sensitivity_specificity(self.labels, self.test["target"], self.tax)
+        floors; for segmentation the lesion pixels found, 1 - the mean missed share, and the background pixels kept);
+        empty when it is."""
+        if self.op.segmentation:
+            from ..metrics.segmentation import per_image_metrics
+
+            m = per_image_metrics(self.labels, self.test["target"], with_hd95=False)
+            sens = 1 - float(np.nanmean(m["fnr"]))
+            spec = float(m["tn"].sum() / max(1, (m["tn"] + m["fp"]).sum()))
+        else:
+            sens, spec = sensitivity_specificity(self.labels, self.test["target"], self.tax)
         out = []
         for name, value in (("sensitivity", sens), ("specificity", spec)):
             if not np.isnan(value) and value < self.floors[name]:
                 out.append(f"test {name} {100 * value:.1f}% is under the floor of {100 * self.floors[name]:g}%")
         if self.op.calibrated and not self.op.certified:
-            out.append("its operating point is not certified (no guarantee on missed malignant cases)")
+            out.append("its operating point is not certified (no guarantee on missed "
+                       + ("lesion" if self.op.segmentation else "malignant cases") + ")")
         return out
 
 
 def _details(doc: Document, c: CardContext) -> None:
     run, cfg, tax = c.run, c.cfg, c.tax
     doc.heading("Model details")
-    details = {"architecture": f"{run['model']} (timm), {len(tax.classes)} classes",
+    seg = c.op.segmentation
+    details = {"architecture": (f"{run.get('arch', 'unet')} (segmentation-models-pytorch) on the timm encoder "
+                                f"{run['model']}, one lesion logit per pixel" if seg else
+                                f"{run['model']} (timm), {len(tax.classes)} classes"),
                "weights origin": str(run.get("weights")),
                "training objective": f"{run['loss']} {run.get('loss_params') or ''}".strip(),
                "training": f"{run['epochs']} epochs, best epoch {run['best_epoch']} by validation "
                            f"{run['select_metric']}; AdamW lr {cfg.optim.lr:g}, weight decay "
                            f"{cfg.optim.weight_decay:g}, batch {cfg.optim.batch_size}, {cfg.data.image_size} px",
                "seeds": f"training {run['seed']}, splits {cfg.data.split_seed}",
-               "decision": "refer when p(malignant) >= the threshold, then the most probable class within the "
-                           "decided superclass",
+               "decision": ("a pixel is lesion when p(lesion) >= the threshold" if seg else
+                            "refer when p(malignant) >= the threshold, then the most probable class within the "
+                            "decided superclass"),
                "versions": f"riskcl {__version__} (card), riskcl {run.get('riskcl', '?')} (training), torch "
                            f"{run.get('torch')}, timm {run.get('timm', '?')}, numpy {run.get('numpy', '?')}, python "
                            f"{run.get('python')}",
@@ -196,8 +213,11 @@ def _details(doc: Document, c: CardContext) -> None:
         e, p = c.export["meta"], c.export["meta"]["parity"]
         state = ("STALE: " + "; ".join(c.export["stale"]) + "; export again") if c.export["stale"] else "current"
         details["exported model"] = (f"{c.export['path']}/{e['file']} ({e['format']}), {state}; parity on "
-                                     f"{p['images']} images: max |p(malignant) difference| "
-                                     f"{p['max_abs_diff_p_malignant']:.1e}, {p['decision_flips']} decision flips")
+                                     f"{p['images']} images: " + (
+                                         f"max |p(lesion) difference| {p['max_abs_diff_p_lesion']:.1e} per pixel, "
+                                         f"{p['mask_pixel_flips']} mask pixel flips beyond ties" if seg else
+                                         f"max |p(malignant) difference| {p['max_abs_diff_p_malignant']:.1e}, "
+                                         f"{p['decision_flips']} decision flips"))
     doc.table(pd.DataFrame([{"item": k, "value": v} for k, v in details.items()]))
 
 
@@ -447,6 +467,9 @@ def build_card(run_dir: str | Path, out: str | Path | None = None, n_boot: int =
     if not md_path.parent.is_dir():
         raise FileNotFoundError(f"Cannot write {md_path}: the folder {md_path.parent} does not exist")
     op = operating_point(folder, allow_uncertified=allow_uncertified)
+    sections = SECTIONS
+    if op.segmentation:
+        from .card_segmentation import SEGMENTATION_SECTIONS as sections
     fig_dir = md_path.parent / FIGURES
     fig_dir.mkdir(exist_ok=True)
     ctx = CardContext(folder, op, n_boot, fig_dir, export_status(folder, op, export_dir), gallery_cap,
@@ -454,10 +477,11 @@ def build_card(run_dir: str | Path, out: str | Path | None = None, n_boot: int =
     run = ctx.run
     doc = Document(f"Model card: {run['name']} ({run['model']} on {run['dataset']})")
     if op.calibrated and not op.certified:
-        doc.para("**WARNING: the operating point is NOT CERTIFIED**: no guarantee on missed malignant cases.")
+        doc.para("**WARNING: the operating point is NOT CERTIFIED**: no guarantee on "
+                 + ("the missed share of the lesion." if op.segmentation else "missed malignant cases."))
     doc.para(f"Generated by riskcl {__version__} on {_dt.date.today().isoformat()} from the run folder "
              f"`{folder.path}`. Every number below is read from that folder's files or computed from them.")
-    for section in SECTIONS:
+    for section in sections:
         section(doc, ctx)
     doc.write(md_path, md_path.parent / CARD_HTML, inline_figures=True)
     from ..experiment.tracking import track_after_training

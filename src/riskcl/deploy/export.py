@@ -54,7 +54,16 @@ OUTPUT_DOC = {"probabilities": ("(N, K) float32", "class probabilities in the or
               "p_malignant": ("(N,) float32", "the sum of the malignant class probabilities: the certified score"),
               "refer": ("(N,) bool", "p_malignant >= threshold: the triage decision"),
               "label": ("(N,) int64", "the most probable class within the decided superclass")}
+SEGMENTATION_OUTPUTS = ("p_lesion", "mask")
+SEGMENTATION_OUTPUT_DOC = {"p_lesion": ("(N, H, W) float32", "each pixel's lesion probability (after TTA and "
+                                                             "temperature), on the input image's own pixels"),
+                           "mask": ("(N, H, W) bool", "p_lesion >= threshold: the lesion at the operating point")}
 TOLERANCE = 1e-4
+
+
+def output_names(op: OperatingPoint) -> tuple[str, ...]:
+    """The graph's outputs in order: :data:`OUTPUTS`, or :data:`SEGMENTATION_OUTPUTS` for segmentation."""
+    return SEGMENTATION_OUTPUTS if op.segmentation else OUTPUTS
 
 
 class ExportParityError(RuntimeError):
@@ -88,19 +97,44 @@ class TriageModel(nn.Module):
         return probs, p_mal, refer, label
 
 
-def _export_onnx(model: TriageModel, path: Path, example: torch.Tensor) -> None:
+class LesionModel(nn.Module):
+    """A segmentation run's network with riskcl's preprocessing and the operating point around it:
+    ``forward(images)``: ``uint8`` ``(N, H, W, 3)`` -> ``(p_lesion (N, H, W) float32, mask (N, H, W) bool)``, the
+    model-grid probabilities mapped back onto the input's pixels by nearest neighbour (as ``riskcl predict``)."""
+
+    def __init__(self, net: nn.Module, op: OperatingPoint) -> None:
+        super().__init__()
+        self.net, self.image_size, self.tta = net.eval(), int(op.image_size), op.tta
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.register_buffer("threshold", torch.tensor(float(op.threshold)))
+        self.register_buffer("temperature", torch.tensor(float(op.temperature)))
+
+    def forward(self, images: torch.Tensor):
+        h, w = images.shape[1], images.shape[2]
+        x = resize_images(images.permute(0, 3, 1, 2), self.image_size).float()
+        x = (x / 255.0 - self.mean) / self.std
+        p = torch.sigmoid(tta_logits(self.net, x, self.tta) / self.temperature)
+        s, top = float(self.image_size), self.image_size - 1
+        rows = torch.clamp(((torch.arange(h, dtype=torch.float64) + 0.5) * s / h).floor().long(), max=top)
+        cols = torch.clamp(((torch.arange(w, dtype=torch.float64) + 0.5) * s / w).floor().long(), max=top)
+        p = p.index_select(1, rows).index_select(2, cols)
+        return p, p >= self.threshold
+
+
+def _export_onnx(model: nn.Module, path: Path, example: torch.Tensor, outputs: Sequence[str] = OUTPUTS) -> None:
     dims = {0: torch.export.Dim("batch", min=1, max=4096), 1: torch.export.Dim("height", min=2, max=16384),
             2: torch.export.Dim("width", min=2, max=16384)}
     quiet = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes={"images": dims},
-                                    input_names=["images"], output_names=list(OUTPUTS), opset_version=18,
+                                    input_names=["images"], output_names=list(outputs), opset_version=18,
                                     optimize=True)
         atomic_write_with(path, lambda tmp: program.save(tmp))
 
 
-def _export_torchscript(model: TriageModel, path: Path, example: torch.Tensor) -> None:
+def _export_torchscript(model: nn.Module, path: Path, example: torch.Tensor, outputs: Sequence[str] = OUTPUTS) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, example, check_trace=False)
@@ -110,8 +144,8 @@ def _export_torchscript(model: TriageModel, path: Path, example: torch.Tensor) -
 class _Runner:
     """The exported file in its own runtime: ONNX Runtime or ``torch.jit.load``."""
 
-    def __init__(self, fmt: str, path: Path) -> None:
-        self.fmt = fmt
+    def __init__(self, fmt: str, path: Path, outputs: Sequence[str] = OUTPUTS) -> None:
+        self.fmt, self.outputs = fmt, tuple(outputs)
         if fmt == "onnx":
             import onnxruntime as ort
 
@@ -125,22 +159,50 @@ class _Runner:
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         if self.fmt == "onnx":
-            return tuple(self.session.run(list(OUTPUTS), {"images": batch}))
+            return tuple(self.session.run(list(self.outputs), {"images": batch}))
         with torch.no_grad():
             return tuple(t.numpy() for t in self.module(torch.from_numpy(batch)))
 
 
 def run_exported(runner: _Runner, images: Sequence[np.ndarray], batch_size: int = 16) -> dict[str, np.ndarray]:
     """The exported model's outputs for images of any sizes (batched by size, in input order)."""
-    out = {k: [None] * len(images) for k in OUTPUTS}
+    out = {k: [None] * len(images) for k in runner.outputs}
     for idx in group_by_shape(images).values():
         for start in range(0, len(idx), batch_size):
             part = idx[start:start + batch_size]
             results = runner(np.stack([images[i] for i in part]))
-            for name, values in zip(OUTPUTS, results):
+            for name, values in zip(runner.outputs, results):
                 for i, v in zip(part, values):
                     out[name][i] = v
+    if "p_lesion" in out:  # maps of several sizes stay a list
+        return out
     return {k: np.asarray(v) for k, v in out.items()}
+
+
+def lesion_parity_check(runner: _Runner, folder: RunFolder, images: Sequence[np.ndarray], names: Sequence[str],
+                        op: OperatingPoint, source: str, tolerance: float) -> dict[str, Any]:
+    """A segmentation export against ``riskcl predict`` (the run's PyTorch model, mapped onto each image's pixels):
+    largest |p(lesion) difference| per pixel, and mask pixels that differ at the threshold beyond ties (pixels
+    whose reference p(lesion) lies within ``tolerance`` of the threshold may fall either way)."""
+    from .segmentation import to_image_grid
+
+    got = run_exported(runner, images)
+    ref = predict_arrays(folder.load_model(), images, op)
+    diff, flips, ties, flipped = 0.0, 0, 0, []
+    for k, (im, p_ref) in enumerate(zip(images, ref)):
+        p_ref = to_image_grid(p_ref, *im.shape[:2]).astype(np.float64)
+        p_got = np.asarray(got["p_lesion"][k], dtype=np.float64)
+        diff = max(diff, float(np.abs(p_got - p_ref).max()))
+        differ = np.asarray(got["mask"][k], bool) != (p_ref >= op.threshold)
+        tie = np.abs(p_ref - op.threshold) <= tolerance
+        flips += int((differ & ~tie).sum())
+        ties += int((differ & tie).sum())
+        if (differ & ~tie).any():
+            flipped.append(str(names[k]))
+    sizes = sorted({f"{im.shape[1]}x{im.shape[0]}" for im in images})
+    return {"images": len(images), "source": source, "image_sizes": sizes[:10] + (["..."] if len(sizes) > 10 else []),
+            "runtime": runner.runtime, "reference": "riskcl predict", "max_abs_diff_p_lesion": diff,
+            "mask_pixel_flips": flips, "mask_pixel_ties": ties, "flipped": flipped[:20]}
 
 
 def _compare(got: dict[str, np.ndarray], ref_probs: np.ndarray, taxonomy, op: OperatingPoint, names: Sequence[str],
@@ -217,6 +279,7 @@ def describe_run(folder: RunFolder, op: OperatingPoint) -> dict[str, Any]:
     """What a deployed model is (classes, input convention, outputs in order, cost, operating point, versions):
     the export's metadata and the service's ``/model`` answer, from one place."""
     cfg, taxonomy, metrics = folder.read_config(), folder.taxonomy(), folder.metrics()
+    doc = SEGMENTATION_OUTPUT_DOC if op.segmentation else OUTPUT_DOC
     return {
         "riskcl_version": __version__, "torch_version": torch.__version__,
         "input": {"name": "images", "dtype": "uint8", "shape": "(N, H, W, 3)", "channels": "RGB",
@@ -226,9 +289,13 @@ def describe_run(folder: RunFolder, op: OperatingPoint) -> dict[str, Any]:
                               "clips them and changes the result)"},
         "preprocessing": f"inside the model: antialiased bilinear resize to {cfg.data.image_size} x "
                          f"{cfg.data.image_size} rounded to whole pixel values, /255, ImageNet mean and std"
-                         + (", the mean softmax over 4 flips" if op.tta == "flip" else "")
+                         + ((", the mean p(lesion) over 4 flips" if op.segmentation else
+                             ", the mean softmax over 4 flips") if op.tta == "flip" else "")
+                         + (", the lesion logit map back onto the input's pixels (nearest neighbour)"
+                            if op.segmentation else "")
                          + (f", temperature {op.temperature:.4g}" if op.temperature != 1.0 else ""),
-        "outputs": [{"name": k, "shape": OUTPUT_DOC[k][0], "meaning": OUTPUT_DOC[k][1]} for k in OUTPUTS],
+        "task": cfg.task,
+        "outputs": [{"name": k, "shape": doc[k][0], "meaning": doc[k][1]} for k in output_names(op)],
         "classes": list(taxonomy.classes), "levels": list(taxonomy.levels),
         "superclass": ["malignant" if s else "benign" for s in taxonomy.superclass],
         "cost_matrix": folder.cost_matrix().tolist(),
@@ -236,7 +303,7 @@ def describe_run(folder: RunFolder, op: OperatingPoint) -> dict[str, Any]:
             f"the model's `refer` output applies the pooled threshold {op.threshold:.4f}; for a case whose "
             f"'{op.by}' is known, compare p_malignant with operating_point.groups[<{op.by}>].threshold instead")}
             if op.per_group else {})},
-        "decision_curve": _decision_curve_summary(folder),
+        "decision_curve": None if op.segmentation else _decision_curve_summary(folder),
         "weights_sha256": folder.weights_sha256(),
         "run": {k: metrics["run"].get(k) for k in ("name", "dataset", "model", "loss", "seed", "epochs", "best_epoch",
                                                    "weights", "device", "tta")},
@@ -260,8 +327,20 @@ def export_readme(meta: dict[str, Any]) -> str:
     files = "\n".join(f"| `{name}` | `{digest}` |" for name, digest in sorted(meta["files_sha256"].items()))
     banner = "" if op["certified"] or op["method"] in ("default", "manual") else (
         "\n> **WARNING: this operating point is NOT CERTIFIED** (exported with --allow-uncertified): no guarantee "
-        "on the share of malignant cases missed.\n")
+        + ("on the missed share of the lesion.\n" if meta.get("task") == "segmentation"
+           else "on the share of malignant cases missed.\n"))
     run = meta["run"]
+    dc = meta.get("decision_curve")
+    curve = f"Decision curve (test split, {dc['costs']}): {dc['sentence']}\n" if dc else ""
+    if "max_abs_diff_p_lesion" in parity:
+        parity_text = (f"{parity['runtime']} on {parity['source']} against riskcl predict: max |p(lesion) difference| "
+                       f"{parity['max_abs_diff_p_lesion']:.2e} per pixel, {parity['mask_pixel_flips']} mask pixel "
+                       f"flips beyond ties ({parity['mask_pixel_ties']} within {parity['tolerance']:g} of the "
+                       f"threshold).")
+    else:
+        parity_text = (f"{parity['runtime']} on {parity['source']}: max |p(malignant) difference| "
+                       f"{parity['max_abs_diff_p_malignant']:.2e},\n{parity['decision_flips']} decision flips, "
+                       f"{parity['label_flips']} label flips (tolerance {parity['tolerance']:g}).")
     return f"""# Exported riskcl model: {run.get('name')} ({run.get('model')}, loss {run.get('loss')})
 {banner}
 Research use only; not a medical device. A `clear` result does not rule out disease.
@@ -280,11 +359,9 @@ decodes exactly as riskcl does. Preprocessing: {meta['preprocessing']}.
 Threshold {op['threshold']:.6g}, method `{op['method']}`, certified: {op['certified']}, alpha {op['alpha']},
 delta {op['delta']}, split {op['split']}.
 
-Decision curve (test split, {meta['decision_curve']['costs']}): {meta['decision_curve']['sentence']}
-
+{curve}
 ## Parity
-{parity['runtime']} on {parity['source']}: max |p(malignant) difference| {parity['max_abs_diff_p_malignant']:.2e},
-{parity['decision_flips']} decision flips, {parity['label_flips']} label flips (tolerance {parity['tolerance']:g}).
+{parity_text}
 
 ## Files (SHA-256)
 | file | sha256 |
@@ -295,8 +372,43 @@ riskcl {meta['riskcl_version']}, torch {meta['torch_version']}; weights SHA-256 
 """
 
 
+def _build_lesion_export(folder: RunFolder, out: Path, fmt: str, op: OperatingPoint,
+                         check_images: Sequence[str] | None, check_limit: int, tolerance: float) -> dict[str, Any]:
+    cfg = folder.read_config()
+    model = LesionModel(folder.load_model(), op)
+    model.eval().requires_grad_(False)
+    size = cfg.data.image_size
+    example = torch.zeros(2, size + 3, size + 5, 3, dtype=torch.uint8)
+    path = out / FORMATS[fmt]
+    (_export_onnx if fmt == "onnx" else _export_torchscript)(model, path, example, SEGMENTATION_OUTPUTS)
+    images, names, source = _check_images(folder, check_images, check_limit)
+    parity = lesion_parity_check(_Runner(fmt, path, SEGMENTATION_OUTPUTS), folder, images, names, op, source,
+                                 tolerance)
+    parity["tolerance"] = tolerance
+    if parity["mask_pixel_flips"] or parity["max_abs_diff_p_lesion"] > tolerance:
+        raise ExportParityError(
+            f"{folder.path}: the exported model does not segment as riskcl does on {source}: "
+            f"{parity['mask_pixel_flips']} mask pixel(s) flipped beyond ties, max |p(lesion) difference| "
+            f"{parity['max_abs_diff_p_lesion']:.2e} (tolerance {tolerance:g}); nothing exported")
+    return _finish_export(folder, out, fmt, op, path, parity)
+
+
+def _finish_export(folder: RunFolder, out: Path, fmt: str, op: OperatingPoint, path: Path,
+                   parity: dict[str, Any]) -> dict[str, Any]:
+    meta = {**describe_run(folder, op), "format": fmt, "file": FORMATS[fmt], "parity": parity}
+    if fmt == "onnx":
+        _write_onnx_metadata(path, meta)
+    atomic_write_text(out / DECODER_FILE, Path(rgb_module.__file__).read_text(encoding="utf-8"))
+    meta["files_sha256"] = {p.name: file_sha256(p) for p in (path, out / DECODER_FILE)}
+    atomic_write_text(out / README_FILE, export_readme(meta))
+    atomic_write_json(out / METADATA_FILE, meta)
+    return meta
+
+
 def _build_export(folder: RunFolder, out: Path, fmt: str, op: OperatingPoint, check_images: Sequence[str] | None,
                   check_limit: int, tolerance: float) -> dict[str, Any]:
+    if op.segmentation:
+        return _build_lesion_export(folder, out, fmt, op, check_images, check_limit, tolerance)
     cfg, taxonomy = folder.read_config(), folder.taxonomy()
     model = TriageModel(folder.load_model(), taxonomy.superclass, op)
     model.eval().requires_grad_(False)  # inference only: no autograd state in the exported graph
@@ -314,14 +426,7 @@ def _build_export(folder: RunFolder, out: Path, fmt: str, op: OperatingPoint, ch
             f"difference| {parity['max_abs_diff_p_malignant']:.2e} (tolerance {tolerance:g}); nothing exported: "
             + "; ".join(f"{c['reference']}: {c['decision_flips']} flips, {c['max_abs_diff_p_malignant']:.2e}"
                         for c in parity["checks"]))
-    meta = {**describe_run(folder, op), "format": fmt, "file": FORMATS[fmt], "parity": parity}
-    if fmt == "onnx":
-        _write_onnx_metadata(path, meta)
-    atomic_write_text(out / DECODER_FILE, Path(rgb_module.__file__).read_text(encoding="utf-8"))
-    meta["files_sha256"] = {p.name: file_sha256(p) for p in (path, out / DECODER_FILE)}
-    atomic_write_text(out / README_FILE, export_readme(meta))
-    atomic_write_json(out / METADATA_FILE, meta)
-    return meta
+    return _finish_export(folder, out, fmt, op, path, parity)
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, fmt: str = "onnx", check_images: Sequence[str] | None = None,

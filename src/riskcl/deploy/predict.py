@@ -37,7 +37,8 @@ def missed_malignant(p_mal: np.ndarray, target: np.ndarray, taxonomy: Taxonomy,
 
 def image_logits(model: torch.nn.Module, images: Sequence[np.ndarray], image_size: int, tta: str = "none",
                  batch_size: int = 64) -> np.ndarray:
-    """``(N, K)`` logits of ``uint8`` ``(H, W, 3)`` images: resized as the cache resizes them
+    """``(N, K)`` logits (segmentation: ``(N, s, s)`` lesion logit maps) of ``uint8`` ``(H, W, 3)`` images:
+    resized as the cache resizes them
     (:func:`riskcl.data.images.resize_uint8`), normalised, the run's test-time augmentation
     (:func:`riskcl.engine.loop.tta_logits`), one forward pass per batch."""
     model.eval()
@@ -46,7 +47,9 @@ def image_logits(model: torch.nn.Module, images: Sequence[np.ndarray], image_siz
         for i in range(0, len(images), batch_size):
             batch = np.stack([resize_uint8(im, image_size) for im in images[i:i + batch_size]])
             logits.append(tta_logits(model, to_model_input(torch.from_numpy(batch)), tta).numpy())
-    return np.concatenate(logits) if logits else np.zeros((0, model.num_classes), dtype=np.float32)
+    if logits:
+        return np.concatenate(logits)
+    return np.zeros((0, getattr(model, "num_classes", 1)), dtype=np.float32)
 
 
 def predict_arrays(model: torch.nn.Module, images: Sequence[np.ndarray], op: OperatingPoint,

@@ -111,9 +111,18 @@ class ExportedModel:
         self.outputs = [o["name"] for o in self.meta["outputs"]]
         self.batch_size = 32
 
-    def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
+    def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray | list[np.ndarray]:
         """``(N, K)`` probabilities of decoded ``uint8`` ``(H, W, 3)`` images (one graph call per image size and
-        batch; input order kept)."""
+        batch; input order kept); a segmentation export: each image's ``(H, W)`` lesion probabilities."""
+        if self.op.segmentation:
+            maps: list = [None] * len(images)
+            for idx in group_by_shape(images).values():
+                for start in range(0, len(idx), self.batch_size):
+                    part = idx[start:start + self.batch_size]
+                    probs, = self.session.run(["p_lesion"], {"images": np.stack([images[i] for i in part])})
+                    for i, p in zip(part, probs):
+                        maps[i] = p
+            return maps
         out = np.zeros((len(images), len(self.taxonomy.classes)), dtype=np.float64)
         for idx in group_by_shape(images).values():
             for start in range(0, len(idx), self.batch_size):
@@ -170,19 +179,28 @@ def decision_rows(probs: np.ndarray, taxonomy: Taxonomy, op: OperatingPoint, str
     return rows
 
 
-def csv_columns(taxonomy: Taxonomy) -> list[str]:
-    """The prediction CSV's columns: :data:`CSV_HEAD`, one probability per class, then ``error``."""
+def csv_columns(taxonomy: Taxonomy, op: OperatingPoint | None = None) -> list[str]:
+    """The prediction CSV's columns: :data:`CSV_HEAD`, one probability per class, then ``error`` (segmentation:
+    :data:`riskcl.deploy.segmentation.SEGMENTATION_COLUMNS`, then ``error``)."""
+    if op is not None and op.segmentation:
+        from .segmentation import SEGMENTATION_COLUMNS
+
+        return [*SEGMENTATION_COLUMNS, ERROR_COLUMN]
     return [*CSV_HEAD, *(f"p_{c}" for c in taxonomy.classes), ERROR_COLUMN]
 
 
-def unreadable_row(image: str, reason: str, taxonomy: Taxonomy) -> dict[str, Any]:
-    return {**{c: "" for c in csv_columns(taxonomy)}, "image": image, "decision": UNREADABLE, ERROR_COLUMN: reason}
+def unreadable_row(image: str, reason: str, taxonomy: Taxonomy, op: OperatingPoint | None = None) -> dict[str, Any]:
+    return {**{c: "" for c in csv_columns(taxonomy, op)}, "image": image, "decision": UNREADABLE,
+            ERROR_COLUMN: reason}
 
 
 def _is_prediction_csv(path: Path) -> bool:
+    from .segmentation import SEGMENTATION_COLUMNS
+
     try:
         with open(path, encoding="utf-8") as fh:
-            return tuple(fh.readline().strip().split(",")[:len(CSV_HEAD)]) == CSV_HEAD
+            head = tuple(fh.readline().strip().split(","))
+        return head[:len(CSV_HEAD)] == CSV_HEAD or head[:len(SEGMENTATION_COLUMNS)] == SEGMENTATION_COLUMNS
     except (OSError, UnicodeDecodeError):
         return False
 
@@ -356,9 +374,12 @@ def _decoded_batches(paths: Sequence[str], batch_size: int, workers: int) -> Ite
 
 def stream_predictions(scorer: Scorer, paths: Sequence[str], sink, strata: Sequence[str] | None = None,
                        batch_size: int = 64, progress: bool = False, decode_workers: int = 2,
-                       collect: list | None = None) -> StreamSummary:
+                       collect: list | None = None, mask_dir: str | os.PathLike | None = None) -> StreamSummary:
     """Score ``paths`` a batch at a time into ``sink`` (:class:`PredictionCSV` or :class:`StdoutCSV`), skipping
-    the images ``sink.done`` holds; ``collect`` (a list) also receives every row written."""
+    the images ``sink.done`` holds; ``collect`` (a list) also receives every row written. A segmentation model's
+    masks and outline overlays go to ``mask_dir`` (:mod:`riskcl.deploy.segmentation`)."""
+    from .segmentation import segmentation_rows
+
     from tqdm.auto import tqdm
 
     group = dict(zip(paths, strata)) if strata is not None else None
@@ -369,12 +390,18 @@ def stream_predictions(scorer: Scorer, paths: Sequence[str], sink, strata: Seque
         for batch, decoded in _decoded_batches(todo, batch_size, decode_workers):
             good = [k for k, d in enumerate(decoded) if not isinstance(d, str)]
             probs = scorer.probabilities([decoded[k] for k in good]) if good else np.zeros((0, 0))
-            scored = decision_rows(probs, scorer.taxonomy, scorer.op,
-                                   [group[batch[k]] for k in good] if group is not None else None,
-                                   names=[batch[k] for k in good]) if good else []
+            if not good:
+                scored = []
+            elif scorer.op.segmentation:
+                scored = segmentation_rows(probs, scorer.op, [batch[k] for k in good], [decoded[k] for k in good],
+                                           mask_dir)
+            else:
+                scored = decision_rows(probs, scorer.taxonomy, scorer.op,
+                                       [group[batch[k]] for k in good] if group is not None else None,
+                                       names=[batch[k] for k in good])
             rows, it = [], iter(scored)
             for k, d in enumerate(decoded):
-                rows.append(unreadable_row(batch[k], d, scorer.taxonomy) if isinstance(d, str)
+                rows.append(unreadable_row(batch[k], d, scorer.taxonomy, scorer.op) if isinstance(d, str)
                             else {**next(it), ERROR_COLUMN: ""})
             sink.write(rows)
             if collect is not None:
@@ -399,13 +426,14 @@ def predict_files(model_dir: str | os.PathLike, inputs: Sequence[str | os.PathLi
                   threshold: float | None = None, rule: str = "superclass", allow_unfinished: bool | None = False,
                   metadata: str | os.PathLike | None = None, batch_size: int = 64, allow_uncertified: bool = False,
                   force: bool = False, progress: bool = False, threads: int | None = None,
-                  collect: bool = True) -> PredictResult:
+                  collect: bool = True, mask_dir: str | os.PathLike | None = None) -> PredictResult:
     """Score image files, folders and globs with a run folder or an export folder at its operating point.
 
     ``out_csv``: a CSV written incrementally and resumed by a rerun (see :class:`PredictionCSV`); ``"-"``: the
     CSV to standard output; None: no CSV (the rows are returned). ``calibrated``: None uses ``calibration.json``
     when it exists, True requires it, False ignores it (the 0.5 default rule); ``threshold``: a manual threshold.
-    ``collect=False`` keeps no rows in memory (for archives)."""
+    ``collect=False`` keeps no rows in memory (for archives). A segmentation model writes each image's mask and
+    outline overlay to ``mask_dir`` (default: beside ``out_csv``, ``<csv name>_masks/``; none without either)."""
     from .._checks import check_int
 
     check_int("batch_size", batch_size, minimum=1)
@@ -414,7 +442,9 @@ def predict_files(model_dir: str | os.PathLike, inputs: Sequence[str | os.PathLi
     paths = expand_inputs(inputs)
     scorer = open_scorer(model_dir, calibrated, threshold, rule, allow_uncertified, allow_unfinished, threads)
     strata = image_groups(scorer.op, paths, metadata) if scorer.op.per_group else None
-    columns = csv_columns(scorer.taxonomy)
+    columns = csv_columns(scorer.taxonomy, scorer.op)
+    if scorer.op.segmentation and mask_dir is None and out_csv not in (None, "-"):
+        mask_dir = Path(out_csv).with_name(Path(out_csv).stem + "_masks")
     if out_csv is None:
         sink: Any = _Discard()
     elif out_csv == "-":
@@ -423,7 +453,7 @@ def predict_files(model_dir: str | os.PathLike, inputs: Sequence[str | os.PathLi
         sink = PredictionCSV(out_csv, columns, scorer.op, force)
     rows: list[dict[str, Any]] = []
     summary = stream_predictions(scorer, paths, sink, strata, batch_size, progress,
-                                 collect=rows if collect else None)
+                                 collect=rows if collect else None, mask_dir=mask_dir)
     return PredictResult(rows, scorer.op, summary)
 
 

@@ -51,6 +51,12 @@ NOTICE = ("Research use only; not a medical device. A CLEAR result does not rule
 
 def operating_point_text(op: OperatingPoint) -> str:
     """The operating point in plain sentences, for the page."""
+    if op.segmentation:
+        if not op.calibrated:
+            return (f"Outlines the lesion where p(lesion) >= {op.threshold:g}. Not calibrated: no guarantee on the "
+                    f"share of the lesion it misses.")
+        return (f"Outlines the lesion where p(lesion) >= {op.threshold:.4f}: {op.guarantee}. REVIEW means no lesion "
+                f"was found or much of the outline is uncertain.")
     if op.per_group:
         return (f"Refers a case when p(malignant) >= {op.threshold:.4f}, the pooled threshold of a per-'{op.by}' "
                 f"calibration ({op.method}, alpha {op.alpha}); the page does not know the case's group, so the "
@@ -146,7 +152,17 @@ class TriageService:
         self.scorer = open_scorer(target, allow_uncertified=allow_uncertified, allow_unfinished=None,
                                   threads=threads)
         self.taxonomy, self.op = self.scorer.taxonomy, self.scorer.op
-        if self.scorer.kind == "run":
+        if self.op.segmentation:  # the outline is the explanation, from a run or an export alike
+            self.input_check = None
+            check_text = "not available for segmentation models yet"
+            if self.scorer.kind == "run":
+                from .export import describe_run
+
+                description = {**describe_run(self.scorer.folder, self.op), "format": "served by riskcl (PyTorch)"}
+            else:
+                description = {**self.scorer.meta, "format": f"served from an ONNX export by {self.scorer.runtime}"}
+            saliency_note = ""
+        elif self.scorer.kind == "run":
             from .export import describe_run  # PyTorch: only a run folder's service gets here
 
             self.input_check, check_text = self.scorer.load_input_check()
@@ -179,6 +195,8 @@ class TriageService:
         return list(zip(probs, distances))
 
     def predict(self, arr: np.ndarray, name: str) -> dict[str, Any]:
+        if self.op.segmentation:
+            return self._outline(arr, name)
         probs, distance = self.batcher(arr)
         row = decision_rows(probs[None], self.taxonomy, self.op)[0]
         return {"image": name, "decision": row["decision"], "predicted": row["predicted"],
@@ -192,8 +210,38 @@ class TriageService:
                                     "certified": self.op.certified, "how": self.op.describe()},
                 "image_size": [int(arr.shape[1]), int(arr.shape[0])]}
 
+    def _outline(self, arr: np.ndarray, name: str) -> dict[str, Any]:
+        """A segmentation model's answer: the row ``riskcl predict`` writes (:mod:`riskcl.deploy.segmentation`)
+        and the outline's pixels."""
+        from .segmentation import segmentation_rows
+
+        probs, _ = self.batcher(arr)
+        row = segmentation_rows([probs], self.op, [name], [arr])[0]
+        row.pop("mask")
+        return {**row, "task": "segmentation",
+                "operating_point": {"method": self.op.method, "alpha": self.op.alpha, "delta": self.op.delta,
+                                    "certified": self.op.certified, "how": self.op.describe()},
+                "image_size": [int(arr.shape[1]), int(arr.shape[0])]}
+
+    def outline_png(self, arr: np.ndarray) -> tuple[bytes, str]:
+        """The image beside itself with the lesion's outline at the operating point, as PNG."""
+        import io
+
+        from PIL import Image
+
+        from .segmentation import overlay, to_image_grid
+
+        probs, _ = self.batcher(arr)
+        mask = to_image_grid(np.asarray(probs, dtype=np.float32), *arr.shape[:2]) >= self.op.threshold
+        buf = io.BytesIO()
+        Image.fromarray(np.concatenate([arr, overlay(arr, mask)], axis=1)).save(buf, format="PNG")
+        return buf.getvalue(), f"the lesion's outline where p(lesion) >= {self.op.threshold:.4f}"
+
     def explain_png(self, arr: np.ndarray) -> tuple[bytes, str] | None:
-        """The saliency panel as PNG and a note (:func:`riskcl.deploy.explain.saliency_png`); None from an export."""
+        """The saliency panel as PNG and a note (:func:`riskcl.deploy.explain.saliency_png`); None from an export.
+        A segmentation model answers with its outline (:meth:`outline_png`)."""
+        if self.op.segmentation:
+            return self.outline_png(arr)
         if not self.metadata["saliency"]:
             return None
         from .explain import saliency_png  # PyTorch: only a run folder's service gets here

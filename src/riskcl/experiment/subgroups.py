@@ -42,6 +42,14 @@ def evaluate_subgroups(run_dir: str | Path, column: str, split: str = "test", n_
     op = operating_point(folder, allow_uncertified=True)
     by_strata = RunFolder.metadata_of(arrays).get(op.by) if op.per_group else None
     labels = op.decide(op.probabilities(arrays["logits"]), tax, by_strata)
+    if op.segmentation:
+        result = {"column": column, "split": split, "operating_point": op.describe(), "threshold": op.threshold,
+                  "n": int(len(labels)), "task": "segmentation",
+                  **segmentation_subgroups(labels, arrays["target"], strata, arrays["groups"], n_boot),
+                  "rule": f"means over images (the missed share over images with a lesion), 95% bootstrap CIs over "
+                          f"lesions ({n_boot} resamples)"}
+        folder.write_subgroups(column, split, result)
+        return result
     rows = subgroup_metrics(labels, arrays["target"], tax, strata, arrays["groups"], n_boot, min_malignant)
     overall = safety_report(labels, arrays["target"], tax)
     result = {"column": column, "split": split, "operating_point": op.describe(), "threshold": op.threshold,
@@ -51,8 +59,48 @@ def evaluate_subgroups(run_dir: str | Path, column: str, split: str = "test", n_
     return result
 
 
+SEGMENTATION_GROUP_KEYS = ("dice", "fnr", "missed_half", "over_rate")
+
+
+def segmentation_subgroups(masks: np.ndarray, target: np.ndarray, strata: np.ndarray, groups: np.ndarray,
+                           n_boot: int) -> dict[str, Any]:
+    """Per value of ``strata``: images, images with a lesion, Dice, missed share, images missing > half and
+    over-segmentation with 95% CIs over lesions; and the overall missed share."""
+    from ..metrics.segmentation import per_image_metrics, summarize
+
+    per = per_image_metrics(masks, target, with_hd95=False)
+    s = np.asarray(strata).astype(str)
+    rows = []
+    for v in sorted(set(s.tolist())):
+        m = s == v
+        summary = summarize({k: np.asarray(a)[m] for k, a in per.items()}, np.asarray(groups)[m], n_boot)
+        rows.append({"group": v, "n": summary["n"], "n_with_lesion": summary["n_with_lesion"],
+                     **{k: summary[k] for k in SEGMENTATION_GROUP_KEYS},
+                     **{f"{k}_ci": summary.get(f"{k}_ci") for k in SEGMENTATION_GROUP_KEYS}})
+    return {"overall_fnr": float(np.nanmean(per["fnr"])), "groups": rows}
+
+
+def _format_segmentation_subgroups(result: dict[str, Any]) -> str:
+    def cell(g: dict[str, Any], key: str) -> str:
+        lo, hi = g.get(f"{key}_ci") or (np.nan, np.nan)
+        scale = 1 if key == "dice" else 100
+        return f"{scale * g[key]:.3g} [{scale * lo:.3g}, {scale * hi:.3g}]"
+
+    lines = [f"{result['split']} split by '{result['column']}' at {result['operating_point']} (overall missed share "
+             f"of the lesion {100 * result['overall_fnr']:.2f}%):",
+             f"{'group':>16s}  {'n':>5s}  {'Dice':>22s}  {'missed %':>22s}  {'missed > half %':>22s}"]
+    for g in result["groups"]:
+        lines.append(f"{g['group']:>16s}  {g['n']:>5d}  {cell(g, 'dice'):>22s}  {cell(g, 'fnr'):>22s}  "
+                     f"{cell(g, 'missed_half'):>22s}")
+    lines.append(result["rule"])
+    return "\n".join(lines) + "\n"
+
+
 def format_subgroups(result: dict[str, Any]) -> str:
     from io import StringIO
+
+    if result.get("task") == "segmentation":
+        return _format_segmentation_subgroups(result)
 
     buf = StringIO()
     buf.write(f"{result['split']} split by '{result['column']}' at {result['operating_point']} (overall CER "
@@ -80,6 +128,9 @@ def calibrate_by_group(run_dir: str | Path, column: str, alpha: float, delta: fl
     tax = folder.taxonomy()
     cal, test = folder.predictions(split), folder.predictions("test")
     cal_strata, test_strata = _column(folder, cal, column, split), _column(folder, test, column, "test")
+    if folder.read_config().task == "segmentation":
+        return _calibrate_pixels_by_group(folder, column, alpha, delta, method, split, fallback, allow_uncertified,
+                                          cal, test, cal_strata, test_strata)
     res = group_risk_control(method, softmax(cal["logits"]), cal["target"], tax, cal_strata, alpha, delta,
                              cal["groups"], fallback)
     pooled = res["pooled"]
@@ -104,12 +155,45 @@ def calibrate_by_group(run_dir: str | Path, column: str, alpha: float, delta: fl
     return out
 
 
+def _calibrate_pixels_by_group(folder: RunFolder, column: str, alpha: float, delta: float, method: str, split: str,
+                               fallback: str, allow_uncertified: bool, cal: dict, test: dict, cal_strata: np.ndarray,
+                               test_strata: np.ndarray) -> dict[str, Any]:
+    """:func:`calibrate_by_group` for a segmentation run: one pixel threshold per group, each controlling the
+    group's missed share of the lesion."""
+    from ..decision.segmentation import lesion_probability
+    from ..metrics.segmentation import per_image_metrics
+
+    res = group_risk_control(method, lesion_probability(cal["logits"]), cal["target"], None, cal_strata, alpha,
+                             delta, cal["groups"], fallback, segmentation=True)
+    pooled = res["pooled"]
+    if not pooled.certified and not allow_uncertified:
+        raise ValueError(f"{folder.path}: no pooled pixel threshold could be certified at alpha = {alpha}; use a "
+                         f"larger --alpha, or --allow-uncertified")
+    per_image = thresholds_per_sample(res["groups"], res["fallback_threshold"], test_strata)
+    masks = lesion_probability(test["logits"]) >= per_image[:, None, None]
+    per = per_image_metrics(masks, test["target"], with_hd95=False)
+    for v, g in res["groups"].items():
+        m = test_strata.astype(str) == v
+        g["test_n"], g["test_malignant"] = int(m.sum()), int((per["lesion_px"][m] > 0).sum())
+        g["test_cer"] = float(np.nanmean(per["fnr"][m])) if g["test_malignant"] else None
+    out = {**pooled.to_dict(), "task": "segmentation", "by": column, "groups": res["groups"], "fallback": fallback,
+           "unseen_group_threshold": res["fallback_threshold"], "correction": res["correction"],
+           "calibration_split": split, "calibration_file": folder.prediction_file(split).name,
+           "selection_split_warning": SELECTION_WARNING if split == "val" else None,
+           "certified_groups": sorted(v for v, g in res["groups"].items() if g["certified"]),
+           "test": {"fnr": float(np.nanmean(per["fnr"])), "dice": float(np.mean(per["dice"])),
+                    "missed_half": float(np.nanmean(per["missed_half"])), "n": int(len(masks))}}
+    folder.write_calibration(out)
+    return out
+
+
 def format_group_calibration(r: dict[str, Any]) -> str:
     lines = [f"one threshold per '{r['by']}' group ({r['method']}, alpha {r['alpha']}, {r['correction']}):"]
     for v, g in sorted(r["groups"].items()):
         tc = "-" if g["test_cer"] is None else f"{100 * g['test_cer']:.2f}%"
+        what = ("missed lesion", "with a lesion") if r.get("task") == "segmentation" else ("CER", "malignant")
         lines.append(f"  {v:>16s}: threshold {g['threshold']:.4f}  {'certified' if g['certified'] else 'FALLBACK '}  "
-                     f"calibration n={g['n_calibration']}  test CER {tc} ({g['test_malignant']} malignant)")
+                     f"calibration n={g['n_calibration']}  test {what[0]} {tc} ({g['test_malignant']} {what[1]})")
     lines.append(f"  pooled threshold {r['threshold']:.4f}; uncertified and unseen groups use the {r['fallback']} "
                  f"fallback {r['unseen_group_threshold']:.4f}")
     lines.append(f"wrote calibration.json; `riskcl predict ... --calibrated --metadata CSV` needs each image's "

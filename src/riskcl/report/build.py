@@ -98,6 +98,47 @@ def _gallery(doc: Document, records: list, runs_dir: Path, out: Path) -> None:
                        + (" (blank map: nothing to show)" if item.get("blank") else ""), target / item["file"])
 
 
+def _segmentation_report(records: list, notes: list[str], runs_dir: Path, out: Path, n_boot: int) -> Path:
+    """REPORT.md / report.html / runs.csv / report.json of a folder of segmentation runs."""
+    from .segmentation import public, segmentation_table
+
+    table = segmentation_table(records, n_boot)
+    runs = pd.DataFrame([{"dataset": r.run["dataset"], "model": r.run["model"], "method": r.method,
+                          "seed": r.run["seed"], **{k: r.metrics[k] for k in ("dice", "jaccard", "thresholded_jaccard",
+                                                                            "fnr", "missed_half", "over_rate", "hd95")},
+                          "wall_time_s": r.metrics.get("wall_time_s", float("nan")),
+                          "folder": str(r.path.relative_to(runs_dir))} for r in records]
+                        ).sort_values(["dataset", "model", "method", "seed"]).reset_index(drop=True)
+    figures = []
+    for (ds, model), part in table.groupby(["dataset", "model"]):
+        path = plots.plot_dice_vs_missed(part, out / "figures" / f"dice_vs_missed_{ds}_{model}.png",
+                                         f"{ds} / {model}: Dice vs missed lesion (hollow 0.5, filled calibrated)")
+        figures.append((f"Dice against the missed share of the lesion, {ds} / {model}: each loss at the 0.5 rule "
+                        f"(hollow) and at its calibrated pixel threshold (filled)", path.name))
+    atomic_write_text(out / "runs.csv", runs.to_csv(index=False))
+    atomic_write_text(out / "report.json", json.dumps({
+        "runs_dir": str(runs_dir), "task": "segmentation", "runs": runs.to_dict("records"),
+        "segmentation": public(table).to_dict("records"), "not_included": notes}, indent=1, default=str))
+    doc = Document("riskcl report: segmentation")
+    doc.para(f"Runs folder: `{runs_dir}` ({len(records)} finished segmentation runs; total training wall time "
+             f"{runs['wall_time_s'].sum() / 60:.1f} min).")
+    if notes:
+        doc.para("Not included: " + "; ".join(notes))
+    doc.heading("Dice and under-segmentation, at 0.5 and at the calibrated thresholds").para(
+        "Test split. `missed`: the mean share of each image's lesion called background (under-segmentation, the "
+        "fatal error); `missed > half`: images missing more than half of their lesion; `over-seg.`: the share of the "
+        "predicted lesion that is background. `@0.5`: a pixel is lesion when p(lesion) >= 0.5; `@cal`: at each "
+        "run's pixel threshold from `riskcl calibrate` (its calibration split; the guarantee bounds `missed`). Seeds "
+        f"averaged image by image; [95% CI]: percentile bootstrap over lesions ({n_boot} resamples). `seeds held "
+        "alpha`: seeds whose test split's missed share stayed <= alpha.").table(public(table))
+    doc.heading("Runs").para("Every number above comes from these run folders.").table(runs)
+    doc.heading("Figures")
+    for caption, name in figures:
+        doc.figure(caption, out / "figures" / name)
+    doc.write(out / "REPORT.md", out / "report.html", inline_figures=True)
+    return out / "REPORT.md"
+
+
 def build_report(runs_dir: str | Path, out_dir: str | Path, baseline: str = "focal", method: str = "rcl-proposed",
                  reference: str = "ce", n_boot: int = N_BOOT, targets: Sequence[float] = DEFAULT_TARGETS,
                  by: Sequence[str] = ()) -> Path:
@@ -105,6 +146,13 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, baseline: str = "foc
     runs_dir, out = Path(runs_dir), Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     records, notes = find_runs(runs_dir)
+    segmentation = [r for r in records if r.run.get("task") == "segmentation"]
+    if segmentation:
+        records = [r for r in records if r.run.get("task") != "segmentation"]
+        if not records:
+            return _segmentation_report(segmentation, notes, runs_dir, out, n_boot)
+        notes.append(f"{len(segmentation)} segmentation run(s) left out: report them on their own "
+                     f"(`riskcl report` on a folder of segmentation runs)")
     runs = runs_table(records, runs_dir)
     summary = summary_table(runs)
     ci = pooled_cer_ci(records, n_resamples=n_boot)

@@ -173,3 +173,25 @@ def plot_decision_curves(curves: Mapping[str, Mapping[str, Any]], path: str | Pa
     ax.legend(fontsize=8, frameon=False)
     ax.grid(alpha=0.25)
     return _save(fig, path)
+
+
+def plot_dice_vs_missed(table, path: str | Path, title: str = "") -> Path:
+    """Dice (y) against the missed share of the lesion (x, lower is safer) per loss: hollow at the 0.5 rule,
+    filled at the calibrated pixel threshold, an arrow from one to the other."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (_, r) in enumerate(table.iterrows()):
+        c = colours[k % len(colours)]
+        ax.plot(100 * r["_missed"], r["_dice"], "o", mfc="none", color=c, ms=7)
+        if "_missed_cal" in r and np.isfinite(r.get("_missed_cal", np.nan)):
+            ax.plot(100 * r["_missed_cal"], r["_dice_cal"], "o", color=c, ms=7, label=r["method"])
+            ax.annotate("", (100 * r["_missed_cal"], r["_dice_cal"]), (100 * r["_missed"], r["_dice"]),
+                        arrowprops={"arrowstyle": "->", "color": c, "lw": 0.8})
+        else:
+            ax.plot([], [], "o", color=c, label=r["method"])
+    ax.set_xlabel("missed share of the lesion (%)  [lower is safer]")
+    ax.set_ylabel("Dice")
+    ax.set_title(title or "Dice vs under-segmentation (hollow: 0.5; filled: calibrated)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False)
+    return _save(fig, path)

@@ -1,0 +1,90 @@
+"""The report's segmentation section: for each loss, Dice against the missed share of the lesion, at the 0.5 rule
+and at each run's calibrated pixel threshold (``calibration.json``), from the saved predictions only.
+
+Per image the metrics come from :func:`riskcl.metrics.segmentation.per_image_metrics`; seeds are averaged image
+by image (aligned by id), and the 95% intervals are percentile bootstraps over lesions of that seed average.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..decision.segmentation import lesion_probability
+from ..defaults import N_BOOT
+from ..metrics.bootstrap import bootstrap_ci
+from ..metrics.segmentation import per_image_metrics
+from .collect import RunRecord
+
+KEYS = ("dice", "fnr", "missed_half", "over_rate")
+
+
+def _per_image(record: RunRecord, threshold: float) -> dict[str, np.ndarray]:
+    pred = record.predictions("test")
+    probs = lesion_probability(pred["logits"])
+    return per_image_metrics(probs >= threshold, pred["target"], with_hd95=False)
+
+
+def _calibration(record: RunRecord) -> dict[str, Any] | None:
+    path = record.folder.file("calibration")
+    return record.folder.calibration() if path.is_file() else None
+
+
+def _pooled(records: list[RunRecord], thresholds: list[float], n_boot: int) -> dict[str, Any]:
+    per = [_per_image(r, t) for r, t in zip(records, thresholds)]
+    groups = records[0].predictions("test")["groups"]
+    out: dict[str, Any] = {}
+    for key in KEYS:
+        stacked = np.vstack([p[key] for p in per])
+        with np.errstate(invalid="ignore"):
+            mean = np.nanmean(stacked, axis=0) if np.isfinite(stacked).any() else stacked[0]
+        point, lo, hi = bootstrap_ci(lambda v, _t: float(np.nanmean(v)), mean, mean, groups=groups,
+                                     n_resamples=n_boot)
+        out[key], out[f"{key}_ci"] = point, (lo, hi)
+    return out
+
+
+def segmentation_table(records: list[RunRecord], n_boot: int = N_BOOT) -> pd.DataFrame:
+    """One row per (dataset, model, loss): at 0.5 and at the calibrated thresholds, Dice, missed lesion share,
+    images missing more than half, over-segmentation (means over seeds with 95% CIs over lesions), the
+    calibrations' alpha and method, and in how many seeds the test split's missed share stayed <= alpha."""
+    rows = []
+    keyed: dict[tuple, list[RunRecord]] = {}
+    for r in records:
+        keyed.setdefault((r.run["dataset"], r.run["model"], r.method), []).append(r)
+    for (ds, model, method), recs in sorted(keyed.items()):
+        recs = sorted(recs, key=lambda r: r.run["seed"])
+        plain = _pooled(recs, [0.5] * len(recs), n_boot)
+        cals = [_calibration(r) for r in recs]
+        row: dict[str, Any] = {"dataset": ds, "model": model, "method": method, "seeds": len(recs)}
+        for key, label in (("dice", "Dice"), ("fnr", "missed"), ("missed_half", "missed > half"),
+                           ("over_rate", "over-seg.")):
+            row[f"{label} @0.5"] = _fmt(plain, key)
+        if all(c is not None for c in cals):
+            cal = _pooled(recs, [float(c["threshold"]) for c in cals], n_boot)
+            alphas = sorted({c["alpha"] for c in cals})
+            row["calibration"] = f"{cals[0]['method']}, alpha {', '.join(f'{a:g}' for a in alphas)}"
+            row["threshold (mean)"] = round(float(np.mean([c["threshold"] for c in cals])), 4)
+            for key, label in (("dice", "Dice"), ("fnr", "missed"), ("missed_half", "missed > half"),
+                               ("over_rate", "over-seg.")):
+                row[f"{label} @cal"] = _fmt(cal, key)
+            row["seeds held alpha"] = f"{sum(c['test']['fnr'] <= c['alpha'] for c in cals)}/{len(cals)}"
+            row["_missed_cal"], row["_dice_cal"] = cal["fnr"], cal["dice"]
+        else:
+            row["calibration"] = f"not calibrated ({sum(c is None for c in cals)} of {len(cals)} seeds)"
+        row["_missed"], row["_dice"] = plain["fnr"], plain["dice"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _fmt(pooled: dict[str, Any], key: str) -> str:
+    lo, hi = pooled[f"{key}_ci"]
+    scale, unit = (1, "") if key == "dice" else (100, "%")
+    digits = 3 if key == "dice" else 1
+    return f"{scale * pooled[key]:.{digits}f}{unit} [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
+
+
+def public(table: pd.DataFrame) -> pd.DataFrame:
+    """The table without its plotting columns (those starting with ``_``)."""
+    return table[[c for c in table.columns if not c.startswith("_")]]
