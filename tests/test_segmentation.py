@@ -17,7 +17,7 @@ from riskcl.config import ConfigError, config_from_dict
 from riskcl.data import create_datasets
 from riskcl.data.augment import augment, augment_masks, sample_params
 from riskcl.data.masks import decode_mask, resize_mask
-from riskcl.decision.segmentation import control_fnr, fnr_curves
+from riskcl.decision.segmentation import control_fnr, fnr_curves, resplit_check
 from riskcl.losses import create_loss, list_losses
 from riskcl.metrics.segmentation import hd95, per_image_metrics
 from riskcl.taxonomy import get_taxonomy
@@ -182,9 +182,11 @@ def test_crc_bounds_the_mean_missed_lesion_share_over_1000_resplits():
     mc = 3 * realised.std() / np.sqrt(len(realised))
     assert realised.mean() <= alpha + mc
     assert realised.mean() > alpha - 0.03  # and not trivially conservative
-    # the library function picks the same threshold as the hand-written rule above
+    # the library functions agree with the hand-written rule above
     r = control_fnr("crc", probs[perm[:n_cal]], masks[perm[:n_cal]], alpha)
     assert r.threshold == pytest.approx(grid[k]) and r.certified
+    check = resplit_check(probs, masks, alpha, n_cal, n_splits=1000, seed=1)
+    assert check["mean_realised_fnr"] == pytest.approx(realised.mean())
 
 
 def test_ltt_holds_with_probability_one_minus_delta():

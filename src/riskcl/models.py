@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -147,3 +148,30 @@ def _with_weights(build: Any, name: str, pretrained: Any, weights_path: str | Pa
     model = build(False)
     model.riskcl_weights = "random (pretrained weights unreachable)"
     return model
+
+
+class EnsembleNet(nn.Module):
+    """The members' networks as one: ``forward`` returns the log of the mean softmax (classification; its softmax
+    is the mean) or the logit of the mean lesion probability ``(N, 1, H, W)`` (segmentation). Its features (for
+    the input check) are the members' pooled features side by side."""
+
+    def __init__(self, nets: Sequence[nn.Module], segmentation: bool = False) -> None:
+        super().__init__()
+        self.nets, self.segmentation = nn.ModuleList(nets), segmentation
+        self.num_classes = getattr(nets[0], "num_classes", 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.segmentation:
+            p = torch.stack([torch.sigmoid(net(x).float()) for net in self.nets]).mean(0).clamp(1e-7, 1 - 1e-7)
+            return torch.log(p) - torch.log1p(-p)
+        p = torch.stack([torch.softmax(net(x).float(), 1) for net in self.nets]).mean(0)
+        return torch.log(p.clamp_min(1e-30))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([net.forward_head(net.forward_features(x), pre_logits=True).flatten(1)
+                          for net in self.nets], dim=1)
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if not pre_logits:
+            raise ValueError("EnsembleNet.forward_head gives the pooled features only (pre_logits=True)")
+        return features

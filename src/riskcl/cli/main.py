@@ -10,10 +10,10 @@ from .. import __version__
 from .command import Command
 from .deploy import CARD, EXPLAIN, EXPORT, PREDICT, SERVE
 from .run import DEMO, EVALUATE, TRAIN
-from .study import CALIBRATE, DATA, REPORT, SWEEP, TUNE
+from .study import CALIBRATE, DATA, ENSEMBLE, REPORT, SWEEP, TUNE
 
 COMMANDS: tuple[Command, ...] = (DEMO, TRAIN, EVALUATE, PREDICT, EXPLAIN, EXPORT, CARD, SERVE, SWEEP, REPORT,
-                                 CALIBRATE, TUNE, DATA)
+                                 CALIBRATE, ENSEMBLE, TUNE, DATA)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..defaults import DELTA, FRONTIER_TARGETS, N_BOOT, OBJECTIVES
 from .command import Command
+from .console import print_table, summary_columns, summary_row
 
 
 def _add_sweep(p: argparse.ArgumentParser) -> None:
@@ -283,3 +284,25 @@ def _tune(a: argparse.Namespace) -> int:
 
 
 TUNE = Command("tune-lambda", "the paper's lambda1 search under a false-positive bound", _add_tune, _tune)
+
+
+def _add_ensemble(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN", help="finished runs of one task on the same data and splits")
+    p.add_argument("--out", required=True, help="the ensemble's run folder")
+
+
+def _ensemble(a: argparse.Namespace) -> int:
+    from ..experiment.ensemble import make_ensemble
+
+    m = make_ensemble(a.runs, a.out)
+    seg = m["run"].get("task") == "segmentation"
+    print(f"ensemble of {len(a.runs)} runs (seeds {m['run']['seeds']}) -> {a.out}")
+    print_table([summary_row(m["run"]["loss"], m, "segmentation" if seg else "classification")],
+                summary_columns("segmentation" if seg else "classification"))
+    print(f"next: riskcl calibrate {a.out} --alpha A; evaluate, report, export, card and serve work on it as on any "
+          f"run")
+    return 0
+
+
+ENSEMBLE = Command("ensemble", "average the probabilities of finished runs (seeds) into one run folder",
+                   _add_ensemble, _ensemble)

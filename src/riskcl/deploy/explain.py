@@ -149,11 +149,21 @@ def _save_png(path: Path, array: np.ndarray) -> Path:
     return path
 
 
+def refuse_segmentation(folder: RunFolder, op) -> None:
+    """Saliency explains a classifier's p(malignant); a segmentation model's explanation is its outline."""
+    if op.segmentation:
+        raise ValueError(f"{folder.path} is a segmentation run: its explanation is the lesion's outline, which "
+                         f"`riskcl predict {folder.path} IMAGES --out preds.csv` writes beside each mask "
+                         f"(<name>_outline.png) and `riskcl serve` shows; the card lists the worst under-segmented "
+                         f"test images")
+
+
 def explain_arrays(folder: RunFolder, images: Sequence[np.ndarray], method: str = "gradcam") -> list[dict[str, Any]]:
     """For each image: probabilities, decision at the run's operating point, the two overlays (predicted class,
     p(malignant)) and a note when a map is blank."""
     tax = folder.taxonomy()
     op = operating_point(folder, allow_uncertified=True)
+    refuse_segmentation(folder, op)
     model = folder.load_model()
     probs = predict_arrays(model, images, op)
     labels = op.decide(probs, tax)
@@ -217,6 +227,7 @@ def explain_type_ii(run_dir: str | Path, cap: int = 16, method: str = "gradcam")
     folder.require_finished()
     cfg, tax = folder.read_config(), folder.taxonomy()
     op = operating_point(folder, allow_uncertified=True)
+    refuse_segmentation(folder, op)
     test = folder.predictions("test")
     all_missed, p_mal, thresholds = type_ii_cases(folder, op, test)
     missed = all_missed[:cap]

@@ -47,6 +47,10 @@ def run_decision_curve(run_dir: str | Path, split: str = "test", pt_range: tuple
     folder.require()
     taxonomy, preds = folder.taxonomy(), folder.predictions(split)
     op = operating_point(folder, allow_uncertified=True)
+    if op.segmentation:
+        raise ValueError(f"{folder.path} is a segmentation run: decision curves weigh referrals of whole cases and "
+                         f"apply to classification runs; its pixel threshold is chosen by `riskcl calibrate` on the "
+                         f"missed share of the lesion")
     costs = run_cost_distribution(folder.read_config())
     if pt_range is None:
         pt_range = curve_range(costs)

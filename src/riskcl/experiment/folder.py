@@ -50,6 +50,7 @@ FILES = {
     "data": "data.json", "history": "history.csv", "checkpoint": "last.pt", "weights": "model.safetensors",
     "metrics": "metrics.json", "calibration": "calibration.json", "skipped": "skipped_images.txt",
     "lock": ".lock", "gallery": "gallery.json", "input_check": "input_check.npz", "tracking": "tracking.json",
+    "ensemble": "ensemble.json",
 }
 PREDICTIONS = {"test": "predictions.npz", "val": "val_predictions.npz", "calib": "calib_predictions.npz"}
 PREDICTION_KEYS = ("logits", "target", "ids", "groups")
@@ -250,6 +251,12 @@ class RunFolder:
         file is named as such, never given a checksum as if it were the model)."""
         from safetensors.torch import load_file
 
+        record = self.ensemble()
+        if record is not None:  # one digest over the members' (each checked whole)
+            import hashlib
+
+            members = self._ensemble_members(record)
+            return hashlib.sha256("\n".join(m.weights_sha256() for m in members).encode()).hexdigest()
         path = self.file("weights")
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: {self.path} has not finished an epoch yet")
@@ -259,12 +266,40 @@ class RunFolder:
             raise RunFolderError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
         return file_sha256(path)
 
+    def ensemble(self) -> dict[str, Any] | None:
+        """``ensemble.json`` (an ensemble's members and their weights' SHA-256), or None for a trained run."""
+        path = self.file("ensemble")
+        if not path.is_file():
+            return None
+        data = read_json(path)
+        if not isinstance(data.get("members"), list) or len(data.get("weights_sha256", [])) != len(data["members"]):
+            raise RunFolderError(f"{path}: expected `members` and one `weights_sha256` per member")
+        return data
+
+    def write_ensemble(self, record: dict[str, Any]) -> None:
+        atomic_write_json(self.file("ensemble"), record)
+
+    def _ensemble_members(self, record: dict[str, Any]) -> list["RunFolder"]:
+        members = [RunFolder(p) for p in record["members"]]
+        for m, digest in zip(members, record["weights_sha256"]):
+            if m.weights_sha256() != digest:
+                raise RunFolderError(f"{m.path}: its weights changed since the ensemble {self.path} was made "
+                                     f"(SHA-256 differs); make the ensemble again")
+        return members
+
     def load_model(self) -> torch.nn.Module:
-        """The run's model with its best weights, in eval mode on the CPU."""
+        """The run's model with its best weights, in eval mode on the CPU (an ensemble: its members as one
+        :class:`riskcl.models.EnsembleNet`)."""
         from dataclasses import replace
 
         from ..tasks import task_of
 
+        record = self.ensemble()
+        if record is not None:
+            from ..models import EnsembleNet
+
+            nets = [m.load_model() for m in self._ensemble_members(record)]
+            return EnsembleNet(nets, record.get("task") == "segmentation").eval()
         cfg = self.read_config()
         model = task_of(cfg.task).create_model(replace(cfg.model, pretrained=False, weights_path=None),
                                                self.taxonomy().num_classes)
@@ -311,6 +346,13 @@ class RunFolder:
                   "paths": np.asarray(ds.paths, dtype=str)}
         for col in ds.metadata:
             arrays[f"meta__{col}"] = ds.table[col].astype(str).to_numpy(dtype=str)
+        atomic_write_npz(self.prediction_file(split), **arrays)
+
+    def write_prediction_arrays(self, split: str, arrays: Mapping[str, np.ndarray]) -> None:
+        """A prediction file from arrays (an ensemble's mean), with the keys :meth:`write_predictions` writes."""
+        arrays = dict(arrays)
+        if arrays["logits"].ndim == 3:
+            arrays["logits"] = arrays["logits"].astype(np.float16)
         atomic_write_npz(self.prediction_file(split), **arrays)
 
     def has_predictions(self, split: str) -> bool:

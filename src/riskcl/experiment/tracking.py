@@ -23,7 +23,7 @@ from ..config import ExperimentConfig
 from .folder import RunFolder
 
 FINAL_KEYS = ("cer", "f1_macro", "accuracy", "auroc", "mean_cost", "sensitivity", "specificity", "type_ii",
-              "type_i")
+              "type_i", "dice", "jaccard", "thresholded_jaccard", "fnr", "missed_half", "over_rate", "hd95")
 
 
 def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
