@@ -19,8 +19,9 @@ def write_image(path: Path, seed: int, size: int = 24, mode: str = "RGB", fmt: s
 
 
 def make_isic(root: Path, n_lesions: int = 28, per_lesion: int = 2, metadata: bool = True,
-              official_val: bool = False) -> Path:
-    """Training input + one-hot ground truth (+ HAM10000_metadata.csv, + official validation split)."""
+              official_val: bool = False, clinical: bool = False) -> Path:
+    """Training input + one-hot ground truth (+ HAM10000_metadata.csv, + official validation split); ``clinical``:
+    the metadata also hold age, sex and body site (some missing)."""
     rows, meta = [], []
     k = 0
     for lesion in range(n_lesions):
@@ -29,7 +30,10 @@ def make_isic(root: Path, n_lesions: int = 28, per_lesion: int = 2, metadata: bo
             name = f"ISIC_{24306 + k:07d}"
             write_image(root / "ISIC2018_Task3_Training_Input" / f"{name}.jpg", k)
             rows.append({"image": name, **{c: float(c == cls) for c in ISIC_CLASSES}})
-            meta.append({"lesion_id": f"HAM_{lesion:07d}", "image_id": name, "dx": cls.lower()})
+            meta.append({"lesion_id": f"HAM_{lesion:07d}", "image_id": name, "dx": cls.lower(),
+                         **({"age": "" if lesion % 9 == 0 else 20 + 5 * (lesion % 12),
+                             "sex": ("male", "female", "")[lesion % 3],
+                             "localization": ("back", "face", "lower extremity")[lesion % 3]} if clinical else {})})
             k += 1
     gt = root / "ISIC2018_Task3_Training_GroundTruth"
     gt.mkdir(parents=True, exist_ok=True)

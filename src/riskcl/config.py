@@ -49,7 +49,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet18"             # any timm architecture (segmentation: the encoder)
+    name: str = "resnet18"             # any timm architecture (segmentation: the encoder); "metadata-only": logistic
+                                       # regression on model.metadata alone (the reference of a fusion study)
     arch: str | None = None            # segmentation: the decoder of segmentation-models-pytorch ("unet", "fpn",
                                        # ...; None: unet); classification: must stay None
     pretrained: Any = "auto"           # "auto": hub if reachable else random init (recorded); true; false
@@ -57,6 +58,12 @@ class ModelConfig:
     drop_rate: float = 0.0             # dropout before the classifier head
     options: dict = field(default_factory=dict)  # more keyword arguments of the model (timm's, or for
                                        # segmentation smp's, e.g. {decoder_channels: [64, 32, 16, 8, 4]})
+    metadata: list = field(default_factory=list)  # clinical metadata columns fed to the model with the image, e.g.
+                                       # [age, sex, localization] (encoded on the training split; [] = image only)
+    fusion: str = "late"               # with metadata: "late" (features side by side) or "film" (metadata scale and
+                                       # shift the image features)
+    metadata_dropout: float = 0.0      # training: each row's metadata replaced by "all missing" with this probability
+    metadata_hidden: int = 32          # width of the metadata MLP
 
 
 @dataclass
@@ -178,6 +185,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is dict:
         if isinstance(value, Mapping):
             return dict(value)
+    elif tp is list:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return list(value)
     elif dataclasses.is_dataclass(tp):
         if isinstance(value, Mapping):
             return _build(tp, value, key + ".")
@@ -383,6 +393,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
            f"a data set of the run's task ({cfg.task}; set `task: {dataset_task(cfg.data.name)}` for this one)")
     _check(cfg.model.arch is None or cfg.task == "segmentation", "model.arch", cfg.model.arch,
            "null for classification (the timm model is model.name); a decoder for segmentation")
+    _check_fusion(cfg)
     try:
         check_loss_params(cfg.loss.name, cfg.loss.params)
         taxonomy = config_taxonomy(cfg)
@@ -398,6 +409,23 @@ def validate_config(cfg: ExperimentConfig) -> None:
         run_loss(cfg, taxonomy, [1] * taxonomy.num_classes, cost)
     except ValueError as exc:
         raise ConfigError(f"`loss`: {exc}") from None
+
+
+def _check_fusion(cfg: ExperimentConfig) -> None:
+    from .data.encoding import ALWAYS_LABEL_DERIVED, FUSION_HEADS, label_derived_reason
+
+    m = cfg.model
+    _check(m.fusion in FUSION_HEADS, "model.fusion", m.fusion, f"one of {list(FUSION_HEADS)}")
+    _check(0 <= m.metadata_dropout < 1, "model.metadata_dropout", m.metadata_dropout, "in [0, 1)")
+    _check(m.metadata_hidden >= 1, "model.metadata_hidden", m.metadata_hidden, "an integer >= 1")
+    _check(not m.metadata or cfg.task == "classification", "model.metadata", m.metadata,
+           "[] for segmentation (metadata fusion is for classification)")
+    for column in m.metadata:
+        _check(column not in ALWAYS_LABEL_DERIVED, "model.metadata", m.metadata,
+               f"columns not derived from the label ('{column}': {label_derived_reason(column)})")
+    _check(len(set(m.metadata)) == len(m.metadata), "model.metadata", m.metadata, "each column once")
+    _check(m.name != "metadata-only" or bool(m.metadata), "model.metadata", m.metadata,
+           "the columns the metadata-only reference reads (model.name: metadata-only)")
 
 
 def _root_required(dataset: str) -> bool:

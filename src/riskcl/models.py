@@ -14,8 +14,11 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from .data.encoding import FUSION_HEADS
+
 log = logging.getLogger(__name__)
 PRETRAINED_CHOICES = ("auto", True, False)
+METADATA_ONLY = "metadata-only"  # model.name of the reference that reads the metadata alone
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -61,9 +64,12 @@ def hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
 
 
 def check_model_name(name: str) -> None:
-    """``ValueError`` naming ``name`` (and a close timm name) unless timm knows the architecture."""
+    """``ValueError`` naming ``name`` (and a close timm name) unless timm knows the architecture (or it is the
+    metadata-only reference, ``metadata-only``)."""
     import timm
 
+    if name == METADATA_ONLY:
+        return
     if not timm.is_model(name):
         from ._names import did_you_mean
 
@@ -175,3 +181,88 @@ class EnsembleNet(nn.Module):
         if not pre_logits:
             raise ValueError("EnsembleNet.forward_head gives the pooled features only (pre_logits=True)")
         return features
+
+
+
+class FusionNet(nn.Module):
+    """An image network fused with encoded clinical metadata (:class:`riskcl.data.encoding.MetadataEncoding`).
+
+    The backbone (a timm model without its classifier) gives pooled image features ``f``; a small MLP turns the
+    metadata vector into ``m``. ``late``: the classifier reads ``[f, m]`` side by side. ``film``: ``m`` scales
+    and shifts each image feature, ``f * (1 + gamma(m)) + beta(m)`` (feature-wise linear modulation, Perez et al.
+    2018; the gating idea of the MetaBlock of Pacheco and Krohling 2021), initialised to the identity. A missing
+    ``meta`` (``forward(x)``: a clinic sent none) is the encoding's all-missing row; in training each row is
+    replaced by it with probability ``metadata_dropout``, so the model also learns to decide without metadata.
+    """
+
+    def __init__(self, backbone: nn.Module, meta_dim: int, num_classes: int, head: str = "late", hidden: int = 32,
+                 missing_row: Any = None, metadata_dropout: float = 0.0) -> None:
+        super().__init__()
+        if head not in FUSION_HEADS:
+            raise ValueError(f"Expected `model.fusion` in {FUSION_HEADS}, but got {head!r}")
+        if not 0.0 <= metadata_dropout < 1.0:
+            raise ValueError(f"Expected `model.metadata_dropout` in [0, 1), but got {metadata_dropout}")
+        self.backbone, self.head, self.num_classes = backbone, head, num_classes
+        self.metadata_dropout = float(metadata_dropout)
+        feat = int(backbone.num_features)
+        self.meta_mlp = nn.Sequential(nn.Linear(meta_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        if head == "late":
+            self.classifier = nn.Linear(feat + hidden, num_classes)
+        else:
+            self.film = nn.Linear(hidden, 2 * feat)
+            nn.init.zeros_(self.film.weight)
+            nn.init.zeros_(self.film.bias)
+            self.classifier = nn.Linear(feat, num_classes)
+        row = torch.zeros(meta_dim) if missing_row is None else torch.as_tensor(missing_row, dtype=torch.float32)
+        self.register_buffer("missing_row", row.reshape(meta_dim).clone())
+
+    def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
+        f = self.backbone(x)
+        missing = self.missing_row.to(f.dtype).expand(x.shape[0], -1)
+        meta = missing if meta is None else meta.to(f.dtype)
+        if self.training and self.metadata_dropout > 0:
+            drop = torch.rand(x.shape[0], 1, device=x.device) < self.metadata_dropout
+            meta = torch.where(drop, missing, meta)
+        m = self.meta_mlp(meta)
+        if self.head == "late":
+            return self.classifier(torch.cat([f, m], dim=1))
+        gamma, beta = self.film(m).chunk(2, dim=1)
+        return self.classifier(f * (1 + gamma) + beta)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_features(x)
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if not pre_logits:
+            raise ValueError("FusionNet.forward_head gives the pooled image features only (pre_logits=True)")
+        return self.backbone.forward_head(features, pre_logits=True)
+
+
+class MetadataOnlyNet(nn.Module):
+    """The metadata-only reference: multinomial logistic regression on the encoded metadata (the image is
+    ignored), trained by the same loop, loss and selection as every model, so that it shows what the metadata
+    alone carry. ``forward(x)`` without metadata answers for the all-missing row."""
+
+    def __init__(self, meta_dim: int, num_classes: int, missing_row: Any = None) -> None:
+        super().__init__()
+        self.linear, self.num_classes = nn.Linear(meta_dim, num_classes), num_classes
+        row = torch.zeros(meta_dim) if missing_row is None else torch.as_tensor(missing_row, dtype=torch.float32)
+        self.register_buffer("missing_row", row.reshape(meta_dim).clone())
+
+    def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
+        meta = self.missing_row.expand(x.shape[0], -1) if meta is None else meta
+        return self.linear(meta.to(self.linear.weight.dtype))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise ValueError("the metadata-only reference has no image features (no input check)")
+
+
+def create_fusion_model(model_cfg: Any, num_classes: int, encoding: Any) -> nn.Module:
+    """A :class:`FusionNet` on the timm backbone ``model_cfg.name`` for metadata encoded by ``encoding`` (or, for
+    ``model.name: metadata-only``, the :class:`MetadataOnlyNet` reference)."""
+    if model_cfg.name == METADATA_ONLY:
+        return MetadataOnlyNet(encoding.dim, num_classes, encoding.missing_row())
+    backbone = create_model(model_cfg.name, 0, pretrained=model_cfg.pretrained, weights_path=model_cfg.weights_path,
+                            drop_rate=model_cfg.drop_rate, **model_cfg.options)
+    return FusionNet(backbone, encoding.dim, num_classes, model_cfg.fusion, model_cfg.metadata_hidden,
+                     encoding.missing_row(), model_cfg.metadata_dropout)

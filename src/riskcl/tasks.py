@@ -37,9 +37,12 @@ class Task:
                                      "mean_cost")
     taxonomy: str | None = None  # a fixed taxonomy (segmentation: background / lesion), else the data set's
 
-    def create_model(self, model_cfg: Any, num_classes: int) -> Any:
-        from .models import create_model
+    def create_model(self, model_cfg: Any, num_classes: int, encoding: Any = None) -> Any:
+        """The run's network; with a metadata ``encoding`` (``model.metadata``), a fusion network."""
+        from .models import create_fusion_model, create_model
 
+        if encoding is not None:
+            return create_fusion_model(model_cfg, num_classes, encoding)
         return create_model(model_cfg.name, num_classes, pretrained=model_cfg.pretrained,
                             weights_path=model_cfg.weights_path, drop_rate=model_cfg.drop_rate, **model_cfg.options)
 
@@ -98,7 +101,7 @@ class SegmentationTask(Task):
     taxonomy = "lesion"
     default_arch = "unet"
 
-    def create_model(self, model_cfg: Any, num_classes: int) -> Any:
+    def create_model(self, model_cfg: Any, num_classes: int, encoding: Any = None) -> Any:
         from .models import create_segmentation_model
 
         return create_segmentation_model(model_cfg.arch or self.default_arch, model_cfg.name,

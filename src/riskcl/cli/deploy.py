@@ -49,7 +49,8 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
                    "outline overlay (default: <out>_masks beside --out)")
     _add_point(p)
     p.add_argument("--metadata", default=None,
-                   help="CSV with an `image` column and the group column of a per-group calibration")
+                   help="CSV with an `image` column and the group column of a per-group calibration, or a fusion "
+                   "model's metadata columns (images without a row: metadata missing)")
     p.add_argument("--argmax", action="store_true", help="decide by the fine-class argmax (the paper's rule)")
     p.add_argument("--allow-unfinished", action="store_true", help="use an unfinished run's best weights so far")
     p.add_argument("--batch-size", type=int, default=64, help="images decoded and scored at a time (bounds memory)")

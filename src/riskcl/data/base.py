@@ -42,6 +42,7 @@ class DataIndex:
     masks: np.ndarray | None = None    # in-memory ``(N, H, W)`` lesion masks (segmentation; files: ``mask`` column)
     problems: list[str] = field(default_factory=list)
     metadata: list[str] = field(default_factory=list)
+    label_derived: list[str] = field(default_factory=list)  # metadata columns that reveal the label: never inputs
     group_unit: str = CONTENT_GROUPS  # what one group is (patient, lesion, slide, ...), for reports and cards
 
 
@@ -142,6 +143,7 @@ class ImageDataset(Dataset):
                  split: str = "", metadata: list[str] | None = None, masks: np.ndarray | None = None) -> None:
         self.images = images
         self.masks = masks
+        self.features: np.ndarray | None = None  # (N, D) float32 encoded metadata when the model reads them
         self.rows = np.asarray(rows, dtype=np.int64)
         self.table = table.reset_index(drop=True)
         self.taxonomy = taxonomy

@@ -138,4 +138,5 @@ def index_isic2018(root: str | Path, allow_outside_root: bool = False) -> DataIn
         problems.append("HAM10000_metadata.csv not found: no lesion ids, so images of one lesion may fall on "
                         "both sides of a carved split")
     unit = "lesion (lesion_id of HAM10000_metadata.csv)" if meta is not None else CONTENT_GROUPS
-    return DataIndex(make_table(rows), taxonomy, problems=problems, metadata=list(METADATA), group_unit=unit)
+    return DataIndex(make_table(rows), taxonomy, problems=problems, metadata=list(METADATA), group_unit=unit,
+                     label_derived=["dx_type"])

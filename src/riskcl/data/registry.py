@@ -218,6 +218,7 @@ def _prepare(name: str, root: str | Path | None, image_size: int, on_bad_image: 
     table["row"] = np.arange(len(table))
     info: dict[str, Any] = {"dataset": name, "root": None if root is None else str(root),
                             "problems": list(index.problems), "skipped": {}, "metadata": list(index.metadata),
+                            "label_derived": list(index.label_derived),
                             "group_unit": index.group_unit}
     images, table = _images_and_hashes(name, index, table, image_size, on_bad_image, cache_dir, progress, info)
     masks, table = _masks(name, index, table, image_size, on_bad_image, cache_dir, progress, info)

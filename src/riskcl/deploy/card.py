@@ -192,7 +192,9 @@ def _details(doc: Document, c: CardContext) -> None:
     seg = c.op.segmentation
     details = {"architecture": (f"{run.get('arch', 'unet')} (segmentation-models-pytorch) on the timm encoder "
                                 f"{run['model']}, one lesion logit per pixel" if seg else
-                                f"{run['model']} (timm), {len(tax.classes)} classes"),
+                                f"{run['model']} (timm), {len(tax.classes)} classes"
+                                + (f", fused with the clinical inputs {run['metadata_inputs']} "
+                                   f"({run['fusion']['head']} head)" if run.get("fusion") else "")),
                "weights origin": str(run.get("weights")),
                "training objective": f"{run['loss']} {run.get('loss_params') or ''}".strip(),
                "training": f"{run['epochs']} epochs, best epoch {run['best_epoch']} by validation "
@@ -354,6 +356,34 @@ def _results(doc: Document, c: CardContext) -> None:
                plots.plot_severity_confusions({"test": cm}, tax.classes, tax.superclass, c.fig_dir / "confusion.png"))
 
 
+def _metadata_inputs(doc: Document, c: CardContext) -> None:
+    """A fusion model: the clinical inputs it reads, and what its test numbers become when none are sent."""
+    from ..experiment.folder import NO_METADATA
+
+    encoding = c.folder.metadata_encoding()
+    if encoding is None:
+        return
+    doc.heading("Clinical inputs")
+    fusion = c.run.get("fusion") or {}
+    doc.para(f"Besides the image the model reads {encoding.column_names} ({encoding.dim} encoded features; fitted on "
+             f"the training split only: numeric columns standardised, categorical one-hot with an explicit unknown; "
+             f"a missing value encodes as unknown), through the `{fusion.get('head', '?')}` fusion head with metadata "
+             f"dropout {fusion.get('metadata_dropout', 0)}. What happens when a clinic sends none, at the operating "
+             f"point (test split, every image's metadata missing):")
+    if not c.folder.has_predictions(NO_METADATA):
+        doc.para("Not measured: the run predates the no-metadata predictions.")
+        return
+    rows = []
+    for name, arrays in (("with metadata", c.test), ("no metadata sent", c.folder.predictions(NO_METADATA))):
+        probs = c.op.probabilities(arrays["logits"])
+        labels = decide(probs, c.tax, c.op.rule, c.op.threshold)
+        sens, spec = sensitivity_specificity(labels, arrays["target"], c.tax)
+        rows.append({"inputs": name, "CER": f"{100 * critical_error_rate(labels, arrays['target'], c.tax):.2f}%",
+                     "sensitivity": f"{100 * sens:.2f}%", "specificity": f"{100 * spec:.2f}%",
+                     "F1-macro": round(f1_macro(labels, arrays["target"]), 4)})
+    doc.table(pd.DataFrame(rows))
+
+
 def _subgroups(doc: Document, c: CardContext) -> None:
     columns = c.folder.subgroup_columns()
     if not columns:
@@ -442,7 +472,8 @@ def _checklist(doc: Document, c: CardContext) -> None:
     ]))
 
 
-SECTIONS = (_details, _intended_use, _data, _cost, _operating_point, _results, _decision_curve, _subgroups,
+SECTIONS = (_details, _intended_use, _data, _cost, _operating_point, _results, _metadata_inputs, _decision_curve,
+            _subgroups,
             _type_ii_section,
             _input_check, _limitations_section, _checklist)
 

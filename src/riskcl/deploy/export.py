@@ -32,6 +32,7 @@ from torch import nn
 
 from .. import __version__
 from ..data import decode_rgb, load_source_images
+from ..data import encode_metadata as encode_metadata_module
 from ..data import rgb as rgb_module
 from ..data.augment import IMAGENET_MEAN, IMAGENET_STD
 from ..data.images import resize_images
@@ -47,6 +48,7 @@ from .scoring import METADATA_FILE, group_by_shape
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 README_FILE = "README.md"
 DECODER_FILE = "decode.py"
+ENCODER_FILE = "encode_metadata.py"  # a fusion model's: encodes one image's metadata row (standard library only)
 # The graph's outputs, in the order it returns them (riskcl_export.json lists them in this order too).
 OUTPUTS = ("probabilities", "p_malignant", "refer", "label")
 OUTPUT_DOC = {"probabilities": ("(N, K) float32", "class probabilities in the order of `classes` (after TTA and "
@@ -86,10 +88,11 @@ class TriageModel(nn.Module):
         self.register_buffer("threshold", torch.tensor(float(op.threshold)))
         self.register_buffer("temperature", torch.tensor(float(op.temperature)))
 
-    def forward(self, images: torch.Tensor):
+    def forward(self, images: torch.Tensor, metadata: torch.Tensor | None = None):
         x = resize_images(images.permute(0, 3, 1, 2), self.image_size).float()
         x = (x / 255.0 - self.mean) / self.std
-        probs = torch.softmax(tta_logits(self.net, x, self.tta) / self.temperature, dim=1)
+        net_input = x if metadata is None else (x, metadata)
+        probs = torch.softmax(tta_logits(self.net, net_input, self.tta) / self.temperature, dim=1)
         p_mal = (probs * self.malignant.float()).sum(dim=1)
         refer = p_mal >= self.threshold
         in_decided = refer[:, None] == self.malignant[None, :]
@@ -122,22 +125,27 @@ class LesionModel(nn.Module):
         return p, p >= self.threshold
 
 
-def _export_onnx(model: nn.Module, path: Path, example: torch.Tensor, outputs: Sequence[str] = OUTPUTS) -> None:
-    dims = {0: torch.export.Dim("batch", min=1, max=4096), 1: torch.export.Dim("height", min=2, max=16384),
-            2: torch.export.Dim("width", min=2, max=16384)}
+def _export_onnx(model: nn.Module, path: Path, example: torch.Tensor, outputs: Sequence[str] = OUTPUTS,
+                 metadata: torch.Tensor | None = None) -> None:
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    dims = {0: batch, 1: torch.export.Dim("height", min=2, max=16384), 2: torch.export.Dim("width", min=2, max=16384)}
+    args, shapes, names = (example,), {"images": dims}, ["images"]
+    if metadata is not None:  # a fusion model's second input, one row per image
+        args, shapes, names = (example, metadata), {"images": dims, "metadata": {0: batch}}, ["images", "metadata"]
     quiet = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes={"images": dims},
-                                    input_names=["images"], output_names=list(outputs), opset_version=18,
+        program = torch.onnx.export(model, args, dynamo=True, dynamic_shapes=shapes,
+                                    input_names=names, output_names=list(outputs), opset_version=18,
                                     optimize=True)
         atomic_write_with(path, lambda tmp: program.save(tmp))
 
 
-def _export_torchscript(model: nn.Module, path: Path, example: torch.Tensor, outputs: Sequence[str] = OUTPUTS) -> None:
+def _export_torchscript(model: nn.Module, path: Path, example: torch.Tensor, outputs: Sequence[str] = OUTPUTS,
+                        metadata: torch.Tensor | None = None) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(model, example, check_trace=False)
+        traced = torch.jit.trace(model, example if metadata is None else (example, metadata), check_trace=False)
         atomic_write_with(path, lambda tmp: traced.save(tmp))
 
 
@@ -157,20 +165,25 @@ class _Runner:
                 self.module = torch.jit.load(str(path), map_location="cpu").eval()
             self.runtime = f"torch.jit {torch.__version__}"
 
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+    def __call__(self, batch: np.ndarray, metadata: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         if self.fmt == "onnx":
-            return tuple(self.session.run(list(self.outputs), {"images": batch}))
+            feed = {"images": batch} if metadata is None else {"images": batch, "metadata": metadata}
+            return tuple(self.session.run(list(self.outputs), feed))
         with torch.no_grad():
-            return tuple(t.numpy() for t in self.module(torch.from_numpy(batch)))
+            args = (torch.from_numpy(batch),) if metadata is None else (torch.from_numpy(batch),
+                                                                         torch.from_numpy(metadata))
+            return tuple(t.numpy() for t in self.module(*args))
 
 
-def run_exported(runner: _Runner, images: Sequence[np.ndarray], batch_size: int = 16) -> dict[str, np.ndarray]:
-    """The exported model's outputs for images of any sizes (batched by size, in input order)."""
+def run_exported(runner: _Runner, images: Sequence[np.ndarray], batch_size: int = 16,
+                 metadata: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The exported model's outputs for images of any sizes (batched by size, in input order); ``metadata``: a
+    fusion model's encoded rows, one per image."""
     out = {k: [None] * len(images) for k in runner.outputs}
     for idx in group_by_shape(images).values():
         for start in range(0, len(idx), batch_size):
             part = idx[start:start + batch_size]
-            results = runner(np.stack([images[i] for i in part]))
+            results = runner(np.stack([images[i] for i in part]), None if metadata is None else metadata[part])
             for name, values in zip(runner.outputs, results):
                 for i, v in zip(part, values):
                     out[name][i] = v
@@ -229,13 +242,16 @@ def _saved_probabilities(folder: RunFolder, names: Sequence[str], op: OperatingP
 
 
 def parity_check(runner: _Runner, folder: RunFolder, images: Sequence[np.ndarray], names: Sequence[str],
-                 op: OperatingPoint, source: str, from_test_split: bool) -> dict[str, Any]:
+                 op: OperatingPoint, source: str, from_test_split: bool,
+                 metadata: np.ndarray | None = None) -> dict[str, Any]:
     """The exported model against the run's saved test predictions (when the images are the test split's) and
     against ``riskcl predict``: largest |difference| of p(malignant), decisions (refer / clear) and labels that
-    differ at the operating threshold. The top-level figures are the worse of the two."""
+    differ at the operating threshold. The top-level figures are the worse of the two. ``metadata``: a fusion
+    model's encoded rows of the images."""
     taxonomy = folder.taxonomy()
-    got = run_exported(runner, images)
-    checks = [_compare(got, predict_arrays(folder.load_model(), images, op), taxonomy, op, names, "riskcl predict")]
+    got = run_exported(runner, images, metadata=metadata)
+    checks = [_compare(got, predict_arrays(folder.load_model(), images, op, metadata=metadata), taxonomy, op, names,
+                       "riskcl predict")]
     if from_test_split:
         saved = _saved_probabilities(folder, names, op)
         if saved is not None:
@@ -255,14 +271,24 @@ def parity_check(runner: _Runner, folder: RunFolder, images: Sequence[np.ndarray
             "checks": checks}
 
 
-def _check_images(folder: RunFolder, check_images: Sequence[str] | None, limit: int) -> tuple[list, list, str]:
+def _check_images(folder: RunFolder, check_images: Sequence[str] | None,
+                  limit: int) -> tuple[list, list, str, np.ndarray | None]:
+    """Images for the parity check, their names, where they came from, and (a fusion model) their encoded
+    metadata: the test split's own from splits.csv; for ``--check-images`` files, every value missing."""
+    encoding = folder.metadata_encoding()
     if check_images:
-        return [decode_rgb(p) for p in check_images], [str(p) for p in check_images], "--check-images"
+        rows = None if encoding is None else np.stack([encoding.missing_row()] * len(check_images))
+        return [decode_rgb(p) for p in check_images], [str(p) for p in check_images], "--check-images", rows
     cfg = folder.read_config()
     test = folder.splits()
     test = test.loc[test["split"] == "test"].head(limit)
     images = load_source_images(cfg.data.name, cfg.data.root, test["path"].tolist(), **cfg.data.options)
-    return images, test["id"].tolist(), f"the run's test split ({len(images)} images)"
+    rows = None
+    if encoding is not None:
+        from ..data.registry import normalise_missing
+
+        rows = encoding.encode({c: [normalise_missing(v) for v in test[c]] for c in encoding.column_names}, len(test))
+    return images, test["id"].tolist(), f"the run's test split ({len(images)} images)", rows
 
 
 def _decision_curve_summary(folder: RunFolder) -> dict[str, Any]:
@@ -273,6 +299,18 @@ def _decision_curve_summary(folder: RunFolder) -> dict[str, Any]:
     return {"sentence": curve["sentence"], "pt_range": [curve["pt"][0], curve["pt"][-1]],
             "adds_benefit": curve["adds_benefit"], **{k: curve["cost_figures"][k] for k in
                                                       ("expected_cost", "h_measure", "costs")}}
+
+
+def _metadata_input(folder: RunFolder) -> dict[str, Any] | None:
+    """A fusion model's second input: its name, shape, encoding and how to make a row (None: images only)."""
+    encoding = folder.metadata_encoding()
+    if encoding is None:
+        return None
+    return {"name": "metadata", "dtype": "float32", "shape": f"(N, {encoding.dim})", "columns": encoding.column_names,
+            "encoding": encoding.to_dict(),
+            "how": f"one row per image: {ENCODER_FILE}'s encode_row(encoding, {{column: value}}); a missing column or "
+                   f"value, or a category never seen in training, encodes as unknown (all missing: the model decides "
+                   f"from the image alone)"}
 
 
 def describe_run(folder: RunFolder, op: OperatingPoint) -> dict[str, Any]:
@@ -295,6 +333,7 @@ def describe_run(folder: RunFolder, op: OperatingPoint) -> dict[str, Any]:
                             if op.segmentation else "")
                          + (f", temperature {op.temperature:.4g}" if op.temperature != 1.0 else ""),
         "task": cfg.task,
+        "metadata_input": _metadata_input(folder),
         "outputs": [{"name": k, "shape": doc[k][0], "meaning": doc[k][1]} for k in output_names(op)],
         "classes": list(taxonomy.classes), "levels": list(taxonomy.levels),
         "superclass": ["malignant" if s else "benign" for s in taxonomy.superclass],
@@ -330,6 +369,11 @@ def export_readme(meta: dict[str, Any]) -> str:
         + ("on the missed share of the lesion.\n" if meta.get("task") == "segmentation"
            else "on the share of malignant cases missed.\n"))
     run = meta["run"]
+    mi = meta.get("metadata_input")
+    second_input = "" if not mi else (
+        f"\n## Second input: `metadata`\n`metadata`: float32 {mi['shape']}, one row per image, the encoded clinical "
+        f"metadata {mi['columns']}: {mi['how']} (`{ENCODER_FILE}` here, standard library only; the encoding is "
+        f"`metadata_input.encoding` of `riskcl_export.json`).\n")
     dc = meta.get("decision_curve")
     curve = f"Decision curve (test split, {dc['costs']}): {dc['sentence']}\n" if dc else ""
     if "max_abs_diff_p_lesion" in parity:
@@ -350,6 +394,7 @@ Research use only; not a medical device. A `clear` result does not rule out dise
 `decode.py` (numpy and Pillow only: `from decode import decode_image; x = decode_image(path)[None]`), which
 decodes exactly as riskcl does. Preprocessing: {meta['preprocessing']}.
 
+{second_input}
 ## Outputs, in the order the graph returns them
 {outputs}
 
@@ -381,7 +426,7 @@ def _build_lesion_export(folder: RunFolder, out: Path, fmt: str, op: OperatingPo
     example = torch.zeros(2, size + 3, size + 5, 3, dtype=torch.uint8)
     path = out / FORMATS[fmt]
     (_export_onnx if fmt == "onnx" else _export_torchscript)(model, path, example, SEGMENTATION_OUTPUTS)
-    images, names, source = _check_images(folder, check_images, check_limit)
+    images, names, source, _ = _check_images(folder, check_images, check_limit)
     parity = lesion_parity_check(_Runner(fmt, path, SEGMENTATION_OUTPUTS), folder, images, names, op, source,
                                  tolerance)
     parity["tolerance"] = tolerance
@@ -399,7 +444,11 @@ def _finish_export(folder: RunFolder, out: Path, fmt: str, op: OperatingPoint, p
     if fmt == "onnx":
         _write_onnx_metadata(path, meta)
     atomic_write_text(out / DECODER_FILE, Path(rgb_module.__file__).read_text(encoding="utf-8"))
-    meta["files_sha256"] = {p.name: file_sha256(p) for p in (path, out / DECODER_FILE)}
+    shipped = [path, out / DECODER_FILE]
+    if meta.get("metadata_input"):
+        atomic_write_text(out / ENCODER_FILE, Path(encode_metadata_module.__file__).read_text(encoding="utf-8"))
+        shipped.append(out / ENCODER_FILE)
+    meta["files_sha256"] = {p.name: file_sha256(p) for p in shipped}
     atomic_write_text(out / README_FILE, export_readme(meta))
     atomic_write_json(out / METADATA_FILE, meta)
     return meta
@@ -414,10 +463,12 @@ def _build_export(folder: RunFolder, out: Path, fmt: str, op: OperatingPoint, ch
     model.eval().requires_grad_(False)  # inference only: no autograd state in the exported graph
     size = cfg.data.image_size
     example = torch.zeros(2, size + 3, size + 5, 3, dtype=torch.uint8)
+    encoding = folder.metadata_encoding()
+    meta_example = None if encoding is None else torch.from_numpy(np.stack([encoding.missing_row()] * 2))
     path = out / FORMATS[fmt]
-    (_export_onnx if fmt == "onnx" else _export_torchscript)(model, path, example)
-    images, names, source = _check_images(folder, check_images, check_limit)
-    parity = parity_check(_Runner(fmt, path), folder, images, names, op, source, not check_images)
+    (_export_onnx if fmt == "onnx" else _export_torchscript)(model, path, example, OUTPUTS, meta_example)
+    images, names, source, rows = _check_images(folder, check_images, check_limit)
+    parity = parity_check(_Runner(fmt, path), folder, images, names, op, source, not check_images, rows)
     parity["tolerance"] = tolerance
     if parity["decision_flips"] or parity["label_flips"] or parity["max_abs_diff_p_malignant"] > tolerance:
         raise ExportParityError(

@@ -36,26 +36,31 @@ def missed_malignant(p_mal: np.ndarray, target: np.ndarray, taxonomy: Taxonomy,
 
 
 def image_logits(model: torch.nn.Module, images: Sequence[np.ndarray], image_size: int, tta: str = "none",
-                 batch_size: int = 64) -> np.ndarray:
+                 batch_size: int = 64, metadata: np.ndarray | None = None) -> np.ndarray:
     """``(N, K)`` logits (segmentation: ``(N, s, s)`` lesion logit maps) of ``uint8`` ``(H, W, 3)`` images:
     resized as the cache resizes them
     (:func:`riskcl.data.images.resize_uint8`), normalised, the run's test-time augmentation
-    (:func:`riskcl.engine.loop.tta_logits`), one forward pass per batch."""
+    (:func:`riskcl.engine.loop.tta_logits`), one forward pass per batch. ``metadata``: a fusion model's encoded
+    metadata ``(N, D)`` (None: every image's metadata missing)."""
     model.eval()
     logits = []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
             batch = np.stack([resize_uint8(im, image_size) for im in images[i:i + batch_size]])
-            logits.append(tta_logits(model, to_model_input(torch.from_numpy(batch)), tta).numpy())
+            x = to_model_input(torch.from_numpy(batch))
+            if metadata is not None:
+                x = (x, torch.from_numpy(np.asarray(metadata[i:i + batch_size], dtype=np.float32)))
+            logits.append(tta_logits(model, x, tta).numpy())
     if logits:
         return np.concatenate(logits)
     return np.zeros((0, getattr(model, "num_classes", 1)), dtype=np.float32)
 
 
 def predict_arrays(model: torch.nn.Module, images: Sequence[np.ndarray], op: OperatingPoint,
-                   batch_size: int = 64) -> np.ndarray:
-    """``(N, K)`` class probabilities of decoded images at the operating point (its size, TTA and temperature)."""
-    return op.probabilities(image_logits(model, images, op.image_size, op.tta, batch_size))
+                   batch_size: int = 64, metadata: np.ndarray | None = None) -> np.ndarray:
+    """``(N, K)`` class probabilities of decoded images at the operating point (its size, TTA and temperature);
+    ``metadata``: a fusion model's encoded metadata rows."""
+    return op.probabilities(image_logits(model, images, op.image_size, op.tta, batch_size, metadata))
 
 
 class RunModel:
@@ -72,11 +77,18 @@ class RunModel:
         self.op = operating_point(self.folder, calibrated, threshold, rule, allow_uncertified)
         self.taxonomy = self.folder.taxonomy()
         self.model = self.folder.load_model()
+        self.encoding = self.folder.metadata_encoding()  # a fusion model's; None: images only
         if threads:
             torch.set_num_threads(int(threads))
 
-    def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        return predict_arrays(self.model, images, self.op)
+    def probabilities(self, images: Sequence[np.ndarray], metadata: Sequence[dict] | None = None) -> np.ndarray:
+        """Probabilities of decoded images; ``metadata``: one ``{column: value}`` per image for a fusion model
+        (missing: every value missing)."""
+        rows = None
+        if self.encoding is not None:
+            rows = np.stack([self.encoding.encode_row(r or {}) for r in (metadata or [{}] * len(images))]) \
+                if len(images) else None
+        return predict_arrays(self.model, images, self.op, metadata=rows)
 
     def load_input_check(self):
         """``(check, text)``: the run's input check, or None and why it is unavailable (e.g. its data moved)."""

@@ -110,10 +110,17 @@ class ExportedModel:
         self.op = OperatingPoint.from_dict(self.meta["operating_point"])
         self.outputs = [o["name"] for o in self.meta["outputs"]]
         self.batch_size = 32
+        self.encoding = None  # a fusion model's metadata encoding (its graph's second input)
+        if self.meta.get("metadata_input"):
+            from ..data.encoding import MetadataEncoding
 
-    def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+            self.encoding = MetadataEncoding.from_dict(self.meta["metadata_input"]["encoding"])
+
+    def probabilities(self, images: Sequence[np.ndarray],
+                      metadata: Sequence[dict] | None = None) -> np.ndarray | list[np.ndarray]:
         """``(N, K)`` probabilities of decoded ``uint8`` ``(H, W, 3)`` images (one graph call per image size and
-        batch; input order kept); a segmentation export: each image's ``(H, W)`` lesion probabilities."""
+        batch; input order kept); a segmentation export: each image's ``(H, W)`` lesion probabilities. A fusion
+        export reads ``metadata`` too (one ``{column: value}`` per image; missing: every value missing)."""
         if self.op.segmentation:
             maps: list = [None] * len(images)
             for idx in group_by_shape(images).values():
@@ -127,7 +134,11 @@ class ExportedModel:
         for idx in group_by_shape(images).values():
             for start in range(0, len(idx), self.batch_size):
                 part = idx[start:start + self.batch_size]
-                probs, = self.session.run(["probabilities"], {"images": np.stack([images[i] for i in part])})
+                feed = {"images": np.stack([images[i] for i in part])}
+                if self.encoding is not None:
+                    feed["metadata"] = np.stack([self.encoding.encode_row(metadata[i] if metadata else {})
+                                                 for i in part])
+                probs, = self.session.run(["probabilities"], feed)
                 out[part] = probs
         return out
 
@@ -223,6 +234,28 @@ def rows_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = Non
             w.writeheader()
         w.writerows(rows)
     return buf.getvalue()
+
+
+def metadata_rows(images: Sequence[str | os.PathLike], metadata: str | os.PathLike | None,
+                  columns: Sequence[str]) -> list[dict[str, str]]:
+    """Each image's ``{column: value}`` for a fusion model, from a CSV with an ``image`` column (paths or file
+    names) and any of ``columns``; an image without a row, or a column the CSV lacks, counts as missing (the
+    model then decides from what it has). None: every image's metadata missing."""
+    if metadata is None:
+        return [{} for _ in images]
+    try:
+        with open(metadata, encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            header, records = list(reader.fieldnames or []), list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{metadata}: cannot read it as a CSV ({exc})") from None
+    if "image" not in header:
+        raise ValueError(f"{metadata}: expected a column 'image' and some of {list(columns)}, but got {header}")
+    by_image: dict[str, dict[str, str]] = {}
+    for record in records:
+        row = {c: record[c] for c in columns if c in record}
+        by_image[str(record["image"])] = by_image[Path(record["image"]).name] = row
+    return [by_image.get(str(img), by_image.get(Path(img).name, {})) for img in images]
 
 
 def image_groups(op: OperatingPoint, images: Sequence[str | os.PathLike], metadata: str | os.PathLike | None
@@ -374,7 +407,8 @@ def _decoded_batches(paths: Sequence[str], batch_size: int, workers: int) -> Ite
 
 def stream_predictions(scorer: Scorer, paths: Sequence[str], sink, strata: Sequence[str] | None = None,
                        batch_size: int = 64, progress: bool = False, decode_workers: int = 2,
-                       collect: list | None = None, mask_dir: str | os.PathLike | None = None) -> StreamSummary:
+                       collect: list | None = None, mask_dir: str | os.PathLike | None = None,
+                       metadata: Sequence[dict] | None = None) -> StreamSummary:
     """Score ``paths`` a batch at a time into ``sink`` (:class:`PredictionCSV` or :class:`StdoutCSV`), skipping
     the images ``sink.done`` holds; ``collect`` (a list) also receives every row written. A segmentation model's
     masks and outline overlays go to ``mask_dir`` (:mod:`riskcl.deploy.segmentation`)."""
@@ -383,13 +417,19 @@ def stream_predictions(scorer: Scorer, paths: Sequence[str], sink, strata: Seque
     from tqdm.auto import tqdm
 
     group = dict(zip(paths, strata)) if strata is not None else None
+    row_of = dict(zip(paths, metadata)) if metadata is not None else None
     todo = [p for p in paths if p not in sink.done]
     summary = StreamSummary(images=len(paths), skipped=len(paths) - len(todo))
     bar = tqdm(total=len(todo), desc="predicting", unit="img", disable=not progress, mininterval=1.0)
     try:
         for batch, decoded in _decoded_batches(todo, batch_size, decode_workers):
             good = [k for k, d in enumerate(decoded) if not isinstance(d, str)]
-            probs = scorer.probabilities([decoded[k] for k in good]) if good else np.zeros((0, 0))
+            if not good:
+                probs = np.zeros((0, 0))
+            elif row_of is not None:  # a fusion model reads each image's metadata
+                probs = scorer.probabilities([decoded[k] for k in good], [row_of[batch[k]] for k in good])
+            else:
+                probs = scorer.probabilities([decoded[k] for k in good])
             if not good:
                 scored = []
             elif scorer.op.segmentation:
@@ -442,6 +482,8 @@ def predict_files(model_dir: str | os.PathLike, inputs: Sequence[str | os.PathLi
     paths = expand_inputs(inputs)
     scorer = open_scorer(model_dir, calibrated, threshold, rule, allow_uncertified, allow_unfinished, threads)
     strata = image_groups(scorer.op, paths, metadata) if scorer.op.per_group else None
+    encoding = getattr(scorer, "encoding", None)
+    rows_in = metadata_rows(paths, metadata, encoding.column_names) if encoding is not None else None
     columns = csv_columns(scorer.taxonomy, scorer.op)
     if scorer.op.segmentation and mask_dir is None and out_csv not in (None, "-"):
         mask_dir = Path(out_csv).with_name(Path(out_csv).stem + "_masks")
@@ -453,7 +495,7 @@ def predict_files(model_dir: str | os.PathLike, inputs: Sequence[str | os.PathLi
         sink = PredictionCSV(out_csv, columns, scorer.op, force)
     rows: list[dict[str, Any]] = []
     summary = stream_predictions(scorer, paths, sink, strata, batch_size, progress,
-                                 collect=rows if collect else None, mask_dir=mask_dir)
+                                 collect=rows if collect else None, mask_dir=mask_dir, metadata=rows_in)
     return PredictResult(rows, scorer.op, summary)
 
 

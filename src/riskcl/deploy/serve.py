@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request, UploadFile
+from fastapi import FastAPI, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
@@ -175,6 +175,8 @@ class TriageService:
             saliency_note = ("Saliency is not served from an exported model: serve the run folder (riskcl serve RUN) "
                              "to see where the model looked.")
         self.method, self.borderline = method, float(borderline)
+        encoding = getattr(self.scorer, "encoding", None)
+        self.metadata_columns = [] if encoding is None else encoding.column_names
         self.lock = threading.Lock() if self.scorer.kind == "run" else contextlib.nullcontext()
         self.batcher = MicroBatcher(self._score, max_batch, max_wait_ms)
         self.metadata = {**description, "operating_point_text": operating_point_text(self.op), "notice": NOTICE,
@@ -187,17 +189,22 @@ class TriageService:
     def image(self, data: bytes, name: str) -> np.ndarray:
         return decode_bytes(data, name)  # the pixel limits (too large, too small) are the decoder's
 
-    def _score(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, float | None]]:
+    def _score(self, items: list[tuple[np.ndarray, dict | None]]) -> list[tuple[np.ndarray, float | None]]:
+        images = [image for image, _ in items]
         with self.lock:
-            probs = self.scorer.probabilities(images)
+            if getattr(self.scorer, "encoding", None) is not None:  # a fusion model: each image's metadata too
+                probs = self.scorer.probabilities(images, [row or {} for _, row in items])
+            else:
+                probs = self.scorer.probabilities(images)
             distances = [None] * len(images) if self.input_check is None else \
                 [float(d) for d in self.scorer.distances(self.input_check, images)]
         return list(zip(probs, distances))
 
-    def predict(self, arr: np.ndarray, name: str) -> dict[str, Any]:
+    def predict(self, arr: np.ndarray, name: str, metadata: dict | None = None) -> dict[str, Any]:
+        """The answer for one image; ``metadata``: a fusion model's ``{column: value}`` (missing: none sent)."""
         if self.op.segmentation:
             return self._outline(arr, name)
-        probs, distance = self.batcher(arr)
+        probs, distance = self.batcher((arr, metadata))
         row = decision_rows(probs[None], self.taxonomy, self.op)[0]
         return {"image": name, "decision": row["decision"], "predicted": row["predicted"],
                 "superclass": row["superclass"], "p_malignant": row["p_malignant"], "threshold": row["threshold"],
@@ -208,14 +215,35 @@ class TriageService:
                 "probabilities": {c: row[f"p_{c}"] for c in self.taxonomy.classes},
                 "operating_point": {"method": self.op.method, "alpha": self.op.alpha, "delta": self.op.delta,
                                     "certified": self.op.certified, "how": self.op.describe()},
-                "image_size": [int(arr.shape[1]), int(arr.shape[0])]}
+                "image_size": [int(arr.shape[1]), int(arr.shape[0])],
+                **({"metadata_used": {c: (metadata or {}).get(c) for c in self.metadata_columns}}
+                   if self.metadata_columns else {})}
+
+    def parse_metadata(self, text: str | None) -> dict | None:
+        """The ``metadata`` form field: a JSON object ``{column: value}`` of the model's metadata columns."""
+        if text is None or not text.strip():
+            return None
+        if not self.metadata_columns:
+            raise ValueError("this model reads no metadata; send the image alone")
+        try:
+            row = json.loads(text)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            raise ValueError(f"the field 'metadata' must be a JSON object like {{\"{self.metadata_columns[0]}\": "
+                             f"...}} with some of {self.metadata_columns}")
+        unknown = sorted(set(row) - set(self.metadata_columns))
+        if unknown:
+            raise ValueError(f"the field 'metadata' names {unknown}, which this model does not read (it reads "
+                             f"{self.metadata_columns})")
+        return {k: None if v is None else str(v) for k, v in row.items()}
 
     def _outline(self, arr: np.ndarray, name: str) -> dict[str, Any]:
         """A segmentation model's answer: the row ``riskcl predict`` writes (:mod:`riskcl.deploy.segmentation`)
         and the outline's pixels."""
         from .segmentation import segmentation_rows
 
-        probs, _ = self.batcher(arr)
+        probs, _ = self.batcher((arr, None))
         row = segmentation_rows([probs], self.op, [name], [arr])[0]
         row.pop("mask")
         return {**row, "task": "segmentation",
@@ -231,7 +259,7 @@ class TriageService:
 
         from .segmentation import overlay, to_image_grid
 
-        probs, _ = self.batcher(arr)
+        probs, _ = self.batcher((arr, None))
         mask = to_image_grid(np.asarray(probs, dtype=np.float32), *arr.shape[:2]) >= self.op.threshold
         buf = io.BytesIO()
         Image.fromarray(np.concatenate([arr, overlay(arr, mask)], axis=1)).save(buf, format="PNG")
@@ -299,8 +327,12 @@ def create_app(target: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
         return service.metadata
 
     @app.post("/predict")
-    def predict(file: UploadFile) -> dict[str, Any]:
-        return service.predict(read_upload(file), file.filename or "upload")
+    def predict(file: UploadFile, metadata: str | None = Form(None)) -> dict[str, Any]:
+        try:
+            row = service.parse_metadata(metadata)
+        except ValueError as exc:
+            raise HTTPError(422, str(exc)) from None
+        return service.predict(read_upload(file), file.filename or "upload", row)
 
     @app.post("/explain")
     def explain(file: UploadFile) -> Response:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -33,7 +33,8 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 class BatchFeeder:
     """Batches ``(x, y)`` of one split on ``device``: ``x`` normalised float32 ``(B, 3, H, W)``, ``y`` int64
-    labels, or for segmentation data ``(B, H, W)`` ``uint8`` masks (augmented exactly as their images).
+    labels, or for segmentation data ``(B, H, W)`` ``uint8`` masks (augmented exactly as their images). When the
+    dataset carries encoded metadata (``dataset.features``), ``x`` is the pair ``(images, metadata (B, D))``.
 
     Args:
         dataset: the split. batch_size: images per batch (per process under torchrun).
@@ -56,6 +57,8 @@ class BatchFeeder:
         self.pin = self.device.type == "cuda"
         self.targets = torch.from_numpy(np.array(dataset.targets, dtype=np.int64))
         self.segmentation = getattr(dataset, "masks", None) is not None
+        features = getattr(dataset, "features", None)
+        self.features = None if features is None else torch.from_numpy(np.asarray(features, dtype=np.float32))
 
     def _order(self, epoch: int) -> np.ndarray:
         n = len(self.dataset)
@@ -84,17 +87,19 @@ class BatchFeeder:
             n = -(-n // self.world_size)
         return -(-n // self.batch_size)
 
-    def _host_batches(self, order: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor, slice]]:
+    def _host_batches(self, order: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor, Any, slice]]:
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             x = torch.from_numpy(self.dataset.gather(idx))
             y = torch.from_numpy(self.dataset.gather_masks(idx)) if self.segmentation else \
                 self.targets[torch.from_numpy(idx)]
+            m = None if self.features is None else self.features[torch.from_numpy(idx)]
             if self.pin:
                 x, y = x.pin_memory(), y.pin_memory()
-            yield x, y, slice(start, start + len(idx))
+                m = None if m is None else m.pin_memory()
+            yield x, y, m, slice(start, start + len(idx))
 
-    def _prefetched(self, order: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor, slice]]:
+    def _prefetched(self, order: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor, Any, slice]]:
         if self.prefetch == 0:
             yield from self._host_batches(order)
             return
@@ -138,24 +143,28 @@ class BatchFeeder:
         cuda = self.device.type == "cuda"
         stream = torch.cuda.Stream(self.device) if cuda else None
         pending = None
-        for step, (x_host, y_host, where) in enumerate(self._prefetched(order)):
+        for step, (x_host, y_host, m_host, where) in enumerate(self._prefetched(order)):
             if max_steps is not None and step >= max_steps:
                 break
             if cuda:  # copy this batch on the side stream while the previous step computes
                 with torch.cuda.stream(stream):
                     x_dev = x_host.to(self.device, non_blocking=True)
                     y_dev = y_host.to(self.device, non_blocking=True)
+                    m_dev = None if m_host is None else m_host.to(self.device, non_blocking=True)
             else:
-                x_dev, y_dev = x_host, y_host
+                x_dev, y_dev, m_dev = x_host, y_host, m_host
             if pending is not None:
                 yield pending
             if cuda:
                 torch.cuda.current_stream(self.device).wait_stream(stream)
                 x_dev.record_stream(torch.cuda.current_stream(self.device))
                 y_dev.record_stream(torch.cuda.current_stream(self.device))
+                if m_dev is not None:
+                    m_dev.record_stream(torch.cuda.current_stream(self.device))
             p = None if params is None else params[where]
             if p is not None and self.segmentation:
                 y_dev = augment_masks(y_dev, p)
-            pending = (to_model_input(x_dev, p, self.channels_last), y_dev)
+            x_in = to_model_input(x_dev, p, self.channels_last)
+            pending = ((x_in, m_dev) if m_dev is not None else x_in, y_dev)
         if pending is not None:
             yield pending

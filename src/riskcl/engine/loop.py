@@ -38,11 +38,20 @@ def autocast_context(device: torch.device, amp: bool):
     return contextlib.nullcontext()
 
 
-def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
+def _to_device(x, y: torch.Tensor, device: torch.device, channels_last: bool):
+    """The batch on ``device``; ``x`` is the images, or the pair ``(images, metadata)`` of a fusion model."""
+    if isinstance(x, (tuple, list)):
+        images, meta = _to_device(x[0], y, device, channels_last)[0], x[1].to(device, non_blocking=True)
+        return (images, meta), torch.as_tensor(y).to(device, non_blocking=True)
     x = x.to(device, non_blocking=True)
     if channels_last and device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     return x, torch.as_tensor(y).to(device, non_blocking=True)
+
+
+def forward(model: nn.Module, x) -> torch.Tensor:
+    """``model(images)``, or ``model(images, metadata)`` for the pair a fusion model's batches hold."""
+    return model(*x) if isinstance(x, (tuple, list)) else model(x)
 
 
 class _Faults:
@@ -94,7 +103,7 @@ def train_one_epoch(model: nn.Module, batches: Iterable, loss_fn: Callable, opti
             break
         x, y = _to_device(x, y, device, channels_last)
         with autocast_context(device, amp):
-            logits = model(x)
+            logits = forward(model, x)
         loss = loss_fn(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -131,10 +140,17 @@ def tta_logits(model: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Te
     ``riskcl predict``, the service and the exported graph."""
     if tta not in ("none", "flip"):
         raise ValueError(f"Expected `tta` in ('none', 'flip'), but got {tta!r}")
+    meta = None
+    if isinstance(x, (tuple, list)):  # a fusion model's (images, metadata): the flips move the images only
+        x, meta = x
+
+    def run(v: torch.Tensor) -> torch.Tensor:
+        return (model(v) if meta is None else model(v, meta)).float()
+
     if tta == "none":
-        out = model(x).float()
+        out = run(x)
         return out[:, 0] if out.ndim == 4 else out
-    outs = [model(v).float() for v in _flips(x)]
+    outs = [run(v) for v in _flips(x)]
     if outs[0].ndim == 4:
         probs = torch.stack([torch.sigmoid(o[:, 0]) for o in _unflip(outs)]).mean(0).clamp(1e-7, 1 - 1e-7)
         return torch.log(probs) - torch.log1p(-probs)

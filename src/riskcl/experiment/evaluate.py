@@ -63,6 +63,11 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data_root: str | Path
         if overlap:
             warnings.warn(overlap, UserWarning, stacklevel=2)
             note = f"{note}; {overlap}" if note else overlap
+    encoding = folder.metadata_encoding()
+    if encoding is not None:  # a fusion model reads each image's metadata too
+        from ..data.encoding import attach_features
+
+        attach_features(encoding, [ds])
     taxonomy = folder.taxonomy()
     if ds.taxonomy.classes != taxonomy.classes:
         raise ValueError(f"The data has classes {list(ds.taxonomy.classes)}, the run {list(taxonomy.classes)}")

@@ -50,9 +50,11 @@ FILES = {
     "data": "data.json", "history": "history.csv", "checkpoint": "last.pt", "weights": "model.safetensors",
     "metrics": "metrics.json", "calibration": "calibration.json", "skipped": "skipped_images.txt",
     "lock": ".lock", "gallery": "gallery.json", "input_check": "input_check.npz", "tracking": "tracking.json",
-    "ensemble": "ensemble.json",
+    "ensemble": "ensemble.json", "encoding": "metadata_encoding.json",
 }
-PREDICTIONS = {"test": "predictions.npz", "val": "val_predictions.npz", "calib": "calib_predictions.npz"}
+NO_METADATA = "test_no_metadata"  # a fusion model's test predictions with every image's metadata missing
+PREDICTIONS = {"test": "predictions.npz", "val": "val_predictions.npz", "calib": "calib_predictions.npz",
+               NO_METADATA: "predictions_no_metadata.npz"}
 PREDICTION_KEYS = ("logits", "target", "ids", "groups")
 CALIBRATION_FIELDS = {"threshold": float, "method": str, "alpha": float, "calibration_split": str}
 
@@ -276,6 +278,21 @@ class RunFolder:
             raise RunFolderError(f"{path}: expected `members` and one `weights_sha256` per member")
         return data
 
+    def metadata_encoding(self):
+        """The run's metadata encoding (:class:`riskcl.data.encoding.MetadataEncoding`), or None (image only)."""
+        from ..data.encoding import MetadataEncoding
+
+        path = self.file("encoding")
+        if not path.is_file():
+            return None
+        try:
+            return MetadataEncoding.from_dict(read_json(path))
+        except ValueError as exc:
+            raise RunFolderError(f"{path}: {exc}") from None
+
+    def write_metadata_encoding(self, encoding) -> None:
+        atomic_write_json(self.file("encoding"), encoding.to_dict())
+
     def write_ensemble(self, record: dict[str, Any]) -> None:
         atomic_write_json(self.file("ensemble"), record)
 
@@ -302,7 +319,7 @@ class RunFolder:
             return EnsembleNet(nets, record.get("task") == "segmentation").eval()
         cfg = self.read_config()
         model = task_of(cfg.task).create_model(replace(cfg.model, pretrained=False, weights_path=None),
-                                               self.taxonomy().num_classes)
+                                               self.taxonomy().num_classes, self.metadata_encoding())
         self.load_weights(model)
         return model.eval()
 

@@ -24,7 +24,7 @@ from ..distributed import DistInfo, barrier, wrap_model
 from ..engine import BatchFeeder, TrainingSlot, apply_threads, predict_logits, train_one_epoch
 from ..tasks import task_of
 from ..taxonomy import Taxonomy
-from .folder import RunFolder
+from .folder import NO_METADATA, RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,9 @@ class Trainer:
         self.train_ds = data.datasets["train"]
         self.cost = run_cost_matrix(cfg, taxonomy)
         self.task = task_of(cfg.task)
+        self.encoding = self._metadata_encoding()
         torch.manual_seed(cfg.seed)
-        model = self.task.create_model(cfg.model, taxonomy.num_classes)
+        model = self.task.create_model(cfg.model, taxonomy.num_classes, self.encoding)
         self.weights_source = getattr(model, "riskcl_weights", "unknown")
         model.to(device)
         if cfg.channels_last and device.type == "cuda":
@@ -66,6 +67,24 @@ class Trainer:
         self.train_feeder = BatchFeeder(self.train_ds, cfg.optim.batch_size, device, train=True, seed=cfg.seed,
                                         rank=info.rank, world_size=info.world_size,
                                         channels_last=cfg.channels_last, prefetch=cfg.data.num_workers)
+
+    def _metadata_encoding(self):
+        """With ``model.metadata``: the encoding fitted on the training split (saved in the run folder, reused on
+        resume), attached to every split; else None."""
+        from ..data.encoding import MetadataEncoding, attach_features, check_input_columns
+
+        columns = self.cfg.model.metadata
+        if not columns:
+            return None
+        check_input_columns(columns, self.data.info.get("metadata", []), self.data.info.get("label_derived", []))
+        encoding = self.folder.metadata_encoding()
+        if encoding is None or encoding.column_names != list(columns):
+            train = self.train_ds.table
+            encoding = MetadataEncoding.fit({c: train[c].tolist() for c in columns}, columns)
+            if self.info.is_main:
+                self.folder.write_metadata_encoding(encoding)
+        attach_features(encoding, self.data.datasets)
+        return encoding
 
     def feeder(self, split: str) -> BatchFeeder:
         """Evaluation batches of ``split`` (no augmentation, in order)."""
@@ -149,13 +168,25 @@ class Trainer:
                                             **self.common)
             self.folder.write_predictions(split, logits, target, self.data.datasets[split])
             out[split] = (logits, target)
+        if self.encoding is not None:  # what happens when a clinic sends no metadata: the test split again
+            test = self.data.datasets["test"]
+            with_metadata = test.features
+            test.features = np.repeat(self.encoding.missing_row()[None], len(test), axis=0)
+            try:
+                logits, target = predict_logits(self.raw_model, self.feeder("test"), desc="test (no metadata)",
+                                                tta=self.cfg.tta, **self.common)
+            finally:
+                test.features = with_metadata
+            self.folder.write_predictions(NO_METADATA, logits, target, test)
+            out[NO_METADATA] = (logits, target)
         return out
 
     def final_metrics(self, predictions: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
         """The ``metrics.json`` content: the test report (top level), validation and calibration reports, facts."""
         cfg, tax = self.cfg, self.taxonomy
         reports = {s: self.task.report(lg, t, tax, self.cost, cfg.decision,
-                                       groups=self.data.datasets[s].groups) for s, (lg, t) in predictions.items()}
+                                       groups=self.data.datasets[s if s != NO_METADATA else "test"].groups)
+                   for s, (lg, t) in predictions.items()}
         counts = {s: len(d) for s, d in self.data.datasets.items()}
         loss_matrix = getattr(self.loss_fn, "matrix", None)  # the weights of a cost-based loss (1 on the diagonal)
         run = {"name": cfg.name, "task": cfg.task, "dataset": cfg.data.name, "model": cfg.model.name,
@@ -175,5 +206,9 @@ class Trainer:
                **({"segmentation_models_pytorch": _version("segmentation-models-pytorch"), "arch": cfg.model.arch
                    or self.task.default_arch} if cfg.task == "segmentation" else {}), "numpy": np.__version__,
                "python": platform.python_version()}
-        extra = {s: reports[s] for s in ("val", "calib") if s in reports}
+        extra = {s: reports[s] for s in ("val", "calib", NO_METADATA) if s in reports}
+        if self.encoding is not None:
+            run["metadata_inputs"] = self.encoding.column_names
+            run["fusion"] = {"head": cfg.model.fusion, "metadata_dropout": cfg.model.metadata_dropout,
+                             "features": self.encoding.dim}
         return {**reports["test"], **extra, "run": run}

@@ -1,0 +1,172 @@
+"""Image + clinical metadata fusion: the encoding (training-split statistics only, unknown categories, missing
+values), the refusal of label-derived inputs, each head's shapes and gradients, metadata dropout, and a fusion run
+end to end (no-metadata predictions, export with a second input checked against ONNX Runtime, predict and serve
+with and without metadata)."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from _standins import make_isic
+from riskcl.config import ConfigError, config_from_dict
+from riskcl.data.encode_metadata import encode_row
+from riskcl.data.encoding import MetadataEncoding, check_input_columns
+from riskcl.models import FusionNet, MetadataOnlyNet, create_model
+
+
+def test_the_encoding_uses_training_statistics_and_handles_unknown_and_missing_values():
+    train = {"age": ["20", "40", "NA", "60"], "site": ["back", "face", "back", ""]}
+    enc = MetadataEncoding.fit(train, ["age", "site"])
+    assert [c.kind for c in enc.columns] == ["numeric", "categorical"]
+    mean, std = np.mean([20, 40, 60]), np.std([20, 40, 60])
+    assert enc.columns[0].mean == pytest.approx(mean) and enc.columns[0].std == pytest.approx(std)
+    assert enc.feature_names == ["age", "age=missing", "site=back", "site=face", "site=unknown"]
+    row = enc.encode_row({"age": "80", "site": "face"})
+    np.testing.assert_allclose(row, [(80 - mean) / std, 0, 0, 1, 0], rtol=1e-6)
+    # missing, unseen and absent all encode as unknown; an all-missing row is the missing row
+    np.testing.assert_array_equal(enc.encode_row({"age": None, "site": "scalp"}), [0, 1, 0, 0, 1])
+    np.testing.assert_array_equal(enc.encode_row({}), enc.missing_row())
+    # statistics come from the table it was fitted on only: another split's values change nothing
+    again = MetadataEncoding.fit({"age": train["age"] + ["1000"], "site": train["site"] + ["leg"]}, ["age", "site"])
+    assert again.columns[0].mean != enc.columns[0].mean and "leg" in again.columns[1].categories
+    # the standalone encoder an export ships gives the same vectors, from the saved JSON
+    saved = json.loads(json.dumps(enc.to_dict()))
+    for r in ({"age": "33", "site": "back"}, {"site": "nowhere"}, {}):
+        np.testing.assert_allclose(encode_row(saved, r), enc.encode_row(r), rtol=1e-6)
+    assert MetadataEncoding.from_dict(saved) == enc
+
+
+def test_label_derived_columns_are_refused_with_the_reason():
+    with pytest.raises(ValueError, match="histopathology confirmation goes with malignancy"):
+        check_input_columns(["age", "dx_type"], ["age", "dx_type"])
+    with pytest.raises(ValueError, match="derived from the label"):
+        check_input_columns(["dx"], ["dx"])
+    with pytest.raises(ValueError, match="'weight' is not a metadata column"):
+        check_input_columns(["weight"], ["age"])
+    with pytest.raises(ConfigError, match="histopathology"):
+        config_from_dict({"data": {"name": "demo"}, "model": {"metadata": ["dx_type"]}})
+    with pytest.raises(ConfigError, match="metadata-only"):
+        config_from_dict({"data": {"name": "demo"}, "model": {"name": "metadata-only"}})
+
+
+@pytest.mark.parametrize("head", ["late", "film"])
+def test_each_fusion_head_gives_logits_and_gradients_to_image_and_metadata(head):
+    torch.manual_seed(0)
+    backbone = create_model("resnet10t", 0, pretrained=False)
+    net = FusionNet(backbone, meta_dim=5, num_classes=4, head=head, hidden=8, missing_row=[0, 1, 0, 0, 1])
+    x, meta = torch.randn(3, 3, 16, 16, requires_grad=True), torch.randn(3, 5, requires_grad=True)
+    out = net(x, meta)
+    assert out.shape == (3, 4)
+    out.sum().backward()
+    assert x.grad.abs().sum() > 0 and meta.grad is not None
+    if head == "late":
+        assert meta.grad.abs().sum() > 0
+    # film starts as the identity: the metadata first act through their gradient on the modulation
+    assert torch.isfinite(meta.grad).all()
+    # no metadata sent = the missing row
+    net.eval()
+    torch.testing.assert_close(net(x), net(x, net.missing_row.expand(3, -1)))
+    ref = MetadataOnlyNet(5, 4, [0, 1, 0, 0, 1])
+    torch.testing.assert_close(ref(x, meta), ref.linear(meta))
+
+
+def test_metadata_dropout_replaces_whole_rows_in_training_only():
+    net = FusionNet(create_model("resnet10t", 0, pretrained=False), 3, 2, "late", 4, [9.0, 9.0, 9.0], 0.5)
+    seen = []
+    net.meta_mlp.register_forward_hook(lambda m, i, o: seen.append(i[0].detach().clone()))
+    x, meta = torch.zeros(400, 3, 8, 8), torch.zeros(400, 3)
+    torch.manual_seed(1)
+    net.train()(x, meta)
+    rows = seen[-1]
+    dropped = (rows == 9.0).all(1)
+    assert ((rows == 0) | (rows == 9.0)).all() and ((rows == 9.0).all(1) | (rows == 0).all(1)).all()
+    assert 0.4 < dropped.float().mean() < 0.6
+    net.eval()(x, meta)
+    assert (seen[-1] == 0).all()
+
+
+@pytest.fixture(scope="module")
+def fusion_run(tmp_path_factory):
+    from riskcl.experiment import run_experiment
+
+    root = make_isic(tmp_path_factory.mktemp("isic") / "isic", n_lesions=70, per_lesion=2, clinical=True)
+    cfg = config_from_dict({"name": "fusion", "epochs": 2, "progress": False,
+                            "data": {"name": "isic2018", "root": str(root), "image_size": 16},
+                            "model": {"name": "resnet10t", "pretrained": False, "metadata": ["age", "sex"],
+                                      "fusion": "film", "metadata_dropout": 0.2},
+                            "optim": {"batch_size": 32, "lr": 0.003}})
+    out = tmp_path_factory.mktemp("fusion") / "run"
+    run_experiment(cfg, out)
+    return out, root
+
+
+def test_a_fusion_run_saves_its_encoding_and_its_no_metadata_predictions(fusion_run):
+    from riskcl.experiment import RunFolder
+    from riskcl.experiment.folder import NO_METADATA
+
+    run, _ = fusion_run
+    folder = RunFolder(run)
+    enc = folder.metadata_encoding()
+    assert enc.column_names == ["age", "sex"]
+    train = folder.splits().query("split == 'train'")
+    assert set(enc.columns[1].categories) == set(train["sex"].astype(str)) - {"unknown"} == {"female", "male"}
+    assert len(enc.columns[0].categories) >= 3  # age bins of the adapter, categorical
+    m = folder.metrics()
+    assert m["run"]["metadata_inputs"] == ["age", "sex"] and "cer" in m[NO_METADATA]
+    assert folder.predictions(NO_METADATA)["logits"].shape == folder.predictions("test")["logits"].shape
+
+
+def test_fusion_export_predict_and_serve_with_and_without_metadata(fusion_run, tmp_path):
+    import onnxruntime as ort
+    from fastapi.testclient import TestClient
+
+    from riskcl.deploy.export import export_run
+    from riskcl.deploy.predict import RunModel
+    from riskcl.deploy.scoring import predict_files
+    from riskcl.deploy.serve import create_app
+    from riskcl.experiment import RunFolder
+
+    run, root = fusion_run
+    meta = export_run(run, tmp_path / "export", check_limit=30)
+    assert meta["parity"]["decision_flips"] == 0 and meta["parity"]["max_abs_diff_p_malignant"] <= 1e-4
+    assert meta["metadata_input"]["columns"] == ["age", "sex"]
+    assert (tmp_path / "export" / "encode_metadata.py").is_file()
+    # independently: ONNX Runtime with the second input against the run folder's PyTorch model
+    test = RunFolder(run).splits().query("split == 'test'").head(5)
+    from riskcl.data import decode_rgb
+
+    images = [decode_rgb(p) for p in test["path"]]
+    rows = [{"age": a, "sex": s} for a, s in zip(test["age"].astype(str), test["sex"].astype(str))]
+    session = ort.InferenceSession(str(tmp_path / "export" / "model.onnx"), providers=["CPUExecutionProvider"])
+    encoded = np.stack([encode_row(meta["metadata_input"]["encoding"], r) for r in rows]).astype(np.float32)
+    onnx_probs = session.run(["probabilities"], {"images": np.stack(images), "metadata": encoded})[0]
+    np.testing.assert_allclose(onnx_probs, RunModel(run).probabilities(images, rows), atol=1e-5)
+    # predict: a metadata CSV for some images; the others are scored with their metadata missing
+    csv_path = tmp_path / "meta.csv"
+    with csv_path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "age", "sex"])
+        for p, r in list(zip(test["path"], rows))[:3]:
+            w.writerow([p, r["age"], r["sex"]])
+    for target in (run, tmp_path / "export"):
+        with_meta = predict_files(target, list(test["path"]), metadata=csv_path).rows
+        without = predict_files(target, list(test["path"])).rows
+        expected = RunModel(run).probabilities(images, rows[:3] + [{}, {}])[:, 0]
+        np.testing.assert_allclose([r[f"p_{RunFolder(run).taxonomy().classes[0]}"] for r in with_meta], expected,
+                                   atol=1e-5)
+        assert with_meta[4]["p_malignant"] == pytest.approx(without[4]["p_malignant"], abs=1e-6)
+    # serve: the optional `metadata` field, refused when it names another column
+    client = TestClient(create_app(tmp_path / "export"))
+    body = open(test["path"].iloc[0], "rb").read()
+    plain = client.post("/predict", files={"file": ("a.jpg", body, "image/jpeg")}).json()
+    given = client.post("/predict", files={"file": ("a.jpg", body, "image/jpeg")},
+                        data={"metadata": json.dumps(rows[0])}).json()
+    assert plain["metadata_used"] == {"age": None, "sex": None} and given["metadata_used"] == rows[0]
+    assert given["p_malignant"] == pytest.approx(float(RunModel(run).probabilities(images[:1], rows[:1])[0][
+        RunFolder(run).taxonomy().superclass == 1].sum()), abs=1e-5)
+    bad = client.post("/predict", files={"file": ("a.jpg", body, "image/jpeg")}, data={"metadata": '{"dx": "mel"}'})
+    assert bad.status_code == 422 and "does not read" in bad.json()["error"]
