@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # the package itself only declares ranges.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv demo test reproduce-cpu frontier study-seg bench docs clean
+.PHONY: venv demo test reproduce-cpu frontier study-seg study-fusion bench docs clean
 
 $(BIN)/riskcl: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -49,6 +49,14 @@ study-seg: venv
 	$(BIN)/riskcl sweep configs/sweeps/frontier_seg_isic2018.yaml --out runs/segmentation --quiet
 	for run in runs/segmentation/*/; do $(BIN)/riskcl calibrate $$run --alpha 0.1 --method crc || exit 1; done
 	$(BIN)/riskcl report runs/segmentation --out results/segmentation
+
+# Image + metadata fusion against CE + threshold (results/fusion/): the fusion sweep, the 3-seed ensembles of
+# image-only CE and of late fusion with dropout, then the fair frontier report.
+study-fusion: venv
+	$(BIN)/riskcl sweep configs/sweeps/fusion_isic2018.yaml --out runs/fusion --quiet
+	$(BIN)/riskcl ensemble runs/fusion/recipe-ce-tta__seed-* --out runs/fusion/ensemble-ce-tta
+	$(BIN)/riskcl ensemble runs/fusion/recipe-late-dropout__seed-* --out runs/fusion/ensemble-late-dropout
+	$(BIN)/riskcl report runs/fusion --out results/fusion --reference ce --targets 0.95 0.98 0.99
 
 bench: venv
 	$(BIN)/python benchmarks/bench_core.py

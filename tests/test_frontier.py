@@ -69,5 +69,21 @@ def test_runs_without_a_calibration_split_use_validation_labelled_so_and_ranking
     table = fair_frontier_table(records, targets=[0.95], n_boot=50).set_index("method")
     assert table.loc["strong", "thresholds from"] == "val (selection split!)"
     assert table.loc["weak", "thresholds from"] == "calib"
-    assert table.loc["strong", "rank by specificity"] == 1 and table.loc["weak", "rank by specificity"] == 2
+    assert table.loc["strong", "rank"] == "1" and table.loc["weak", "rank"] == "2"
     assert table.loc["strong", "pAUROC sens>=0.9"] > table.loc["weak", "pAUROC sens>=0.9"]
+
+
+def test_a_method_that_misses_the_target_never_ranks_above_one_that_holds_it(tmp_path):
+    # "greedy" calibrates to 95% but its test malignant scores sit lower: it misses the target and keeps a high
+    # specificity; "honest" holds the target at a lower specificity. The honest method ranks first.
+    greedy_cal = (np.linspace(0.6, 0.99, 20), np.linspace(0.0, 0.3, 20))
+    greedy_test = (np.r_[np.linspace(0.1, 0.5, 6), np.linspace(0.6, 0.99, 14)], np.linspace(0.0, 0.3, 20))
+    honest = (np.linspace(0.5, 0.99, 20), np.linspace(0.0, 0.7, 20))
+    _run(RunFolder(tmp_path / "runs" / "greedy"), {"calib": greedy_cal, "val": greedy_cal, "test": greedy_test},
+         method="greedy")
+    _run(RunFolder(tmp_path / "runs" / "honest"), {"calib": honest, "val": honest, "test": honest}, method="honest")
+    records, _ = find_runs(tmp_path / "runs")
+    table = fair_frontier_table(records, targets=[0.95], n_boot=20).set_index("method")
+    assert table.loc["greedy", "missed target (seeds)"] == 1 and not table.loc["greedy", "held target"]
+    assert table.loc["greedy", "test specificity"] > table.loc["honest", "test specificity"]
+    assert table.loc["honest", "rank"] == "1" and table.loc["greedy", "rank"] == "2 (missed target)"

@@ -44,7 +44,10 @@ class RunRecord:
         params = self.run.get("loss_params") or {}
         extra = ",".join(f"{k}={v}" for k, v in sorted(params.items()))
         tta = "+tta" if self.run.get("tta", "none") != "none" else ""
-        return self.run["loss"] + (f"({extra})" if extra else "") + tta + self.variant
+        fusion = self.run.get("fusion")
+        meta = "" if not fusion else (f"+{fusion['head']}" + (f"-dropout{fusion['metadata_dropout']:g}"
+                                                               if fusion.get("metadata_dropout") else ""))
+        return self.run["loss"] + (f"({extra})" if extra else "") + tta + meta + self.variant
 
     def predictions(self, split: str = "test") -> dict[str, np.ndarray]:
         """The run's saved predictions, read once per report; the test split in its pool's image-id order, so

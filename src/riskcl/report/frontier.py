@@ -5,7 +5,12 @@ select the model (the calibration split; the validation split only where a run h
 largest threshold whose held-out sensitivity reaches the target. It is then applied unchanged to the test split,
 and the table reports what it reached there (it may miss the target: that is the point), the specificity, F1-macro
 and accuracy, with bootstrap CIs over test images (seed-averaged), and the standardised partial AUROC of
-p(malignant) over the high-sensitivity end. Methods are ranked by test specificity at each target.
+p(malignant) over the high-sensitivity end.
+
+Ranking never rewards missing the target: at each target, the methods that held it on test in most seeds (more
+seeds reached it than missed it) come first, ranked by test specificity; the others follow, ranked the same way
+and marked ``(missed target)``. A method that buys specificity by falling short of the sensitivity asked for
+cannot rank above one that delivered it.
 """
 from __future__ import annotations
 
@@ -17,8 +22,8 @@ import pandas as pd
 
 from ..decision import softmax, threshold_decision
 from ..defaults import FRONTIER_TARGETS, N_BOOT
-from ..metrics import (accuracy, bootstrap_ci, f1_macro, malignant_probability, partial_auroc_high_sensitivity,
-                       sensitivity_specificity)
+from ..metrics import (accuracy, auroc_malignant, bootstrap_ci, f1_macro, malignant_probability,
+                       partial_auroc_high_sensitivity, sensitivity_specificity)
 from .collect import RunRecord
 
 DEFAULT_TARGETS = FRONTIER_TARGETS
@@ -43,16 +48,24 @@ def held_out_split(record: RunRecord) -> str:
     return "calib" if record.has_predictions("calib") else "val"
 
 
-def run_operating_points(record: RunRecord, targets: Sequence[float]) -> list[dict]:
+def balanced_accuracy(labels: np.ndarray, target: np.ndarray, num_classes: int) -> float:
+    """The mean recall over the classes present in ``target``."""
+    recalls = [float(np.mean(labels[target == c] == c)) for c in range(num_classes) if (target == c).any()]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
+def run_operating_points(record: RunRecord, targets: Sequence[float], test_split: str = "test") -> list[dict]:
     """One row per target: the held-out threshold, the test decisions at it (``labels``) and the test metrics
-    they give (read from files only)."""
+    they give (read from files only). ``test_split``: ``test``, or a fusion run's test predictions with every
+    image's metadata missing (the threshold still comes from the held-out split, scored with metadata)."""
     tax = record.taxonomy
     split = held_out_split(record)
     held = record.predictions(split)
     held_pm = malignant_probability(softmax(held["logits"]), tax)
-    test = record.predictions("test")
+    test = record.predictions(test_split) if test_split == "test" else record.folder.predictions(test_split)
     test_probs = softmax(test["logits"])
     pauc = partial_auroc_high_sensitivity(test_probs, test["target"], tax)
+    auroc = auroc_malignant(test_probs, test["target"], tax)
     rows = []
     for target in targets:
         t = threshold_for_sensitivity(held_pm, tax.superclass[held["target"]] == 1, target)
@@ -61,7 +74,10 @@ def run_operating_points(record: RunRecord, targets: Sequence[float]) -> list[di
         rows.append({"target": target, "held_out": split, "threshold": t, "labels": labels, "sensitivity": sens,
                      "specificity": spec, "f1_macro": f1_macro(labels, test["target"]),
                      "accuracy": accuracy(labels, test["target"]), "missed_target": sens < target,
-                     "pauc_sens90": pauc})
+                     "pauc_sens90": pauc, "auroc": auroc,
+                     "balanced_accuracy": balanced_accuracy(labels, test["target"], tax.num_classes),
+                     "recall": {c: float(np.mean(labels[test["target"] == k] == k))
+                                for k, c in enumerate(tax.classes) if (test["target"] == k).any()}})
     return rows
 
 
@@ -72,9 +88,10 @@ def _seed_mean(metric):
 
 
 def fair_frontier_table(records: Sequence[RunRecord], targets: Sequence[float] = DEFAULT_TARGETS,
-                        n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
+                        n_boot: int = N_BOOT, seed: int = 0, test_split: str = "test") -> pd.DataFrame:
     """Per (dataset, model, method, target): mean test sensitivity reached, specificity, F1, accuracy with 95%
-    bootstrap CIs, partial AUROC, how many seeds missed the target, and the rank by specificity."""
+    bootstrap CIs, partial AUROC, how many seeds missed the target, and the rank (held target first, then test
+    specificity; see the module docstring)."""
     groups: dict[tuple, list[RunRecord]] = {}
     for r in records:
         groups.setdefault((r.run["dataset"], r.run["model"], r.method), []).append(r)
@@ -84,7 +101,9 @@ def fair_frontier_table(records: Sequence[RunRecord], targets: Sequence[float] =
         target_y = recs[0].predictions("test")["target"]
         if any(not np.array_equal(r.predictions("test")["target"], target_y) for r in recs):
             raise ValueError(f"{ds}/{model}/{method}: runs disagree on the test split; seeds must share it")
-        per_run = [run_operating_points(r, targets) for r in recs]
+        if test_split != "test" and not all(r.folder.has_predictions(test_split) for r in recs):
+            continue  # a run without metadata inputs has nothing to mask
+        per_run = [run_operating_points(r, targets, test_split) for r in recs]
         for k, target in enumerate(targets):
             labels = np.stack([pr[k]["labels"] for pr in per_run], 1)
             ci = {}
@@ -99,10 +118,32 @@ def fair_frontier_table(records: Sequence[RunRecord], targets: Sequence[float] =
                          "seeds": len(recs), "missed target (seeds)": sum(pr[k]["missed_target"] for pr in per_run),
                          **{f"test {n}": v[0] for n, v in ci.items()},
                          **{f"test {n} CI": f"[{v[1]:.3f}, {v[2]:.3f}]" for n, v in ci.items()},
+                         "balanced accuracy": float(np.mean([pr[k]["balanced_accuracy"] for pr in per_run])),
+                         "AUROC p(malignant)": float(np.mean([pr[k]["auroc"] for pr in per_run])),
                          "pAUROC sens>=0.9": float(np.mean([pr[k]["pauc_sens90"] for pr in per_run]))})
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    df["rank by specificity"] = df.groupby(["dataset", "model", "target sensitivity"])["test specificity"].rank(
-        ascending=False, method="min").astype(int)
-    return df.sort_values(["dataset", "model", "target sensitivity", "rank by specificity"]).reset_index(drop=True)
+    df["held target"] = df["missed target (seeds)"] * 2 < df["seeds"]
+    df = df.sort_values(["dataset", "model", "target sensitivity", "held target", "test specificity"],
+                        ascending=[True, True, True, False, False]).reset_index(drop=True)
+    order = df.groupby(["dataset", "model", "target sensitivity"]).cumcount() + 1
+    df["rank"] = [f"{k}" if held else f"{k} (missed target)" for k, held in zip(order, df["held target"])]
+    return df
+
+
+def recall_table(records: Sequence[RunRecord], target: float) -> pd.DataFrame:
+    """Per (dataset, model, method): each class's test recall at the fair threshold for ``target`` (means over
+    seeds), and the balanced accuracy."""
+    groups: dict[tuple, list[RunRecord]] = {}
+    for r in records:
+        groups.setdefault((r.run["dataset"], r.run["model"], r.method), []).append(r)
+    rows = []
+    for (ds, model, method), recs in groups.items():
+        points = [run_operating_points(r, [target])[0] for r in recs]
+        classes = list(recs[0].taxonomy.classes)
+        rows.append({"dataset": ds, "model": model, "method": method, "target sensitivity": target,
+                     **{f"recall {c}": float(np.mean([p["recall"].get(c, np.nan) for p in points])) for c in classes},
+                     "balanced accuracy": float(np.mean([p["balanced_accuracy"] for p in points]))})
+    return pd.DataFrame(rows).sort_values(["dataset", "model", "method"]).reset_index(drop=True) if rows else \
+        pd.DataFrame()
