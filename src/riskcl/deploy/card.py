@@ -500,7 +500,10 @@ def build_card(run_dir: str | Path, out: str | Path | None = None, n_boot: int =
     op = operating_point(folder, allow_uncertified=allow_uncertified)
     sections = SECTIONS
     if op.segmentation:
-        from .card_segmentation import SEGMENTATION_SECTIONS as sections
+        from . import card_segmentation as seg
+
+        sections = (_details, seg._intended_use, _data, seg._cost, seg._operating_point, seg._results, seg._worst,
+                    _limitations_section, seg._checklist)
     fig_dir = md_path.parent / FIGURES
     fig_dir.mkdir(exist_ok=True)
     ctx = CardContext(folder, op, n_boot, fig_dir, export_status(folder, op, export_dir), gallery_cap,

@@ -1,7 +1,7 @@
 """The model card's sections for a segmentation run (:func:`riskcl.deploy.card.build_card` picks them): what the
 model outlines, the guarantee on the missed share of the lesion in one sentence, Dice and under-segmentation with
 CIs over lesions, and the worst under-segmented test images with their outlines. Every number is read from the
-run's files or computed from them here."""
+run's files or computed from them here. Each section takes the card's context (``riskcl.deploy.card.CardContext``)."""
 from __future__ import annotations
 
 from typing import Any
@@ -12,7 +12,6 @@ import pandas as pd
 from ..data.registry import load_source_images
 from ..metrics.segmentation import per_image_metrics, summarize
 from ..report.render import Document
-from .card import CardContext, _data, _details, _limitations_section
 from .segmentation import overlay, to_image_grid
 
 WORST_ROWS, WORST_FIGURES = 20, 6
@@ -24,7 +23,7 @@ KEYS = (("dice", "Dice"), ("jaccard", "Jaccard"),
         ("hd95", "HD95 (model pixels)"))
 
 
-def _intended_use(doc: Document, c: CardContext) -> None:
+def _intended_use(doc: Document, c: Any) -> None:
     doc.heading("Intended use")
     unfit = c.fitness()
     if unfit:
@@ -42,7 +41,7 @@ def _intended_use(doc: Document, c: CardContext) -> None:
     ])
 
 
-def _cost(doc: Document, c: CardContext) -> None:
+def _cost(doc: Document, c: Any) -> None:
     cfg = c.cfg
     doc.heading("Cost model")
     doc.para(f"Clinical cost of a pixel decision: lambda2 = {cfg.cost.lambda2:g} for a lesion pixel called background "
@@ -51,7 +50,7 @@ def _cost(doc: Document, c: CardContext) -> None:
              f"by validation {c.run['select_metric']}.")
 
 
-def _operating_point(doc: Document, c: CardContext) -> None:
+def _operating_point(doc: Document, c: Any) -> None:
     op, cal = c.op, c.cal
     doc.heading("Operating point")
     if cal is None:
@@ -76,7 +75,7 @@ def _operating_point(doc: Document, c: CardContext) -> None:
         doc.para("**No guarantee**: calibration could not certify this alpha on the calibration set.")
 
 
-def _results(doc: Document, c: CardContext) -> None:
+def _results(doc: Document, c: Any) -> None:
     y, groups = c.test["target"], c.test["groups"]
     cost = c.folder.cost_matrix()
     at_op = per_image_metrics(c.labels, y, float(cost[0, 1]), float(cost[1, 0]))
@@ -97,7 +96,7 @@ def _results(doc: Document, c: CardContext) -> None:
                              "p(lesion) >= 0.5": cell(s_half, key)} for key, label in KEYS]))
 
 
-def _worst(doc: Document, c: CardContext) -> None:
+def _worst(doc: Document, c: Any) -> None:
     from PIL import Image
 
     per = per_image_metrics(c.labels, c.test["target"], with_hd95=False)
@@ -131,7 +130,7 @@ def _worst(doc: Document, c: CardContext) -> None:
                    f"missed lesion pixels darkened; right: the reference outline)", path)
 
 
-def _checklist(doc: Document, c: CardContext) -> None:
+def _checklist(doc: Document, c: Any) -> None:
     doc.heading("Checklist (CLAIM items for a segmentation model)")
     doc.table(pd.DataFrame([
         {"item": "data sources, partitions, licence", "where": "Data (counts per split, grouping unit)"},
@@ -143,7 +142,3 @@ def _checklist(doc: Document, c: CardContext) -> None:
         {"item": "failure analysis", "where": "Worst under-segmented test images"},
         {"item": "limitations, intended use", "where": "Limitations, Intended use"},
     ]))
-
-
-SEGMENTATION_SECTIONS = (_details, _intended_use, _data, _cost, _operating_point, _results, _worst,
-                         _limitations_section, _checklist)

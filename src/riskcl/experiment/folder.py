@@ -13,6 +13,9 @@ A run folder holds:
 * ``predictions.npz`` (test), ``val_predictions.npz``, ``calib_predictions.npz`` -- ``logits``, ``target``,
   ``ids``, ``groups``, ``paths`` and one ``meta__<column>`` array per metadata column (segmentation: lesion logit
   maps ``(N, H, W)`` in float16 and the masks ``(N, H, W)`` as ``target``);
+* ``predictions_no_metadata.npz`` -- a fusion model's test predictions with every image's metadata missing;
+  ``metadata_encoding.json`` -- its metadata encoding, fitted on the training split;
+* ``ensemble.json`` -- an ensemble's members and their weights' SHA-256 (it has no weights of its own);
 * ``metrics.json`` -- the test report under the run's decision rule, the report under each rule, validation and
   calibration reports, and run facts (``run``: classes, levels, cost matrix, best epoch, ...);
 * ``calibration.json`` -- the operating point chosen by ``riskcl calibrate``;
