@@ -170,3 +170,26 @@ def test_fusion_export_predict_and_serve_with_and_without_metadata(fusion_run, t
         RunFolder(run).taxonomy().superclass == 1].sum()), abs=1e-5)
     bad = client.post("/predict", files={"file": ("a.jpg", body, "image/jpeg")}, data={"metadata": '{"dx": "mel"}'})
     assert bad.status_code == 422 and "does not read" in bad.json()["error"]
+
+
+def test_an_ensemble_of_fusion_runs_reads_the_metadata_too(fusion_run, tmp_path):
+    from dataclasses import replace
+
+    from riskcl.deploy.export import export_run
+    from riskcl.experiment import RunFolder, run_experiment
+    from riskcl.experiment.ensemble import make_ensemble
+    from riskcl.experiment.folder import NO_METADATA
+
+    run, _ = fusion_run
+    cfg = RunFolder(run).read_config()
+    other = tmp_path / "seed1"
+    run_experiment(replace(cfg, seed=1), other)
+    metrics = make_ensemble([run, other], tmp_path / "ens")
+    folder = RunFolder(tmp_path / "ens")
+    assert folder.metadata_encoding() == RunFolder(run).metadata_encoding() and NO_METADATA in metrics
+    meta = export_run(tmp_path / "ens", tmp_path / "export", check_limit=20)
+    assert meta["metadata_input"] and meta["parity"]["decision_flips"] == 0
+    image_only = tmp_path / "image-only"
+    run_experiment(replace(cfg, epochs=1, model=replace(cfg.model, metadata=[])), image_only)
+    with pytest.raises(ValueError, match="other clinical metadata"):
+        make_ensemble([run, image_only], tmp_path / "ens2")

@@ -436,11 +436,11 @@ def test_subgroups_and_a_threshold_per_group(seg_run, tmp_path):
 
 @needs_isic
 def test_real_ham10000_masks_are_read_resized_and_cached_as_their_files_say():
-    data = create_datasets("isic2018_seg", ISIC_SAMPLE, image_size=50, progress=False)
+    data = create_datasets("isic2018_seg", ISIC_SAMPLE, image_size=8, progress=False)  # the cache test_splits made
     test = data.datasets["test"]
     assert data.info["group_unit"].startswith("lesion")
     for i in range(0, len(test), max(1, len(test) // 5)):
         mask_file = test.table["mask"].iloc[i]
         raw = np.asarray(Image.open(mask_file)) > 0
         assert raw.shape == (450, 600)
-        assert np.array_equal(test.gather_masks([i])[0], resize_mask(raw, 50))
+        assert np.array_equal(test.gather_masks([i])[0], resize_mask(raw, 8))

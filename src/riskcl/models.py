@@ -166,11 +166,12 @@ class EnsembleNet(nn.Module):
         self.nets, self.segmentation = nn.ModuleList(nets), segmentation
         self.num_classes = getattr(nets[0], "num_classes", 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
+        outs = [(net(x) if meta is None else net(x, meta)).float() for net in self.nets]  # meta: fusion members
         if self.segmentation:
-            p = torch.stack([torch.sigmoid(net(x).float()) for net in self.nets]).mean(0).clamp(1e-7, 1 - 1e-7)
+            p = torch.stack([torch.sigmoid(o) for o in outs]).mean(0).clamp(1e-7, 1 - 1e-7)
             return torch.log(p) - torch.log1p(-p)
-        p = torch.stack([torch.softmax(net(x).float(), 1) for net in self.nets]).mean(0)
+        p = torch.stack([torch.softmax(o, 1) for o in outs]).mean(0)
         return torch.log(p.clamp_min(1e-30))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

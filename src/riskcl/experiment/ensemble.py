@@ -19,7 +19,7 @@ import numpy as np
 from ..config import ExperimentConfig
 from ..io import atomic_write_text
 from ..tasks import task_of
-from .folder import RunFolder
+from .folder import NO_METADATA, RunFolder
 
 MUST_MATCH = ("task", "data.name", "data.root", "data.image_size", "data.options", "tta")
 
@@ -50,6 +50,11 @@ def check_members(members: Sequence[RunFolder]) -> None:
         if (tax.classes, tax.levels) != (base_tax.classes, base_tax.levels):
             raise ValueError(f"{m.path} cannot join an ensemble with {base.path}: the taxonomies differ "
                              f"({list(base_tax.classes)} vs {list(tax.classes)})")
+        mine, theirs = base.metadata_encoding(), m.metadata_encoding()
+        if (mine and mine.to_dict()) != (theirs and theirs.to_dict()):
+            raise ValueError(f"{m.path} cannot join an ensemble with {base.path}: they read other clinical metadata "
+                             f"({mine and mine.column_names} vs {theirs and theirs.column_names}, or another "
+                             f"encoding of them); fusion members must share their metadata encoding")
         splits = m.splits()[["id", "split"]]
         merged = base_splits.merge(splits, on="id", how="outer", suffixes=("_a", "_b"))
         other = merged.loc[merged["split_a"] != merged["split_b"]]
@@ -107,13 +112,15 @@ def make_ensemble(runs: Sequence[str | Path], out: str | Path) -> dict[str, Any]
     folder.write_taxonomy(base.taxonomy())
     for key in ("splits", "data"):
         atomic_write_text(folder.file(key), base.file(key).read_text(encoding="utf-8"))
+    if base.metadata_encoding() is not None:  # fusion members: the ensemble reads the same metadata
+        folder.write_metadata_encoding(base.metadata_encoding())
     hashes = [m.weights_sha256() for m in members]
     folder.write_ensemble({"members": [str(m.path.resolve()) for m in members], "weights_sha256": hashes,
                            "seeds": [m.read_config().seed for m in members], "task": cfg.task,
                            "combination": "mean lesion probability" if seg else "mean softmax probability"})
     taxonomy, cost = base.taxonomy(), base.cost_matrix()
     reports = {}
-    splits = [s for s in ("val", "calib", "test") if all(m.has_predictions(s) for m in members)]
+    splits = [s for s in ("val", "calib", "test", NO_METADATA) if all(m.has_predictions(s) for m in members)]
     for split in splits:
         arrays = _mean_logits(members, split, seg)
         folder.write_prediction_arrays(split, arrays)
@@ -125,7 +132,8 @@ def make_ensemble(runs: Sequence[str | Path], out: str | Path) -> dict[str, Any]
            "ensemble_members": [str(m.path) for m in members], "seeds": [m.read_config().seed for m in members],
            "weights": "the members' (ensemble.json)", "best_epoch": None,
            "wall_time_s_members": sum(float(m.metrics().get("wall_time_s", 0.0)) for m in members)}
-    metrics = {**reports["test"], **{s: reports[s] for s in ("val", "calib") if s in reports}, "run": run,
+    metrics = {**reports["test"], **{s: reports[s] for s in ("val", "calib", NO_METADATA) if s in reports},
+               "run": run,
                "wall_time_s": 0.0}
     folder.write_metrics(metrics)
     folder.mark("finished")
