@@ -137,7 +137,7 @@ def test_the_command_line_answers_without_importing_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     version = subprocess.run([sys.executable, "-m", "riskcl", "--version"], capture_output=True, text=True)
-    assert version.returncode == 0 and version.stdout.strip() == "riskcl 0.2.0"
+    assert version.returncode == 0 and version.stdout.strip() == "riskcl 0.3.0"
     bench = subprocess.run([sys.executable, "benchmarks/bench_cli.py", "--quick"], capture_output=True, text=True,
                            cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
     assert bench.returncode == 0 and "riskcl --version" in bench.stdout  # the benchmark runs (CI-sized)

@@ -112,7 +112,7 @@ def _segmentation_report(records: list, notes: list[str], runs_dir: Path, out: P
     figures = []
     for (ds, model), part in table.groupby(["dataset", "model"]):
         path = plots.plot_dice_vs_missed(part, out / "figures" / f"dice_vs_missed_{ds}_{model}.png",
-                                         f"{ds} / {model}: Dice vs missed lesion (hollow 0.5, filled calibrated)")
+                                         f"{ds} / {model}: Dice vs missed lesion")
         figures.append((f"Dice against the missed share of the lesion, {ds} / {model}: each loss at the 0.5 rule "
                         f"(hollow) and at its calibrated pixel threshold (filled)", path.name))
     atomic_write_text(out / "runs.csv", runs.to_csv(index=False))

@@ -65,7 +65,7 @@ def segmentation_table(records: list[RunRecord], n_boot: int = N_BOOT) -> pd.Dat
             cal = _pooled(recs, [float(c["threshold"]) for c in cals], n_boot)
             alphas = sorted({c["alpha"] for c in cals})
             row["calibration"] = f"{cals[0]['method']}, alpha {', '.join(f'{a:g}' for a in alphas)}"
-            row["threshold (mean)"] = round(float(np.mean([c["threshold"] for c in cals])), 4)
+            row["thresholds"] = ", ".join(f"{c['threshold']:.3f}" for c in cals)
             for key, label in (("dice", "Dice"), ("fnr", "missed"), ("missed_half", "missed > half"),
                                ("over_rate", "over-seg.")):
                 row[f"{label} @cal"] = _fmt(cal, key)
