@@ -58,20 +58,18 @@ def decode_mask(path: str | os.PathLike, image_hw: tuple[int, int] | None = None
     return mask
 
 
+def regrid(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``(H, W)`` values on another ``(height, width)`` grid by nearest neighbour (output pixel ``i`` takes input
+    pixel ``floor((i + 0.5) * n_in / n_out)``): masks to the model's square, and model maps back onto an image."""
+    h, w = values.shape
+    rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
+    return np.ascontiguousarray(values[rows][:, cols])
+
+
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """``(H, W)`` mask -> ``(size, size)`` ``uint8`` 0 / 1 by nearest-neighbour sampling (see module docstring)."""
-    h, w = mask.shape
-    rows = np.minimum(((np.arange(size) + 0.5) * h / size).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(size) + 0.5) * w / size).astype(np.int64), w - 1)
-    return np.ascontiguousarray(mask[rows][:, cols]).astype(np.uint8)
-
-
-def resize_mask_to(mask: np.ndarray, height: int, width: int) -> np.ndarray:
-    """A model-size ``(s, s)`` mask back to an image's ``(height, width)`` (nearest neighbour)."""
-    s_h, s_w = mask.shape
-    rows = np.minimum(((np.arange(height) + 0.5) * s_h / height).astype(np.int64), s_h - 1)
-    cols = np.minimum(((np.arange(width) + 0.5) * s_w / width).astype(np.int64), s_w - 1)
-    return np.ascontiguousarray(mask[rows][:, cols])
+    return regrid(mask, size, size).astype(np.uint8)
 
 
 def image_shape(path: str | os.PathLike) -> tuple[int, int] | None:

@@ -16,20 +16,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..data.masks import regrid as to_image_grid  # a model-grid map onto an image's pixels (nearest neighbour)
 from ..decision import OperatingPoint
 
 SEGMENTATION_COLUMNS = ("image", "decision", "lesion_px", "lesion_share", "mean_p_lesion", "uncertain_share",
                         "threshold", "mask")
 UNCERTAIN_SHARE = 0.25
 OUTLINE_RGB = (0, 255, 64)
-
-
-def to_image_grid(square: np.ndarray, height: int, width: int) -> np.ndarray:
-    """A model-grid ``(s, s)`` map onto an image's ``(height, width)`` pixels (nearest neighbour)."""
-    s_h, s_w = square.shape
-    rows = np.minimum(((np.arange(height) + 0.5) * s_h / height).astype(np.int64), s_h - 1)
-    cols = np.minimum(((np.arange(width) + 0.5) * s_w / width).astype(np.int64), s_w - 1)
-    return np.ascontiguousarray(square[rows][:, cols])
 
 
 def outline(mask: np.ndarray) -> np.ndarray:

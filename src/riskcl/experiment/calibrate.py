@@ -90,15 +90,23 @@ def operating_point(folder: RunFolder, calibrated: bool | None = None, threshold
 
 def raise_uncertified(folder: RunFolder, result, method: str, delta: float, split: str, cal_probs: np.ndarray,
                       cal: dict[str, np.ndarray]) -> None:
-    """Raise :class:`UncertifiedError` naming the smallest alpha this calibration set can certify."""
-    smallest = smallest_certifiable_alpha(method, cal_probs, cal["target"], folder.taxonomy(), delta,
-                                          cal.get("groups"))
+    """Raise :class:`UncertifiedError` naming the smallest alpha this calibration set can certify (for a
+    segmentation run: on the missed share of the lesion)."""
+    if folder.read_config().task == "segmentation":
+        from ..decision.segmentation import smallest_certifiable_fnr_alpha
+
+        smallest = smallest_certifiable_fnr_alpha(method, cal_probs, cal["target"], delta, cal.get("groups"))
+        what = f"{result.unit}s with a lesion in"
+    else:
+        smallest = smallest_certifiable_alpha(method, cal_probs, cal["target"], folder.taxonomy(), delta,
+                                              cal.get("groups"))
+        what = f"malignant {result.unit}s of"
     raise UncertifiedError(
         f"{folder.path}: no threshold could be certified at alpha = {result.alpha} ({method}"
-        + (f", delta = {delta}" if method == "ltt" else "") + f") on {result.n_calibration} malignant "
-        f"{result.unit}s of the {split} split; the smallest alpha this calibration set can certify is "
-        f"{smallest:.4g}. Nothing written: use --alpha >= {smallest:.4g}, a larger calibration split "
-        f"(data.calib_fraction), or --allow-uncertified to write it without a guarantee")
+        + (f", delta = {delta}" if method == "ltt" else "") + f") on {result.n_calibration} {what} the {split} "
+        f"split; the smallest alpha this calibration set can certify is {smallest:.4g}. Nothing written: use "
+        f"--alpha >= {smallest:.4g}, a larger calibration split (data.calib_fraction), or --allow-uncertified to "
+        f"write it without a guarantee")
 
 
 def _check_split(folder: RunFolder, split: str, allow_selection_split: bool) -> None:
@@ -121,7 +129,7 @@ def _calibrate_pixels(folder: RunFolder, alpha: float, delta: float, method: str
                       allow_uncertified: bool) -> dict[str, Any]:
     """:func:`calibrate_run` for a segmentation run: the pixel threshold whose missed share of the lesion is
     controlled (:func:`riskcl.decision.segmentation.control_fnr`), the test split's report there and at 0.5."""
-    from ..decision.segmentation import control_fnr, smallest_certifiable_fnr_alpha
+    from ..decision.segmentation import control_fnr
     from ..metrics.segmentation import segmentation_report
 
     cal, test = folder.predictions(split), folder.predictions("test")
@@ -129,13 +137,7 @@ def _calibrate_pixels(folder: RunFolder, alpha: float, delta: float, method: str
     cal_probs, test_probs = op.probabilities(cal["logits"]), op.probabilities(test["logits"])
     result = control_fnr(method, cal_probs, cal["target"], alpha, delta, groups=cal.get("groups"))
     if not result.certified and not allow_uncertified:
-        smallest = smallest_certifiable_fnr_alpha(method, cal_probs, cal["target"], delta, cal.get("groups"))
-        raise UncertifiedError(
-            f"{folder.path}: no pixel threshold could be certified at alpha = {alpha} ({method}"
-            + (f", delta = {delta}" if method == "ltt" else "") + f") on {result.n_calibration} {result.unit}s with a "
-            f"lesion in the {split} split; the smallest alpha this calibration set can certify is {smallest:.4g}. "
-            f"Nothing written: use --alpha >= {smallest:.4g}, a larger calibration split (data.calib_fraction), or "
-            f"--allow-uncertified to write it without a guarantee")
+        raise_uncertified(folder, result, method, delta, split, cal_probs, cal)
     cost = folder.cost_matrix()
     reports = {t: segmentation_report(test_probs, test["target"], t, test.get("groups"), float(cost[0, 1]),
                                       float(cost[1, 0])) for t in (result.threshold, 0.5)}

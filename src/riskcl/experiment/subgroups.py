@@ -163,12 +163,12 @@ def _calibrate_pixels_by_group(folder: RunFolder, column: str, alpha: float, del
     from ..decision.segmentation import lesion_probability
     from ..metrics.segmentation import per_image_metrics
 
-    res = group_risk_control(method, lesion_probability(cal["logits"]), cal["target"], None, cal_strata, alpha,
-                             delta, cal["groups"], fallback, segmentation=True)
+    cal_probs = lesion_probability(cal["logits"])
+    res = group_risk_control(method, cal_probs, cal["target"], None, cal_strata, alpha, delta, cal["groups"],
+                             fallback, segmentation=True)
     pooled = res["pooled"]
     if not pooled.certified and not allow_uncertified:
-        raise ValueError(f"{folder.path}: no pooled pixel threshold could be certified at alpha = {alpha}; use a "
-                         f"larger --alpha, or --allow-uncertified")
+        raise_uncertified(folder, pooled, method, delta, split, cal_probs, cal)
     per_image = thresholds_per_sample(res["groups"], res["fallback_threshold"], test_strata)
     masks = lesion_probability(test["logits"]) >= per_image[:, None, None]
     per = per_image_metrics(masks, test["target"], with_hd95=False)
