@@ -25,12 +25,19 @@ needs_sicapv2 = need(SICAPV2, "SICAPv2 partition files")
 needs_isic = need(ISIC_SAMPLE, "ISIC 2018 / HAM10000 sample")
 
 
+def _session_cache(tmp_path_factory) -> str:
+    """One image cache per test session in a temp folder, never beside the (read-only) data; under pytest-xdist
+    the workers share it (their temp folders sit side by side; caches are written to a temp file and renamed)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    os.environ.setdefault("RISKCL_TEST_CACHE", str(base / "riskcl-cache"))
+    return os.environ["RISKCL_TEST_CACHE"]
+
+
 @pytest.fixture(autouse=True)
 def _cache_dir(tmp_path_factory, monkeypatch):
-    """Every test session shares one image cache in a temp folder, never beside the (read-only) data."""
-    if "RISKCL_TEST_CACHE" not in os.environ:
-        os.environ["RISKCL_TEST_CACHE"] = str(tmp_path_factory.getbasetemp() / "riskcl-cache")
-    monkeypatch.setenv("RISKCL_CACHE_DIR", os.environ["RISKCL_TEST_CACHE"])
+    monkeypatch.setenv("RISKCL_CACHE_DIR", _session_cache(tmp_path_factory))
 
 
 @pytest.fixture(scope="session")
@@ -39,8 +46,7 @@ def tiny_run(tmp_path_factory):
     from _tiny import tiny
     from riskcl.experiment import run_experiment
 
-    os.environ.setdefault("RISKCL_TEST_CACHE", str(tmp_path_factory.getbasetemp() / "riskcl-cache"))
-    os.environ["RISKCL_CACHE_DIR"] = os.environ["RISKCL_TEST_CACHE"]
+    os.environ["RISKCL_CACHE_DIR"] = _session_cache(tmp_path_factory)
     out = tmp_path_factory.mktemp("runs") / "tiny-ce"
     return out, run_experiment(tiny(), out)
 
@@ -61,8 +67,7 @@ def isic_run(tmp_path_factory):
         pytest.skip(f"ISIC 2018 / HAM10000 sample not found at {ISIC_SAMPLE}")
     from riskcl.cli import main
 
-    os.environ.setdefault("RISKCL_TEST_CACHE", str(tmp_path_factory.getbasetemp() / "riskcl-cache"))
-    os.environ["RISKCL_CACHE_DIR"] = os.environ["RISKCL_TEST_CACHE"]
+    os.environ["RISKCL_CACHE_DIR"] = _session_cache(tmp_path_factory)
     out = tmp_path_factory.mktemp("runs") / "isic"
     assert main(["train", "configs/isic2018_cpu.yaml", f"data.root={ISIC_SAMPLE}", "epochs=1", "--out", str(out),
                  "--quiet"]) == 0

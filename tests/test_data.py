@@ -38,7 +38,7 @@ def test_registry_names():
 # --- Brain Tumor MRI (real) ----------------------------------------------------------------------------------
 @needs_brain_mri
 def test_brain_mri_counts_duplicates_and_modes():
-    data = create_datasets("brain_mri", BRAIN_MRI, image_size=32, progress=False)
+    data = create_datasets("brain_mri", BRAIN_MRI, image_size=48, progress=False)
     c = data.info["counts"]
     merged = {k: c["train"][k] + c["val"][k] + c["calib"][k] for k in c["train"]}
     assert merged == {"glioma": 1321, "meningioma": 1339, "notumor": 1595, "pituitary": 1457}
@@ -53,7 +53,7 @@ def test_brain_mri_counts_duplicates_and_modes():
     test = data.datasets["test"]
     assert test.ids[0].startswith("Te-") and len(test.ids) == 1311
     x, _ = data.datasets["train"][0]
-    assert x.shape == (3, 32, 32)
+    assert x.shape == (3, 48, 48)
     # Hash groups keep byte-identical copies on one side of the carved train / val / calib splits.
     tr, va, ca = (set(data.datasets[s].groups) for s in ("train", "val", "calib"))
     assert not tr & va and not tr & ca and not va & ca
@@ -63,7 +63,7 @@ def test_brain_mri_counts_duplicates_and_modes():
 def test_brain_mri_duplicate_policy_drop_and_error():
     from riskcl.data.duplicates import file_md5
 
-    data = create_datasets("brain_mri", BRAIN_MRI, image_size=32, duplicates="drop", progress=False)
+    data = create_datasets("brain_mri", BRAIN_MRI, image_size=48, duplicates="drop", progress=False)
     dropped = data.info["dropped_duplicates"]
     assert dropped and sum(len(d) for d in data.datasets.values()) + len(dropped) == 7023
     hashes = {s: {file_md5(p) for p in d.paths} for s, d in data.datasets.items()}
@@ -73,7 +73,7 @@ def test_brain_mri_duplicate_policy_drop_and_error():
         for b in hashes:
             assert a == b or not hashes[a] & hashes[b], (a, b)  # no image on two sides any more
     with pytest.raises(ValueError, match="byte-identical"):
-        create_datasets("brain_mri", BRAIN_MRI, image_size=32, duplicates="error", progress=False)
+        create_datasets("brain_mri", BRAIN_MRI, image_size=48, duplicates="error", progress=False)
 
 
 # --- BreaKHis (real sample) ----------------------------------------------------------------------------------
@@ -381,7 +381,7 @@ def test_random_label_files_give_typed_error_or_valid(tmp_path, text):
 
 @needs_isic
 def test_isic_real_sample_carves_by_lesion_with_metadata():
-    data = create_datasets("isic2018", ISIC_SAMPLE, image_size=8, progress=False)
+    data = create_datasets("isic2018", ISIC_SAMPLE, image_size=48, progress=False)  # the size isic_run trains at
     sizes = {s: len(d) for s, d in data.datasets.items()}
     assert sum(sizes.values()) == 3003 and all(n > 0 for n in sizes.values())
     lesions = {s: set(d.groups) for s, d in data.datasets.items()}

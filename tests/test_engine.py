@@ -73,6 +73,8 @@ def test_thread_count_shares_the_cores(tmp_path, monkeypatch):
 
     assert thread_count(3) == 3
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # `make test` sets it (two test workers share the cores)
+    monkeypatch.setattr("riskcl.engine.threads.busy_cores", lambda: 0)  # nor may another test's load count here
     with TrainingSlot(tmp_path) as slot:
         assert thread_count(None, slot) == max(1, usable_cores())
         (tmp_path / f"{slot.path.name.rsplit('-', 1)[0]}-1").write_text("1")  # pid 1 is alive: a second training

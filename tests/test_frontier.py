@@ -87,3 +87,26 @@ def test_a_method_that_misses_the_target_never_ranks_above_one_that_holds_it(tmp
     assert table.loc["greedy", "missed target (seeds)"] == 1 and not table.loc["greedy", "held target"]
     assert table.loc["greedy", "test specificity"] > table.loc["honest", "test specificity"]
     assert table.loc["honest", "rank"] == "1" and table.loc["greedy", "rank"] == "2 (missed target)"
+
+
+def test_the_difference_to_the_reference_is_paired_over_the_same_test_images(tmp_path):
+    # Both methods decide alike on every image but two benign ones, which only "better" clears: its specificity is
+    # 2/20 higher, and on every bootstrap resample of the same images it is never lower (the paired CI stays >= 0;
+    # intervals of the two specificities taken apart would overlap widely).
+    mal = np.linspace(0.6, 0.99, 20)
+    ref_ben = np.r_[np.linspace(0.0, 0.3, 10), np.linspace(0.7, 0.9, 10)]
+    better_ben = ref_ben.copy()
+    better_ben[10:12] = 0.1
+    for name, ben in (("ref", ref_ben), ("better", better_ben)):
+        split = (mal, ben)
+        _run(RunFolder(tmp_path / "runs" / name), {"calib": split, "val": split, "test": split}, method=name)
+    records, _ = find_runs(tmp_path / "runs")
+    table = fair_frontier_table(records, targets=[0.95], n_boot=200, reference="ref").set_index("method")
+    column = "specificity minus ref's"
+    spec = table["test specificity"]
+    assert spec["better"] - spec["ref"] == pytest.approx(0.1)
+    assert table.loc["better", column] == pytest.approx(0.1)
+    lo, hi = (float(v) for v in table.loc["better", f"{column} CI (paired)"].strip("[]").split(","))
+    assert 0.0 <= lo < 0.1 < hi
+    assert np.isnan(table.loc["ref", column]) and table.loc["ref", f"{column} CI (paired)"] == ""
+    assert column not in fair_frontier_table(records, targets=[0.95], n_boot=20).columns

@@ -193,3 +193,69 @@ def test_an_ensemble_of_fusion_runs_reads_the_metadata_too(fusion_run, tmp_path)
     run_experiment(replace(cfg, epochs=1, model=replace(cfg.model, metadata=[])), image_only)
     with pytest.raises(ValueError, match="other clinical metadata"):
         make_ensemble([run, image_only], tmp_path / "ens2")
+
+
+def test_the_metadata_csv_finds_images_by_path_or_name_and_refuses_two_different_rows(tmp_path):
+    from riskcl.deploy.scoring import metadata_rows
+
+    path = tmp_path / "meta.csv"
+    path.write_text("image,age,sex,dx\n/a/x.jpg,40,male,mel\ny.jpg,,female,nv\ny.jpg,,female,nv\n")
+    rows = metadata_rows(["/elsewhere/x.jpg", "/b/y.jpg", "z.jpg"], path, ["age", "sex"])
+    assert rows == [{"age": "40", "sex": "male"}, {"age": "", "sex": "female"}, {}]  # dx is never read
+    path.write_text("image,age\nx.jpg,40\n/other/x.jpg,41\n")
+    with pytest.raises(ValueError, match=r"line 3 gives /other/x.jpg .* keep one row per image"):
+        metadata_rows(["x.jpg"], path, ["age"])
+    path.write_text("file,age\nx.jpg,40\n")
+    with pytest.raises(ValueError, match="expected a column 'image'"):
+        metadata_rows(["x.jpg"], path, ["age"])
+
+
+def test_the_metadata_only_reference_is_a_logistic_regression_on_the_encoding_alone(fusion_run, tmp_path):
+    """Its test logits are the saved linear layer applied to the saved encoding of each image's metadata (plain
+    numpy: the pixels play no part); it has no image to fuse, so no no-metadata scoring and no fusion head."""
+    from safetensors.numpy import load_file
+
+    from riskcl.cli import main
+    from riskcl.decision import softmax
+    from riskcl.experiment import RunFolder, run_experiment
+    from riskcl.experiment.folder import NO_METADATA
+    from riskcl.report.collect import find_runs
+
+    _, root = fusion_run
+    cfg = config_from_dict({"name": "meta-only", "epochs": 3, "progress": False, "tta": "flip",
+                            "data": {"name": "isic2018", "root": str(root), "image_size": 16},
+                            "model": {"name": "metadata-only", "metadata": ["age", "sex"]},
+                            "optim": {"batch_size": 32, "lr": 0.05}})
+    out = tmp_path / "runs" / "meta-only"
+    m = run_experiment(cfg, out)
+    folder = RunFolder(out)
+    test, enc = folder.predictions("test"), folder.metadata_encoding()
+    x = enc.encode({"age": test["meta__age"], "sex": test["meta__sex"]})
+    weights = load_file(str(out / "model.safetensors"))
+    logits = x @ weights["linear.weight"].T + weights["linear.bias"]  # with TTA the run saves log-probabilities
+    np.testing.assert_allclose(softmax(test["logits"]), softmax(logits), atol=1e-5)
+    assert not folder.has_predictions(NO_METADATA) and NO_METADATA not in m and "fusion" not in m["run"]
+    assert m["run"]["metadata_inputs"] == ["age", "sex"]
+    (record,), _ = find_runs(tmp_path / "runs")
+    assert record.method == "ce" and record.run["model"] == "metadata-only"  # flips of an unread image: no TTA
+    assert main(["card", str(out), "--bootstrap", "20", "--out", str(tmp_path / "card.md")]) == 0
+    card = (tmp_path / "card.md").read_text()
+    assert "The model reads no image" in card and "logistic regression on the clinical inputs" in card
+    assert "reads no image: there is no saliency to show" in card and "metadata-only reference reads no" in card
+    # served: no input check or saliency (there is no image to check), and the answer follows the metadata alone
+    from fastapi.testclient import TestClient
+
+    from riskcl.deploy.serve import create_app
+
+    client = TestClient(create_app(out))
+    assert client.get("/model").json()["input_check_available"] is False
+    body = open(folder.splits().query("split == 'test'")["path"].iloc[0], "rb").read()
+    row = {"age": str(test["meta__age"][0]), "sex": str(test["meta__sex"][0])}
+    answer = client.post("/predict", files={"file": ("a.jpg", body, "image/jpeg")}, data={"metadata": json.dumps(row)})
+    expected = softmax(enc.encode({k: [v] for k, v in row.items()}) @ weights["linear.weight"].T
+                       + weights["linear.bias"])[0]
+    assert answer.status_code == 200 and answer.json()["p_malignant"] == pytest.approx(
+        float(expected[RunFolder(out).taxonomy().superclass == 1].sum()), abs=1e-5)
+    explain = client.post("/explain", files={"file": ("a.jpg", body, "image/jpeg")})
+    assert explain.status_code == 501 and "reads no image" in explain.json()["error"]
+    assert client.get("/health").status_code == 200

@@ -67,3 +67,38 @@ def test_modes_decode_to_rgb(tmp_path):
         Image.fromarray(arr).convert(mode).save(path)
         out = decode_rgb(path)
         assert out.shape == (20, 20, 3) and out.dtype == np.uint8 and out.flags.writeable, mode
+
+
+def _build_slowly(log, arr):
+    import os
+    import time
+
+    with open(log, "a") as fh:
+        fh.write(f"{os.getpid()}\n")
+    time.sleep(0.5)
+    arr[:] = 7
+    return {"built_by": os.getpid()}
+
+
+def test_processes_that_miss_one_cache_together_build_it_once(tmp_path):
+    """Two processes start on a cold cache at once (two runs of a sweep): one decodes, the other waits for it and
+    reads the same array; nothing is left half-written."""
+    import functools
+    import multiprocessing
+
+    from riskcl.data.images import cached_array
+
+    log = tmp_path / "builds.txt"
+    build = functools.partial(_build_slowly, log)
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=cached_array, args=(tmp_path / "cache", "x-8px-key", (4, 8, 8, 3), build))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert len(log.read_text().split()) == 1  # built once
+    arr, meta = cached_array(tmp_path / "cache", "x-8px-key", (4, 8, 8, 3), build)
+    assert (np.asarray(arr) == 7).all() and meta["built_by"] == int(log.read_text())
+    assert len(log.read_text().split()) == 1 and not list((tmp_path / "cache" / "images").glob("*.tmp*"))

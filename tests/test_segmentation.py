@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from _browser import CHROMIUM
 from _standins import make_isic_seg, write_mask
 from conftest import ISIC_SAMPLE, needs_isic
 from riskcl.config import ConfigError, config_from_dict
@@ -416,6 +417,23 @@ def test_card_serve_and_report_of_a_segmentation_run(seg_run, tmp_path):
     report = (tmp_path / "report" / "REPORT.md").read_text()
     assert "Dice and under-segmentation" in report and "rcl-pixel" in report
     assert (tmp_path / "report" / "figures" / "dice_vs_missed_seg_demo_resnet10t.png").is_file()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (apt-get install chromium); .ci/run installs it")
+def test_the_served_page_in_headless_chromium_outlines_what_riskcl_predict_says(seg_run, tmp_path):
+    from _browser import screenshot_page
+    from riskcl.deploy.scoring import predict_files
+
+    image = _images(tmp_path, 1)[0]
+    shown = screenshot_page(seg_run, image, tmp_path / "seg_page.png")
+    (row,), *_ = predict_files(seg_run, [str(image)])  # the same operating point the server uses
+    assert shown["decision"] == ("REVIEW" if row["decision"] == "refer" else "OUTLINED")
+    assert shown["overlay_alt"] == "the lesion's outline" and shown["preview"] and "p(lesion)" in shown["op"]
+    if row["lesion_px"]:
+        assert f"({row['lesion_px']} pixels)" in shown["summary"] and f"{row['threshold']:.4f}" in shown["summary"]
+    else:
+        assert shown["summary"] == "No lesion found at the operating threshold."
+    assert "p(malignant)" not in shown["summary"] + shown["op"]
 
 
 def test_subgroups_and_a_threshold_per_group(seg_run, tmp_path):

@@ -17,11 +17,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from _browser import CHROMIUM, free_port, screenshot_page, wait_up
 from conftest import BRAIN_MRI, demo_png, needs_brain_mri
 from riskcl.deploy.scoring import predict_files
 from riskcl.deploy.serve import create_app
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
@@ -114,72 +114,6 @@ def test_health_answers_while_a_slow_request_runs(tiny_run):
 
 
 # --- the real page in a real browser -------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_up(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    import urllib.request
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"riskcl serve exited: {proc.stdout.read() if proc.stdout else ''}")
-        try:
-            with urllib.request.urlopen(url + "health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(f"riskcl serve did not answer at {url}")
-
-
-def screenshot_page(run: Path, image: Path, shot: Path, bad: Path | None = None) -> dict[str, str]:
-    """Start `riskcl serve` on a free port, upload ``image`` through the page in headless Chromium, wait for the
-    decision and the overlay, save a screenshot; then (``bad``) upload a file that is no image. Returns what the
-    page shows. The server is stopped by its PID."""
-    from playwright.sync_api import sync_playwright
-
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/"
-    proc = subprocess.Popen([sys.executable, "-m", "riskcl", "serve", str(run), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        _wait_up(url, proc)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                "--disable-background-networking", "--disable-component-update"])
-            page = browser.new_page(viewport={"width": 1100, "height": 760})
-            page.goto(url)
-            page.wait_for_function("document.getElementById('op').textContent.length > 0")
-            page.set_input_files("#file", str(image))
-            page.wait_for_selector("#result:not([hidden])")
-            page.wait_for_function("document.getElementById('overlay').complete && "
-                                   "document.getElementById('overlay').naturalWidth > 0")
-            shown = {k: page.inner_text(f"#{k}") for k in ("decision", "predicted", "p_malignant", "op", "filename",
-                                                            "notice")}
-            shown["preview"] = page.evaluate("document.getElementById('preview').naturalWidth > 0")
-            page.screenshot(path=str(shot), full_page=True)
-            if bad is not None:  # a failed upload clears the previous result: no old overlay beside a new file
-                page.set_input_files("#file", str(bad))
-                page.wait_for_function("document.getElementById('error').textContent.length > 0")
-                shown["bad_error"] = page.inner_text("#error")
-                shown["bad_filename"] = page.inner_text("#filename")
-                shown["bad_result_hidden"] = page.evaluate("document.getElementById('result').hidden")
-                shown["bad_overlay_src"] = page.evaluate("document.getElementById('overlay').getAttribute('src')")
-            browser.close()
-        return shown
-    finally:
-        os.kill(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 @pytest.fixture(scope="module")
 def brain_run(tmp_path_factory):
     from riskcl.config import load_config
@@ -241,14 +175,14 @@ def _spooled_bytes(pid: int, tmpdir: Path) -> int:
 def live_server(tiny_run, tmp_path_factory):
     """`riskcl serve` in its own process on 127.0.0.1 with a 1 MB upload limit and a private temp folder."""
     tmpdir = tmp_path_factory.mktemp("spool")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/"
     env = {**os.environ, "TMPDIR": str(tmpdir)}
     proc = subprocess.Popen([sys.executable, "-m", "riskcl", "serve", str(tiny_run[0]), "--port", str(port),
                              "--max-upload-mb", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env)
     try:
-        _wait_up(url, proc)
+        wait_up(url, proc)
         yield port, proc, tmpdir
     finally:
         proc.send_signal(signal.SIGINT)

@@ -412,7 +412,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
 
 
 def _check_fusion(cfg: ExperimentConfig) -> None:
-    from .data.encoding import ALWAYS_LABEL_DERIVED, FUSION_HEADS, label_derived_reason
+    from .data.encoding import ALWAYS_LABEL_DERIVED, FUSION_HEADS, METADATA_ONLY, label_derived_reason
 
     m = cfg.model
     _check(m.fusion in FUSION_HEADS, "model.fusion", m.fusion, f"one of {list(FUSION_HEADS)}")
@@ -424,7 +424,7 @@ def _check_fusion(cfg: ExperimentConfig) -> None:
         _check(column not in ALWAYS_LABEL_DERIVED, "model.metadata", m.metadata,
                f"columns not derived from the label ('{column}': {label_derived_reason(column)})")
     _check(len(set(m.metadata)) == len(m.metadata), "model.metadata", m.metadata, "each column once")
-    _check(m.name != "metadata-only" or bool(m.metadata), "model.metadata", m.metadata,
+    _check(m.name != METADATA_ONLY or bool(m.metadata), "model.metadata", m.metadata,
            "the columns the metadata-only reference reads (model.name: metadata-only)")
 
 

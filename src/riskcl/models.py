@@ -14,11 +14,10 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .data.encoding import FUSION_HEADS
+from .data.encoding import FUSION_HEADS, METADATA_ONLY
 
 log = logging.getLogger(__name__)
 PRETRAINED_CHOICES = ("auto", True, False)
-METADATA_ONLY = "metadata-only"  # model.name of the reference that reads the metadata alone
 
 
 class WeightsUnavailableError(RuntimeError):

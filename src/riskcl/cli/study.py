@@ -157,7 +157,8 @@ def _add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="report folder (default: RUNS_DIR/report)")
     p.add_argument("--baseline", default="focal", help="baseline of the Table III comparison")
     p.add_argument("--method", default="rcl-proposed", help="method of the Table III comparison")
-    p.add_argument("--reference", default="ce", help="model whose post-hoc threshold is compared")
+    p.add_argument("--reference", default="ce", help="the method (as the report names it: ce, ce+tta, ...) the others "
+                   "are compared with: its post-hoc threshold, and the fair frontier's specificity differences")
     p.add_argument("--bootstrap", type=int, default=N_BOOT, help="bootstrap resamples for the CIs")
     p.add_argument("--targets", type=float, nargs="+", default=list(FRONTIER_TARGETS),
                    help="target sensitivities of the fair comparison (thresholds chosen on held-out data)")
@@ -293,11 +294,12 @@ def _add_ensemble(p: argparse.ArgumentParser) -> None:
 
 def _ensemble(a: argparse.Namespace) -> int:
     from ..experiment.ensemble import make_ensemble
+    from ..report.collect import method_label
 
     m = make_ensemble(a.runs, a.out)
     seg = m["run"].get("task") == "segmentation"
     print(f"ensemble of {len(a.runs)} runs (seeds {m['run']['seeds']}) -> {a.out}")
-    print_table([summary_row(m["run"]["loss"], m, "segmentation" if seg else "classification")],
+    print_table([summary_row(method_label(m["run"]), m, "segmentation" if seg else "classification")],
                 summary_columns("segmentation" if seg else "classification"))
     print(f"next: riskcl calibrate {a.out} --alpha A; evaluate, report, export, card and serve work on it as on any "
           f"run")

@@ -29,6 +29,7 @@ from .encode_metadata import _number, encode_row
 UNKNOWN = "unknown"
 ALWAYS_LABEL_DERIVED = ("label", "dx", "dx_type", "diagnosis", "class", "target")
 FUSION_HEADS = ("late", "film")  # how a model combines the image with these vectors (riskcl.models.FusionNet)
+METADATA_ONLY = "metadata-only"  # model.name of the reference that reads these vectors alone (no image)
 
 
 def label_derived_reason(column: str) -> str:

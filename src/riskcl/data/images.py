@@ -20,6 +20,7 @@ Decoding workers die with their parent, and the temp files of a killed build are
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -27,12 +28,12 @@ import signal
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from ..io import remove_stale_temps
+from ..io import atomic_write_text, remove_stale_temps
 from .duplicates import file_md5
 from .decoding import BadImageError, decode_rgb
 
@@ -165,23 +166,57 @@ def _cache_folder(cache_dir: Path) -> Path:
     return folder
 
 
+def cached_array(cache_dir: Path, stem: str, shape: tuple[int, ...], build: Callable[[np.ndarray], dict]
+                 ) -> tuple[np.ndarray, dict]:
+    """The memory-mapped ``uint8`` array ``<stem>.npy`` of the cache and its ``<stem>.json`` facts. On a miss,
+    ``build(array)`` fills a fresh array of ``shape`` and returns the facts; both are written to temporary files
+    and renamed into place, so a killed build leaves no torn cache. Processes that miss the same cache at once
+    (runs started together) build it once: the others wait on ``<stem>.mutex`` and read what it wrote."""
+    folder = _cache_folder(cache_dir)
+    remove_stale_temps(folder)
+    arr_path, meta_path = folder / f"{stem}.npy", folder / f"{stem}.json"
+    if arr_path.exists() and meta_path.exists():
+        return np.load(arr_path, mmap_mode="r"), json.loads(meta_path.read_text())
+    with _exclusive(folder / f"{stem}.mutex"):
+        if arr_path.exists() and meta_path.exists():  # built by another process while this one waited
+            return np.load(arr_path, mmap_mode="r"), json.loads(meta_path.read_text())
+        tmp = arr_path.with_suffix(f".tmp{os.getpid()}.npy")
+        try:
+            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+            meta = build(arr)
+            arr.flush()
+            del arr
+            os.replace(tmp, arr_path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        atomic_write_text(meta_path, json.dumps(meta))
+    return np.load(arr_path, mmap_mode="r"), meta
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (``flock``: released by the kernel when a holder dies); where locks
+    are unavailable (no ``fcntl``, a file system without them) the build goes ahead unlocked."""
+    try:
+        import fcntl
+
+        fh = open(path, "a")
+    except (ImportError, OSError):
+        yield
+        return
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+
+
 def cached_images(name: str, paths: Sequence[str], size: int, cache_dir: Path,
                   progress: bool = True) -> tuple[np.ndarray, dict[str, str], list[str]]:
     """The memory-mapped ``(N, size, size, 3)`` array for ``paths``, the ``{path: reason}`` of bad files and
-    every file's MD5 (in ``paths`` order).
-
-    Built on a miss, written to a temporary file and renamed into place, so a killed build leaves no torn cache.
-    """
-    key = fingerprint(paths, f"{name}|{size}")
-    folder = _cache_folder(cache_dir)
-    remove_stale_temps(folder)
-    arr_path, meta_path = folder / f"{name}-{size}px-{key}.npy", folder / f"{name}-{size}px-{key}.json"
-    if arr_path.exists() and meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        return np.load(arr_path, mmap_mode="r"), meta["bad"], meta["hashes"]
-    tmp = arr_path.with_suffix(f".tmp{os.getpid()}.npy")
-    try:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+    every file's MD5 (in ``paths`` order); built on a miss (:func:`cached_array`)."""
+    def build(arr: np.ndarray) -> dict:
         bad: dict[str, str] = {}
         hashes = [""] * len(paths)
         for i, (digest, res) in decode_all(paths, size, progress=progress):
@@ -190,15 +225,11 @@ def cached_images(name: str, paths: Sequence[str], size: int, cache_dir: Path,
                 bad[paths[i]] = res
             else:
                 arr[i] = res
-        arr.flush()
-        del arr
-        os.replace(tmp, arr_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    meta_tmp = meta_path.with_suffix(f".tmp{os.getpid()}")
-    meta_tmp.write_text(json.dumps({"name": name, "size": size, "n": len(paths), "bad": bad, "hashes": hashes}))
-    os.replace(meta_tmp, meta_path)
-    return np.load(arr_path, mmap_mode="r"), bad, hashes
+        return {"name": name, "size": size, "n": len(paths), "bad": bad, "hashes": hashes}
+
+    key = fingerprint(paths, f"{name}|{size}")
+    arr, meta = cached_array(cache_dir, f"{name}-{size}px-{key}", (len(paths), size, size, 3), build)
+    return arr, meta["bad"], meta["hashes"]
 
 
 def resize_array(images: np.ndarray, size: int) -> np.ndarray:

@@ -9,14 +9,12 @@ under the user cache folder, keyed by the mask files' fingerprint.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from ..io import remove_stale_temps
 from .decoding import BadImageError
 
 ASPECT_TOLERANCE = 0.02  # relative difference of height / width allowed between a mask and its image
@@ -93,24 +91,14 @@ def _load(args: tuple[str, str, int]) -> np.ndarray | str:
 
 def cached_masks(name: str, mask_paths: Sequence[str], image_paths: Sequence[str], size: int, cache_dir: Path,
                  progress: bool = True) -> tuple[np.ndarray, dict[str, str]]:
-    """The memory-mapped ``(N, size, size)`` ``uint8`` masks and the ``{mask path: reason}`` of bad ones.
-
-    Built on a miss into a temporary file renamed into place (a killed build leaves no torn cache)."""
+    """The memory-mapped ``(N, size, size)`` ``uint8`` masks and the ``{mask path: reason}`` of bad ones; built on
+    a miss (:func:`riskcl.data.images.cached_array`)."""
     from tqdm.auto import tqdm
 
-    from .images import _cache_folder, fingerprint
+    from .images import cached_array, fingerprint
 
-    present = [p for p in mask_paths if os.path.isfile(p)]
-    key = fingerprint(present, f"masks|{name}|{size}|{len(mask_paths)}|" + "|".join(mask_paths[:1]))
-    folder = _cache_folder(cache_dir)
-    remove_stale_temps(folder)
-    arr_path, meta_path = folder / f"{name}-masks-{size}px-{key}.npy", folder / f"{name}-masks-{size}px-{key}.json"
-    if arr_path.exists() and meta_path.exists():
-        return np.load(arr_path, mmap_mode="r"), json.loads(meta_path.read_text())["bad"]
-    tmp = arr_path.with_suffix(f".tmp{os.getpid()}.npy")
-    bad: dict[str, str] = {}
-    try:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(mask_paths), size, size))
+    def build(arr: np.ndarray) -> dict:
+        bad: dict[str, str] = {}
         jobs = list(zip(mask_paths, image_paths, [size] * len(mask_paths)))
         for i, job in enumerate(tqdm(jobs, desc=f"decoding {len(jobs)} masks @{size}px", disable=not progress,
                                      leave=False, mininterval=2.0)):
@@ -119,15 +107,12 @@ def cached_masks(name: str, mask_paths: Sequence[str], image_paths: Sequence[str
                 bad[mask_paths[i]] = res
             else:
                 arr[i] = res
-        arr.flush()
-        del arr
-        os.replace(tmp, arr_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    meta_tmp = meta_path.with_suffix(f".tmp{os.getpid()}")
-    meta_tmp.write_text(json.dumps({"name": name, "size": size, "n": len(mask_paths), "bad": bad}))
-    os.replace(meta_tmp, meta_path)
-    return np.load(arr_path, mmap_mode="r"), bad
+        return {"name": name, "size": size, "n": len(mask_paths), "bad": bad}
+
+    present = [p for p in mask_paths if os.path.isfile(p)]
+    key = fingerprint(present, f"masks|{name}|{size}|{len(mask_paths)}|" + "|".join(mask_paths[:1]))
+    arr, meta = cached_array(cache_dir, f"{name}-masks-{size}px-{key}", (len(mask_paths), size, size), build)
+    return arr, meta["bad"]
 
 
 def resize_mask_array(masks: np.ndarray, size: int) -> np.ndarray:

@@ -110,36 +110,23 @@ class OperatingPoint:
 
     def describe(self) -> str:
         """The point in one plain sentence (what the threshold is and what, if anything, it guarantees)."""
-        if self.segmentation:
-            return self._describe_pixels()
-        probs = "p(malignant)" + (f" after temperature scaling (T = {self.temperature:.3g})"
-                                  if self.temperature != 1.0 else "") + \
-            (" averaged over 4 flips (test-time augmentation)" if self.tta == "flip" else "")
-        if self.rule == "argmax":
+        if self.rule == "argmax" and not self.segmentation:
             return "the fine-class argmax (the paper's rule): no threshold, no guarantee"
+        score, act, after, missing = (("p(lesion)", "a pixel is lesion when", "",
+                                       "no guarantee on the missed share of the lesion") if self.segmentation else
+                                      ("p(malignant)", "refer when", ", then the most probable class within the "
+                                       "decided superclass", "no guarantee"))
+        probs = score + (f" after temperature scaling (T = {self.temperature:.3g})" if self.temperature != 1.0
+                         else "") + (" averaged over 4 flips (test-time augmentation)" if self.tta == "flip" else "")
         if self.method == "default":
-            return (f"the default rule: refer when {probs} >= {self.threshold:g}, then the most probable class "
-                    f"within the decided superclass (not calibrated: no guarantee; `riskcl calibrate` gives one)")
+            return (f"the default rule: {act} {probs} >= {self.threshold:g}{after} (not calibrated: {missing}; "
+                    f"`riskcl calibrate` gives one)")
         if self.method == "manual":
-            return f"a threshold given by hand: refer when {probs} >= {self.threshold:g} (no guarantee)"
+            return f"a threshold given by hand: {act} {probs} >= {self.threshold:g} (no guarantee)"
         cert = "" if self.certified else " NOT CERTIFIED (used with --allow-uncertified): no guarantee holds; "
         where = f" per '{self.by}' group ({self.threshold:.4f} pooled)" if self.per_group else ""
-        return (f"{cert}refer when {probs} >= {self.threshold:.4f}{where}, chosen by {self.method} on the "
+        return (f"{cert}{act} {probs} >= {self.threshold:.4f}{where}, chosen by {self.method} on the "
                 f"{self.split} split: {self.guarantee}")
-
-    def _describe_pixels(self) -> str:
-        probs = "p(lesion)" + (f" after temperature scaling (T = {self.temperature:.3g})"
-                               if self.temperature != 1.0 else "") + \
-            (" averaged over 4 flips (test-time augmentation)" if self.tta == "flip" else "")
-        if self.method == "default":
-            return (f"the default rule: a pixel is lesion when {probs} >= {self.threshold:g} (not calibrated: no "
-                    f"guarantee on the missed share of the lesion; `riskcl calibrate` gives one)")
-        if self.method == "manual":
-            return f"a threshold given by hand: a pixel is lesion when {probs} >= {self.threshold:g} (no guarantee)"
-        cert = "" if self.certified else " NOT CERTIFIED (used with --allow-uncertified): no guarantee holds; "
-        where = f" per '{self.by}' group ({self.threshold:.4f} pooled)" if self.per_group else ""
-        return (f"{cert}a pixel is lesion when {probs} >= {self.threshold:.4f}{where}, chosen by {self.method} on "
-                f"the {self.split} split: {self.guarantee}")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

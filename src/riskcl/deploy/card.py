@@ -18,6 +18,7 @@ import pandas as pd
 from .. import __version__
 from .._checks import check_int, check_number
 from ..config import run_cost_distribution
+from ..data.encoding import METADATA_ONLY
 from ..data.registry import dataset_license
 from ..decision import OperatingPoint, decide
 from ..defaults import MIN_SENSITIVITY, MIN_SPECIFICITY, N_BOOT
@@ -192,6 +193,8 @@ def _details(doc: Document, c: CardContext) -> None:
     seg = c.op.segmentation
     details = {"architecture": (f"{run.get('arch', 'unet')} (segmentation-models-pytorch) on the timm encoder "
                                 f"{run['model']}, one lesion logit per pixel" if seg else
+                                f"logistic regression on the clinical inputs {run['metadata_inputs']} alone "
+                                f"(no image), {len(tax.classes)} classes" if run["model"] == METADATA_ONLY else
                                 f"{run['model']} (timm), {len(tax.classes)} classes"
                                 + (f", fused with the clinical inputs {run['metadata_inputs']} "
                                    f"({run['fusion']['head']} head)" if run.get("fusion") else "")),
@@ -364,7 +367,12 @@ def _metadata_inputs(doc: Document, c: CardContext) -> None:
     if encoding is None:
         return
     doc.heading("Clinical inputs")
-    fusion = c.run.get("fusion") or {}
+    fusion = c.run.get("fusion")
+    if fusion is None:  # the metadata-only reference
+        doc.para(f"The model reads no image: only {encoding.column_names} ({encoding.dim} encoded features; fitted on "
+                 f"the training split only), by logistic regression. It is a reference for what the clinical data "
+                 f"alone carry; when a clinic sends none it gives every case the same answer.")
+        return
     doc.para(f"Besides the image the model reads {encoding.column_names} ({encoding.dim} encoded features; fitted on "
              f"the training split only: numeric columns standardised, categorical one-hot with an explicit unknown; "
              f"a missing value encodes as unknown), through the `{fusion.get('head', '?')}` fusion head with metadata "
@@ -437,9 +445,13 @@ def _type_ii_section(doc: Document, c: CardContext) -> None:
 
 
 def _input_check(doc: Document, c: CardContext) -> None:
-    from ..experiment.input_check import load_input_check, split_distances
+    from ..experiment.input_check import load_input_check, not_applicable, split_distances
 
     doc.heading("Input check")
+    reason = not_applicable(c.folder)
+    if reason:
+        doc.para(f"The service flags no unusual images for this model ({reason}).")
+        return
     try:  # needs the run's cached images (the data folder); the card is still written without them
         check = load_input_check(c.folder.path)
         flagged = float(np.mean(split_distances(c.folder, "test", check) > check.threshold))

@@ -29,12 +29,14 @@ from ..experiment.calibrate import operating_point
 from ..experiment.folder import RunFolder
 from ..io import atomic_write_with, make_folder
 from ..metrics import malignant_probability
+from ..models import MetadataOnlyNet
 from ..taxonomy import Taxonomy
 from .predict import missed_malignant, predict_arrays
 
 DISPLAY = 224
 MIN_GRID = 4          # cells per side the saliency layer must have at the run's input size
 BLANK_RANGE = 1e-6    # a map whose max - min is below this is blank
+NO_IMAGE_NOTE = "the metadata-only reference reads no image: there is no saliency to show"
 BLANK_NOTE = ("blank saliency map: the map is constant, so it shows nothing about where the model looked (the "
               "method found no spatial signal at this input size)")
 
@@ -65,6 +67,8 @@ def target_layer(model: torch.nn.Module, image_size: int | None = None) -> tuple
         return model.blocks[-1].norm1, tokens_to_grid
     info = getattr(model, "feature_info", None)
     if info is None:
+        if isinstance(model, MetadataOnlyNet):
+            raise ValueError(NO_IMAGE_NOTE)
         raise ValueError(f"{type(model).__name__}: no timm feature_info to find a saliency layer in")
     stages = info if isinstance(info, list) else [{"module": m, "reduction": r}
                                                    for m, r in zip(info.module_name(), info.reduction())]

@@ -92,8 +92,11 @@ class RunModel:
 
     def load_input_check(self):
         """``(check, text)``: the run's input check, or None and why it is unavailable (e.g. its data moved)."""
-        from ..experiment.input_check import load_input_check
+        from ..experiment.input_check import load_input_check, not_applicable
 
+        reason = not_applicable(self.folder)
+        if reason:
+            return None, reason
         try:  # fitted once from the run's cached validation / calibration images
             check = load_input_check(self.folder.path)
         except (OSError, ValueError) as exc:

@@ -26,7 +26,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, NamedTuple, Protocol, Sequence
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
@@ -236,26 +236,45 @@ def rows_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = Non
     return buf.getvalue()
 
 
-def metadata_rows(images: Sequence[str | os.PathLike], metadata: str | os.PathLike | None,
-                  columns: Sequence[str]) -> list[dict[str, str]]:
-    """Each image's ``{column: value}`` for a fusion model, from a CSV with an ``image`` column (paths or file
-    names) and any of ``columns``; an image without a row, or a column the CSV lacks, counts as missing (the
-    model then decides from what it has). None: every image's metadata missing."""
-    if metadata is None:
-        return [{} for _ in images]
+def read_image_csv(path: str | os.PathLike, columns: Sequence[str], required: Sequence[str] = ()
+                   ) -> dict[str, dict[str, str]]:
+    """``{image: {column: value}}`` from a CSV with an ``image`` column (paths or file names; each row is found by
+    either) and any of ``columns`` (``required`` ones must be there). An image given two different rows is refused
+    naming the line."""
     try:
-        with open(metadata, encoding="utf-8", newline="") as fh:
+        with open(path, encoding="utf-8", newline="") as fh:
             reader = csv.DictReader(fh)
             header, records = list(reader.fieldnames or []), list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"{metadata}: cannot read it as a CSV ({exc})") from None
-    if "image" not in header:
-        raise ValueError(f"{metadata}: expected a column 'image' and some of {list(columns)}, but got {header}")
-    by_image: dict[str, dict[str, str]] = {}
-    for record in records:
-        row = {c: record[c] for c in columns if c in record}
-        by_image[str(record["image"])] = by_image[Path(record["image"]).name] = row
-    return [by_image.get(str(img), by_image.get(Path(img).name, {})) for img in images]
+        raise ValueError(f"{path}: cannot read it as a CSV ({exc})") from None
+    if "image" not in header or any(c not in header for c in required):
+        wanted = (f"columns 'image' and {list(required)}" if required
+                  else f"a column 'image' and some of {list(columns)}")
+        raise ValueError(f"{path}: expected {wanted}, but got {header}")
+    table: dict[str, dict[str, str]] = {}
+    for k, record in enumerate(records):
+        image, row = record["image"], {c: record[c] for c in columns if c in record}
+        for key in {str(image), Path(image).name}:
+            if key in table and table[key] != row:
+                raise ValueError(f"{path}: line {k + 2} gives {image} {row}, an earlier line {table[key]}; keep one "
+                                 f"row per image")
+            table[key] = row
+    return table
+
+
+def _row_of(table: Mapping[str, dict[str, str]], image: str | os.PathLike) -> dict[str, str] | None:
+    return table.get(str(image), table.get(Path(image).name))
+
+
+def metadata_rows(images: Sequence[str | os.PathLike], metadata: str | os.PathLike | None,
+                  columns: Sequence[str]) -> list[dict[str, str]]:
+    """Each image's ``{column: value}`` for a fusion model, from a CSV with an ``image`` column and any of
+    ``columns`` (:func:`read_image_csv`); an image without a row, or a column the CSV lacks, counts as missing (the
+    model then decides from what it has). None: every image's metadata missing."""
+    if metadata is None:
+        return [{} for _ in images]
+    table = read_image_csv(metadata, columns)
+    return [_row_of(table, img) or {} for img in images]
 
 
 def image_groups(op: OperatingPoint, images: Sequence[str | os.PathLike], metadata: str | os.PathLike | None
@@ -267,28 +286,13 @@ def image_groups(op: OperatingPoint, images: Sequence[str | os.PathLike], metada
     if metadata is None:
         raise ValueError(f"calibration.json holds one threshold per '{by}' group: predict needs each image's group "
                          f"(--metadata CSV with columns image,{by}), or --threshold / --default-rule")
-    try:
-        with open(metadata, encoding="utf-8", newline="") as fh:
-            reader = csv.DictReader(fh)
-            columns, records = list(reader.fieldnames or []), list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"{metadata}: cannot read it as a CSV ({exc})") from None
-    if "image" not in columns or by not in columns:
-        raise ValueError(f"{metadata}: expected columns 'image' and '{by}', but got {columns}")
-    group_of: dict[str, str] = {}
-    for k, record in enumerate(records):
-        image, value = record["image"], record[by]
-        for key in {str(image), Path(image).name}:
-            if key in group_of and group_of[key] != value:
-                raise ValueError(f"{metadata}: line {k + 2} gives {image} the '{by}' {value!r}, an earlier line "
-                                 f"{group_of[key]!r}; keep one row per image")
-            group_of[key] = value
+    table = read_image_csv(metadata, [by], required=[by])
     out = []
     for img in images:
-        g = group_of.get(str(img), group_of.get(Path(img).name))
-        if g is None:
+        row = _row_of(table, img)
+        if row is None:
             raise ValueError(f"{metadata}: no row for image {img} (column 'image' holds paths or file names)")
-        out.append(str(g))
+        out.append(str(row[by]))
     unseen = sorted(set(out) - set(op.groups or {}))
     if unseen:
         fallback = op.threshold if op.fallback is None else op.fallback

@@ -38,6 +38,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from .._checks import check_int, check_method, check_number
 from ..data.decoding import BadImageError, decode_bytes
+from ..data.encoding import METADATA_ONLY
 from ..decision import OperatingPoint
 from ..defaults import BORDERLINE, MAX_BATCH, MAX_WAIT_MS, SALIENCY
 from .batching import MicroBatcher
@@ -167,7 +168,10 @@ class TriageService:
 
             self.input_check, check_text = self.scorer.load_input_check()
             description = {**describe_run(self.scorer.folder, self.op), "format": "served by riskcl (PyTorch)"}
-            saliency_note = ""
+            from .explain import NO_IMAGE_NOTE
+
+            saliency_note = (NO_IMAGE_NOTE[0].upper() + NO_IMAGE_NOTE[1:] + "."
+                             if self.scorer.folder.read_config().model.name == METADATA_ONLY else "")
         else:
             self.input_check = None
             check_text = "not in an export (serve the run folder to flag unusual images)"

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..data.augment import to_model_input
+from ..data.encoding import METADATA_ONLY
 from ..data.images import resize_uint8
 from ..engine import BatchFeeder, resolve_device
 from .folder import RunFolder
@@ -73,12 +74,26 @@ def split_distances(folder: RunFolder, split: str, check: InputCheck) -> np.ndar
     return check.distances(_split_features(folder, folder.load_model(), split))
 
 
+def not_applicable(folder: RunFolder) -> str | None:
+    """Why a run has no input check by design (None: it has one)."""
+    cfg = folder.read_config()
+    if cfg.task == "segmentation":
+        return "not available for segmentation models yet"
+    if cfg.model.name == METADATA_ONLY:
+        return "not applicable: the metadata-only reference reads no image"
+    return None
+
+
 def fit_input_check(run_dir: str | Path, quantile: float = QUANTILE) -> InputCheck:
-    """Fit the check on the run's validation (mean, covariance) and calibration (threshold) splits and save it."""
+    """Fit the check on the run's validation (mean, covariance) and calibration (threshold) splits and save it
+    (``ValueError`` with the reason for a model that has none, :func:`not_applicable`)."""
     from sklearn.covariance import LedoitWolf
 
     folder = RunFolder(run_dir)
     folder.require_finished(None)
+    reason = not_applicable(folder)
+    if reason:
+        raise ValueError(f"{folder.path}: no input check ({reason})")
     model = folder.load_model()
     fit = _split_features(folder, model, "val")
     split = "calib" if "calib" in set(folder.splits()["split"]) else "val"

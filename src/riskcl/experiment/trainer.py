@@ -20,6 +20,7 @@ import torch
 from .. import __version__
 from ..config import ExperimentConfig, run_cost_matrix, run_loss
 from ..data import SplitData
+from ..data.encoding import METADATA_ONLY
 from ..distributed import DistInfo, barrier, wrap_model
 from ..engine import BatchFeeder, TrainingSlot, apply_threads, predict_logits, train_one_epoch
 from ..tasks import task_of
@@ -168,7 +169,9 @@ class Trainer:
                                             **self.common)
             self.folder.write_predictions(split, logits, target, self.data.datasets[split])
             out[split] = (logits, target)
-        if self.encoding is not None:  # what happens when a clinic sends no metadata: the test split again
+        if self.encoding is not None and self.cfg.model.name != METADATA_ONLY:
+            # what happens when a clinic sends no metadata: the test split again (a metadata-only model would
+            # give every case one answer: nothing to measure)
             test = self.data.datasets["test"]
             with_metadata = test.features
             test.features = np.repeat(self.encoding.missing_row()[None], len(test), axis=0)
@@ -209,6 +212,7 @@ class Trainer:
         extra = {s: reports[s] for s in ("val", "calib", NO_METADATA) if s in reports}
         if self.encoding is not None:
             run["metadata_inputs"] = self.encoding.column_names
-            run["fusion"] = {"head": cfg.model.fusion, "metadata_dropout": cfg.model.metadata_dropout,
-                             "features": self.encoding.dim}
+            if cfg.model.name != METADATA_ONLY:  # the reference reads no image: nothing is fused
+                run["fusion"] = {"head": cfg.model.fusion, "metadata_dropout": cfg.model.metadata_dropout,
+                                 "features": self.encoding.dim}
         return {**reports["test"], **extra, "run": run}

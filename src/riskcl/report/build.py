@@ -162,11 +162,11 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, baseline: str = "foc
                  "type_ii": "Type II (mean)"})
     paired = paired_table(summary, baseline, method)
     matched = matched_sensitivity_table(records, reference)
-    fair = fair_frontier_table(records, targets, n_boot)
+    fair = fair_frontier_table(records, targets, n_boot, reference=reference)
     recalls = recall_table(records, targets[0])
     from ..experiment.folder import NO_METADATA
 
-    masked = fair_frontier_table(records, targets, n_boot, test_split=NO_METADATA)
+    masked = fair_frontier_table(records, targets, n_boot, test_split=NO_METADATA, reference=reference)
     figures: list[tuple[str, str]] = []
     for (ds, model), part in summary.groupby(["dataset", "model"]):
         recs = [r for r in records if r.run["dataset"] == ds and r.run["model"] == model]
@@ -197,12 +197,15 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, baseline: str = "foc
          "actually reached (means over seeds, 95% bootstrap CIs over test images), how many seeds missed the "
          "target, the standardised partial AUROC of p(malignant) for sensitivity >= 0.9, and the rank at each "
          "target: the methods that held the target on test in most seeds first, by test specificity, then the others "
-         "(marked `missed target`), so that missing the target is never rewarded.", fair),
+         "(marked `missed target`), so that missing the target is never rewarded. Where runs of the reference "
+         f"`{reference}` share the test split: each method's test specificity minus the reference's at the same "
+         "target, with a paired bootstrap CI over the same test images.", fair),
         (f"Per-class recall at the fair threshold for {targets[0]:g} sensitivity", "Test split, means over seeds; "
          "balanced accuracy is the mean recall over the classes.", recalls),
         ("Fusion models when a clinic sends no metadata", "Every run that reads clinical metadata, scored again on "
          "its test split with every image's metadata missing, at the same thresholds (chosen on the held-out split "
-         "with metadata). Compare with the fair frontier above.", masked),
+         "with metadata). Compare with the fair frontier above; the difference to the reference is to its test "
+         "predictions as they are (an image-only reference has no metadata to miss).", masked),
         (f"Retraining vs a post-hoc threshold on `{reference}` (test-matched: an upper bound)",
          f"For each method and seed, `{reference}` with its p(malignant) threshold lowered until its test sensitivity "
          "reaches the method's; columns are means over seeds. The threshold is matched on the test split itself, so "

@@ -12,11 +12,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..data.encoding import METADATA_ONLY
 from ..experiment.folder import RunFolder
 from ..metrics import REPORT_KEYS
 from ..taxonomy import Taxonomy
 
 METRIC_COLUMNS = (*REPORT_KEYS, "n")
+
+
+def method_label(run: dict[str, Any]) -> str:
+    """How tables name a run's method: the loss and its parameters, ``+tta`` (for a model that reads images), and
+    a fusion model's head and metadata dropout (``ce+tta+late-dropout0.3``)."""
+    params = run.get("loss_params") or {}
+    extra = ",".join(f"{k}={v}" for k, v in sorted(params.items()))
+    tta = "+tta" if run.get("tta", "none") != "none" and run["model"] != METADATA_ONLY else ""
+    fusion = run.get("fusion")
+    meta = "" if not fusion else (f"+{fusion['head']}" + (f"-dropout{fusion['metadata_dropout']:g}"
+                                                           if fusion.get("metadata_dropout") else ""))
+    return run["loss"] + (f"({extra})" if extra else "") + tta + meta
 
 
 @dataclass
@@ -41,13 +54,7 @@ class RunRecord:
 
     @property
     def method(self) -> str:
-        params = self.run.get("loss_params") or {}
-        extra = ",".join(f"{k}={v}" for k, v in sorted(params.items()))
-        tta = "+tta" if self.run.get("tta", "none") != "none" else ""
-        fusion = self.run.get("fusion")
-        meta = "" if not fusion else (f"+{fusion['head']}" + (f"-dropout{fusion['metadata_dropout']:g}"
-                                                               if fusion.get("metadata_dropout") else ""))
-        return self.run["loss"] + (f"({extra})" if extra else "") + tta + meta + self.variant
+        return method_label(self.run) + self.variant
 
     def predictions(self, split: str = "test") -> dict[str, np.ndarray]:
         """The run's saved predictions, read once per report; the test split in its pool's image-id order, so

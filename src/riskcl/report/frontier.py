@@ -7,6 +7,11 @@ and the table reports what it reached there (it may miss the target: that is the
 and accuracy, with bootstrap CIs over test images (seed-averaged), and the standardised partial AUROC of
 p(malignant) over the high-sensitivity end.
 
+With a reference method (``riskcl report --reference``), every other method's test specificity is also given
+minus the reference's at the same target, with a paired bootstrap CI (the same resampled test images for both):
+the direct answer to "does it beat the reference, and by how much". The table of fusion models scored without
+their metadata compares them with the reference as it is (its own test predictions).
+
 Ranking never rewards missing the target: at each target, the methods that held it on test in most seeds (more
 seeds reached it than missed it) come first, ranked by test specificity; the others follow, ranked the same way
 and marked ``(missed target)``. A method that buys specificity by falling short of the sensitivity asked for
@@ -15,7 +20,7 @@ cannot rank above one that delivered it.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -87,12 +92,38 @@ def _seed_mean(metric):
     return f
 
 
+def _reference_key(key: tuple, stash: dict[tuple, Any], reference: str | None) -> tuple | None:
+    """The reference method's group for ``key = (dataset, model, method)``: the same model's when it has one, else
+    the one model of the data set that has it (None: no reference, or several to choose from)."""
+    if reference is None or key[2] == reference:
+        return None
+    if (key[0], key[1], reference) in stash:
+        return key[0], key[1], reference
+    found = [k for k in stash if k[0] == key[0] and k[2] == reference]
+    return found[0] if len(found) == 1 else None
+
+
+def _specificity_difference(labels: np.ndarray, ref_labels: np.ndarray, target_y: np.ndarray, tax,
+                            n_boot: int, seed: int) -> tuple[float, float, float]:
+    """Paired bootstrap over test images of (seed-mean specificity of a method) - (that of the reference)."""
+    split = labels.shape[1]
+
+    def diff(lab: np.ndarray, y: np.ndarray) -> float:
+        spec = _seed_mean(lambda a, b: sensitivity_specificity(a, b, tax)[1])
+        return spec(lab[:, :split], y) - spec(lab[:, split:], y)
+
+    return bootstrap_ci(diff, np.concatenate([labels, ref_labels], 1), target_y, n_resamples=n_boot, seed=seed)
+
+
 def fair_frontier_table(records: Sequence[RunRecord], targets: Sequence[float] = DEFAULT_TARGETS,
-                        n_boot: int = N_BOOT, seed: int = 0, test_split: str = "test") -> pd.DataFrame:
+                        n_boot: int = N_BOOT, seed: int = 0, test_split: str = "test",
+                        reference: str | None = None) -> pd.DataFrame:
     """Per (dataset, model, method, target): mean test sensitivity reached, specificity, F1, accuracy with 95%
     bootstrap CIs, partial AUROC, how many seeds missed the target, and the rank (held target first, then test
-    specificity; see the module docstring)."""
+    specificity; see the module docstring). With ``reference`` (a method), each other method's test specificity
+    minus the reference's at the same target, with a paired bootstrap CI over the same test images."""
     groups: dict[tuple, list[RunRecord]] = {}
+    stash: dict[tuple, tuple[np.ndarray, np.ndarray, list[np.ndarray]]] = {}  # key -> ids, target, labels/target
     for r in records:
         groups.setdefault((r.run["dataset"], r.run["model"], r.method), []).append(r)
     rows = []
@@ -101,11 +132,16 @@ def fair_frontier_table(records: Sequence[RunRecord], targets: Sequence[float] =
         target_y = recs[0].predictions("test")["target"]
         if any(not np.array_equal(r.predictions("test")["target"], target_y) for r in recs):
             raise ValueError(f"{ds}/{model}/{method}: runs disagree on the test split; seeds must share it")
-        if test_split != "test" and not all(r.folder.has_predictions(test_split) for r in recs):
-            continue  # a run without metadata inputs has nothing to mask
-        per_run = [run_operating_points(r, targets, test_split) for r in recs]
+        own = test_split == "test" or all(r.folder.has_predictions(test_split) for r in recs)
+        if not own and method != reference:
+            continue  # a run without metadata inputs has nothing to mask (the reference is compared as it is)
+        per_run = [run_operating_points(r, targets, test_split if own else "test") for r in recs]
+        stash[(ds, model, method)] = (recs[0].predictions("test")["ids"].astype(str), target_y,
+                                      [np.stack([pr[k]["labels"] for pr in per_run], 1) for k in range(len(targets))])
+        if not own:
+            continue
         for k, target in enumerate(targets):
-            labels = np.stack([pr[k]["labels"] for pr in per_run], 1)
+            labels = stash[(ds, model, method)][2][k]
             ci = {}
             for name, fn in (("sensitivity", lambda lab, y: sensitivity_specificity(lab, y, tax)[0]),
                              ("specificity", lambda lab, y: sensitivity_specificity(lab, y, tax)[1]),
@@ -124,6 +160,23 @@ def fair_frontier_table(records: Sequence[RunRecord], targets: Sequence[float] =
     df = pd.DataFrame(rows)
     if df.empty:
         return df
+    if reference is not None:
+        name = f"specificity minus {reference}'s"
+        diffs, cis = [], []
+        for row in rows:
+            key = (row["dataset"], row["model"], row["method"])
+            ref = _reference_key(key, stash, reference)
+            ids, target_y, labels = stash[key]
+            if ref is None or not (np.array_equal(stash[ref][0], ids) and np.array_equal(stash[ref][1], target_y)):
+                diffs.append(float("nan"))
+                cis.append("")
+                continue
+            k = list(targets).index(row["target sensitivity"])
+            d, lo, hi = _specificity_difference(labels[k], stash[ref][2][k], target_y, groups[key][0].taxonomy,
+                                                n_boot, seed)
+            diffs.append(d)
+            cis.append(f"[{lo:+.3f}, {hi:+.3f}]")
+        df[name], df[f"{name} CI (paired)"] = diffs, cis
     df["held target"] = df["missed target (seeds)"] * 2 < df["seeds"]
     df = df.sort_values(["dataset", "model", "target sensitivity", "held target", "test specificity"],
                         ascending=[True, True, True, False, False]).reset_index(drop=True)
