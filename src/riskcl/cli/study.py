@@ -131,11 +131,15 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     c.add_argument("--root", default=None, help="the data folder")
     c.add_argument("--option", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="adapter options (repeatable)")
+    c.add_argument("--image-size", type=int, default=32, metavar="PX",
+                   help="decode every image at this size into the cache (default 32); pass your runs' "
+                        "data.image_size and the check fills the cache they will read")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     sub.add_parser("list", help="list the registered datasets and their options")
 
 
 def _data(a: argparse.Namespace) -> int:
+    from .._checks import check_int
     from ..config import parse_overrides
     from ..data.check import check_dataset, format_report
     from ..data.registry import dataset_options, list_datasets
@@ -144,7 +148,8 @@ def _data(a: argparse.Namespace) -> int:
         for name in list_datasets():
             print(f"{name}: options {dataset_options(name)}")
         return 0
-    report = check_dataset(a.name, a.root, **parse_overrides(a.option))
+    check_int("--image-size", a.image_size, minimum=8)
+    report = check_dataset(a.name, a.root, image_size=a.image_size, **parse_overrides(a.option))
     print(json.dumps(report, indent=2) if a.json else format_report(report))
     return 0 if report["usable"] else 1
 
