@@ -175,11 +175,19 @@ def cached_array(cache_dir: Path, stem: str, shape: tuple[int, ...], build: Call
     folder = _cache_folder(cache_dir)
     remove_stale_temps(folder)
     arr_path, meta_path = folder / f"{stem}.npy", folder / f"{stem}.json"
-    if arr_path.exists() and meta_path.exists():
-        return np.load(arr_path, mmap_mode="r"), json.loads(meta_path.read_text())
-    with _exclusive(folder / f"{stem}.mutex"):
-        if arr_path.exists() and meta_path.exists():  # built by another process while this one waited
+
+    def cached() -> tuple[np.ndarray, dict] | None:
+        if arr_path.exists() and meta_path.exists():
             return np.load(arr_path, mmap_mode="r"), json.loads(meta_path.read_text())
+        return None
+
+    hit = cached()
+    if hit is not None:
+        return hit
+    with _exclusive(folder / f"{stem}.mutex"):
+        hit = cached()  # built by another process while this one waited
+        if hit is not None:
+            return hit
         tmp = arr_path.with_suffix(f".tmp{os.getpid()}.npy")
         try:
             arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)

@@ -170,8 +170,7 @@ class TriageService:
             description = {**describe_run(self.scorer.folder, self.op), "format": "served by riskcl (PyTorch)"}
             from .explain import NO_IMAGE_NOTE
 
-            saliency_note = (NO_IMAGE_NOTE[0].upper() + NO_IMAGE_NOTE[1:] + "."
-                             if self.scorer.folder.read_config().model.name == METADATA_ONLY else "")
+            saliency_note = f"{NO_IMAGE_NOTE}." if self.scorer.folder.read_config().model.name == METADATA_ONLY else ""
         else:
             self.input_check = None
             check_text = "not in an export (serve the run folder to flag unusual images)"

@@ -50,6 +50,8 @@ class Trainer:
         self.cost = run_cost_matrix(cfg, taxonomy)
         self.task = task_of(cfg.task)
         self.encoding = self._metadata_encoding()
+        # an image fused with metadata (not the metadata-only reference, which reads no image: nothing is fused)
+        self.fuses = self.encoding is not None and cfg.model.name != METADATA_ONLY
         torch.manual_seed(cfg.seed)
         model = self.task.create_model(cfg.model, taxonomy.num_classes, self.encoding)
         self.weights_source = getattr(model, "riskcl_weights", "unknown")
@@ -169,9 +171,7 @@ class Trainer:
                                             **self.common)
             self.folder.write_predictions(split, logits, target, self.data.datasets[split])
             out[split] = (logits, target)
-        if self.encoding is not None and self.cfg.model.name != METADATA_ONLY:
-            # what happens when a clinic sends no metadata: the test split again (a metadata-only model would
-            # give every case one answer: nothing to measure)
+        if self.fuses:  # what happens when a clinic sends no metadata: the test split again
             test = self.data.datasets["test"]
             with_metadata = test.features
             test.features = np.repeat(self.encoding.missing_row()[None], len(test), axis=0)
@@ -212,7 +212,7 @@ class Trainer:
         extra = {s: reports[s] for s in ("val", "calib", NO_METADATA) if s in reports}
         if self.encoding is not None:
             run["metadata_inputs"] = self.encoding.column_names
-            if cfg.model.name != METADATA_ONLY:  # the reference reads no image: nothing is fused
+            if self.fuses:
                 run["fusion"] = {"head": cfg.model.fusion, "metadata_dropout": cfg.model.metadata_dropout,
                                  "features": self.encoding.dim}
         return {**reports["test"], **extra, "run": run}

@@ -107,9 +107,9 @@ def _specificity_difference(labels: np.ndarray, ref_labels: np.ndarray, target_y
                             n_boot: int, seed: int) -> tuple[float, float, float]:
     """Paired bootstrap over test images of (seed-mean specificity of a method) - (that of the reference)."""
     split = labels.shape[1]
+    spec = _seed_mean(lambda a, b: sensitivity_specificity(a, b, tax)[1])
 
     def diff(lab: np.ndarray, y: np.ndarray) -> float:
-        spec = _seed_mean(lambda a, b: sensitivity_specificity(a, b, tax)[1])
         return spec(lab[:, :split], y) - spec(lab[:, split:], y)
 
     return bootstrap_ci(diff, np.concatenate([labels, ref_labels], 1), target_y, n_resamples=n_boot, seed=seed)
