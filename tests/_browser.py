@@ -61,6 +61,17 @@ def screenshot_page(run: Path, image: Path, shot: Path, bad: Path | None = None)
             shown = {k: page.evaluate(f"(document.getElementById('{k}') || {{innerText: ''}}).innerText")
                      for k in ("decision", "predicted", "p_malignant", "op", "filename", "notice", "summary")}
             shown["preview"] = page.evaluate("document.getElementById('preview').naturalWidth > 0")
+            shown["probabilities_hidden"] = page.evaluate("document.getElementById('probabilities').hidden")
+            shown["overlay_title"] = page.inner_text("#overlay-title")
+            # the clinical fields (a fusion model): each select's options in order, and whether any label
+            # overlaps the field before it on its line
+            shown["meta_options"] = page.evaluate(
+                "[...document.querySelectorAll('#meta-fields select')].map(s => [...s.options].map(o => o.text))")
+            shown["meta_overlap"] = page.evaluate(
+                "(() => { const els = [...document.querySelectorAll('#meta-fields label')];"
+                " return els.some((el, i) => i > 0 && (() => { const a = els[i - 1].getBoundingClientRect(),"
+                " b = el.getBoundingClientRect(); return Math.abs(a.top - b.top) < 2 && b.left < a.right + 8; })());"
+                " })()")
             shown["overlay_alt"] = page.evaluate("document.getElementById('overlay').alt")
             page.screenshot(path=str(shot), full_page=True)
             if bad is not None:  # a failed upload clears the previous result: no old overlay beside a new file

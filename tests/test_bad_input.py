@@ -616,7 +616,7 @@ def test_the_sweep_summary_is_the_state_on_disk(tmp_path, capsys):
     assert cli(["sweep", sweep, "--out", tmp_path / "runs", "--quiet", "--shard", "0/2"], capsys)[0] == 0
     summary = json.loads((tmp_path / "runs" / "sweep-shard-0-of-2.json").read_text())
     (entry,) = summary["runs"].values()
-    assert entry == {"state": "finished", "this_process": "skipped (finished)"}
+    assert entry == {"state": "finished", "this_process": "skipped (finished)", "tracked": "-"}
 
 
 def test_report_out_that_is_a_file_and_a_locked_run_that_is_not_counted_ok(tmp_path, capsys, tiny_run):
@@ -653,3 +653,91 @@ def test_card_and_service_without_the_data_folder_say_the_input_check_is_unavail
         img = write_image(tmp_path / "x.png", 1, size=12)
         body = client.post("/predict", files={"file": ("x.png", img.read_bytes(), "image/png")}).json()
         assert body["unusual"] is None and body["decision"] in ("refer", "clear")
+
+
+# --- issue 32: hardening, round two (the smaller cases) --------------------------------------------------------
+def test_formula_cells_are_neutralised_in_every_csv_riskcl_writes(tmp_path, capsys, monkeypatch):
+    """A metadata value or a file name starting with = + - @ reaches no spreadsheet as a formula; riskcl reads
+    its own files back unchanged."""
+    from riskcl.io import spreadsheet_safe, spreadsheet_value
+
+    root = _folder_data(tmp_path / "data")
+    evil = "=cmd|' /C calc'!A0"
+    rows = ["file,site"] + [f"{p.name},{evil if i % 2 else 'back'}"
+                            for i, p in enumerate(sorted(root.rglob("*.png")))]
+    (root / "meta.csv").write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    cfg = _folder_cfg(root)
+    cfg["data"]["options"]["metadata_csv"] = "meta.csv"
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp_path / "cfg.yaml"), "--out", str(run), "--quiet"]) == 0
+    text = (run / "splits.csv").read_text()
+    assert "'" + evil in text and "," + evil not in text
+    assert evil in set(RunFolder(run).splits()["site"])  # read back as it was
+    shutil.copy(demo_png(tmp_path), tmp_path / "@x.png")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(run), "@x.png", "--out", str(out), "--quiet"]) == 0
+    assert out.read_text().splitlines()[1].startswith("'@x.png,")
+    assert main(["predict", str(run), "@x.png", "--out", str(out), "--quiet"]) == 0  # resumed: found, not redone
+    assert "1 already in" in capsys.readouterr().out and len(out.read_text().splitlines()) == 2
+    assert spreadsheet_safe(-1.5) == -1.5 and spreadsheet_value(spreadsheet_safe("+1")) == "+1"
+
+
+def test_webp_and_gif_files_in_a_folder_are_scored_like_the_others(tmp_path, tiny_run):
+    from riskcl.deploy.scoring import predict_files
+
+    src = Image.open(demo_png(tmp_path))
+    (tmp_path / "f").mkdir()
+    src.save(tmp_path / "f" / "a.webp", lossless=True)
+    src.save(tmp_path / "f" / "b.gif")
+    src.save(tmp_path / "f" / "c.png")
+    rows = predict_files(tiny_run[0], [tmp_path / "f"]).rows
+    assert sorted(Path(r["image"]).name for r in rows) == ["a.webp", "b.gif", "c.png"]
+    assert all(r["decision"] in ("refer", "clear") for r in rows)
+
+
+def test_sweep_jobs_and_status_refuse_what_makes_no_sense(tmp_path, capsys):
+    sweep = tmp_path / "s.yaml"
+    _tiny_yaml(tmp_path)
+    sweep.write_text(yaml.safe_dump({"base": "tiny.yaml", "grid": {"seed": [0, 1]}}))
+    for jobs in ("0", "-1"):
+        rc, _, err = cli(["sweep", sweep, "--out", tmp_path / "runs", "--launcher", "local", "--jobs", jobs], capsys)
+        assert rc == 2 and "`--jobs` to be an integer >= 1" in err
+    rc, _, err = cli(["sweep", sweep, "--out", tmp_path / "nowhere", "--status"], capsys)
+    assert rc == 2 and "no such folder" in err
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "unrelated.txt").write_text("x")
+    rc, _, err = cli(["sweep", sweep, "--out", tmp_path / "other", "--status"], capsys)
+    assert rc == 2 and "holds no run of" in err
+
+
+def test_messages_that_used_to_mislead(tmp_path, capsys, tiny_copy):
+    """A decision curve without a malignant case is undefined (not 'no net benefit'); an objective cannot choose
+    among thresholds when none was certified; a segmentation data set whose masks are all empty is named."""
+    from riskcl.data import create_datasets
+    from riskcl.decision.costs import benefit_sentence, decision_curve
+
+    curve = decision_curve(np.array([0.2, 0.7]), np.array([False, False]), (0.05, 0.5))
+    assert benefit_sentence(curve).startswith("Undefined on this split: it holds no malignant case")
+    rc, out, _ = cli(["calibrate", tiny_copy, "--alpha", "0.001", "--objective", "minimax", "--allow-uncertified"],
+                     capsys)
+    assert rc == 0 and "not applied, since no threshold was certified" in out and "chose 0.0000" not in out
+    root = tmp_path / "seg"
+    for i in range(4):
+        write_image(root / "images" / f"x{i}.png", i, size=12)
+        Image.fromarray(np.zeros((12, 12), np.uint8)).save(root / "masks" / f"x{i}.png") if (root / "masks").mkdir(
+            exist_ok=True) is None else None
+    with pytest.warns(UserWarning, match="every one of the 4 masks is empty"):
+        create_datasets("seg_folder", root, image_size=12, progress=False, cache_dir=tmp_path / "c",
+                        test_fraction=0.25, val_fraction=0.25, calib_fraction=0.25)
+
+
+def test_report_follows_run_folders_linked_into_its_folder(tmp_path, tiny_run, capsys):
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "linked").symlink_to(tiny_run[0])
+    (tmp_path / "study" / "loop").symlink_to(tmp_path / "study")  # a loop is visited once, not forever
+    rc, out, _ = cli(["report", tmp_path / "study", "--out", tmp_path / "report"], capsys)
+    assert rc == 0
+    runs = pd.read_csv(tmp_path / "report" / "runs.csv")
+    assert list(runs["folder"]) == ["linked"]

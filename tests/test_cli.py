@@ -78,7 +78,10 @@ def test_brain_mri_cli_acceptance_command(tmp_path):
     folder = RunFolder(out)
     m = folder.metrics()
     preds = folder.predictions("test")
-    assert m["n"] == 1311 and len(preds["ids"]) == 1311 and preds["ids"][0].startswith("Te-")
+    # the official Testing folder without the copies of training images (data.duplicates: drop, the default)
+    dropped = [p for p in folder.data_info()["dropped_duplicates"] if "/Testing/" in p]
+    assert len(dropped) > 0 and m["n"] == len(preds["ids"]) == 1311 - len(dropped)
+    assert preds["ids"][0].startswith("Te-") and not set(preds["paths"]) & set(dropped)
     assert folder.predictions("calib")["ids"][0].startswith("Tr-")
     from riskcl.decision import decide
     from riskcl.metrics import safety_report
@@ -138,7 +141,7 @@ def test_the_command_line_answers_without_importing_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     version = subprocess.run([sys.executable, "-m", "riskcl", "--version"], capture_output=True, text=True)
-    assert version.returncode == 0 and version.stdout.strip() == "riskcl 0.3.0"
+    assert version.returncode == 0 and version.stdout.strip() == "riskcl 0.4.0"
     bench = subprocess.run([sys.executable, "benchmarks/bench_cli.py", "--quick"], capture_output=True, text=True,
                            cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
     assert bench.returncode == 0 and "riskcl --version" in bench.stdout  # the benchmark runs (CI-sized)

@@ -38,7 +38,8 @@ def test_registry_names():
 # --- Brain Tumor MRI (real) ----------------------------------------------------------------------------------
 @needs_brain_mri
 def test_brain_mri_counts_duplicates_and_modes():
-    data = create_datasets("brain_mri", BRAIN_MRI, image_size=48, progress=False)
+    with pytest.warns(UserWarning, match=r"duplicates: warn, kept"):  # the paper's protocol: every official image
+        data = create_datasets("brain_mri", BRAIN_MRI, image_size=48, progress=False, duplicates="warn")
     c = data.info["counts"]
     merged = {k: c["train"][k] + c["val"][k] + c["calib"][k] for k in c["train"]}
     assert merged == {"glioma": 1321, "meningioma": 1339, "notumor": 1595, "pituitary": 1457}
@@ -61,10 +62,16 @@ def test_brain_mri_counts_duplicates_and_modes():
 
 @needs_brain_mri
 def test_brain_mri_duplicate_policy_drop_and_error():
+    """By default a test image that is a copy of a training image is dropped from test, and counted."""
+    from riskcl.config import DataConfig
     from riskcl.data.duplicates import file_md5
 
-    data = create_datasets("brain_mri", BRAIN_MRI, image_size=48, duplicates="drop", progress=False)
+    assert DataConfig().duplicates == "drop"
+    with pytest.warns(UserWarning, match=r"79 group\(s\) of byte-identical images .*: dropped \d+ later copies "
+                      r"\(.*from test"):
+        data = create_datasets("brain_mri", BRAIN_MRI, image_size=48, progress=False)
     dropped = data.info["dropped_duplicates"]
+    assert len(data.datasets["test"]) < 1311 and any("/Testing/" in p for p in dropped)
     assert dropped and sum(len(d) for d in data.datasets.values()) + len(dropped) == 7023
     hashes = {s: {file_md5(p) for p in d.paths} for s, d in data.datasets.items()}
     kept = set().union(*hashes.values())

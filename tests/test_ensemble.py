@@ -46,6 +46,30 @@ def test_the_ensemble_predicts_the_mean_of_its_members(tiny_run, second_seed, tm
     assert len(folder.weights_sha256()) == 64
 
 
+def test_an_ensemble_of_ensembles_counts_each_model_once(tiny_run, second_seed, tmp_path, capsys):
+    """ens(cls, cls1) + cls would weigh cls 0.75: the inner ensemble is flattened and the repeat refused; a deleted
+    member is named as gone."""
+    import shutil
+
+    from riskcl.cli import main
+
+    make_ensemble([tiny_run[0], second_seed], tmp_path / "ens")
+    with pytest.raises(ValueError, match="hold the same weights"):
+        make_ensemble([tmp_path / "ens", tiny_run[0]], tmp_path / "ens2")
+    shutil.copytree(tiny_run[0], tmp_path / "copy")
+    with pytest.raises(ValueError, match="hold the same weights"):
+        make_ensemble([tiny_run[0], tmp_path / "copy"], tmp_path / "ens3")
+    third = tmp_path / "seed2"
+    run_experiment(tiny(seed=2, epochs=1), third)
+    make_ensemble([tmp_path / "ens", third], tmp_path / "flat")
+    members = json.loads((tmp_path / "flat" / "ensemble.json").read_text())["members"]
+    assert sorted(members) == sorted(str(p.resolve()) for p in (tiny_run[0], second_seed, third))
+    shutil.rmtree(third)
+    assert main(["predict", str(tmp_path / "flat"), str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "a member of the ensemble" in err and "is gone" in err
+
+
 def test_mismatched_members_are_refused_naming_the_difference(tiny_run, tmp_path):
     other = tmp_path / "bigger"
     run_experiment(tiny(epochs=1, **{"data.image_size": 20}), other)

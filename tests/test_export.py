@@ -133,3 +133,75 @@ def test_export_and_card_on_a_users_csv_data(tmp_path, capsys):
     assert meta["parity"]["decision_flips"] == 0 and len(meta["parity"]["image_sizes"]) > 1
     assert main(["card", str(tmp_path / "run"), "--bootstrap", "20", "--export", str(tmp_path / "exp")]) == 0
     assert "parity on" in (tmp_path / "run" / "MODEL_CARD.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def two_exports(calibrated, tiny_run, tmp_path_factory):
+    """The calibrated run's ONNX export and the uncalibrated tiny run's (another operating point)."""
+    base = tmp_path_factory.mktemp("exports")
+    export_run(calibrated, base / "a", "onnx", check_limit=16)
+    export_run(tiny_run[0], base / "b", "onnx", check_limit=16)
+    return base / "a", base / "b"
+
+
+def _tampered(src, dst, how):
+    import shutil
+
+    shutil.copytree(src, dst)
+    meta_path = dst / "riskcl_export.json"
+    meta = json.loads(meta_path.read_text())
+    how(dst, meta)
+    meta_path.write_text(json.dumps(meta))
+    return dst
+
+
+def _rehash(dst, meta):
+    from riskcl.io import file_sha256
+
+    meta["files_sha256"]["model.onnx"] = file_sha256(dst / "model.onnx")
+
+
+TAMPERING = {
+    "threshold edited": (lambda d, m: m["operating_point"].update(threshold=0.01), "`operating_point` differs"),
+    "another run's model copied in": (lambda d, m: (d / "model.onnx").write_bytes(
+        (d.parent / "b" / "model.onnx").read_bytes()), "not the file that was recorded"),
+    "... and its hash recorded": (lambda d, m: ((d / "model.onnx").write_bytes(
+        (d.parent / "b" / "model.onnx").read_bytes()), _rehash(d, m)), "differs from the one embedded"),
+    "bytes flipped": (lambda d, m: (d / "model.onnx").write_bytes(
+        (d / "model.onnx").read_bytes()[:-40] + bytes(40)), "not the file that was recorded"),
+    "truncated, hash recorded": (lambda d, m: ((d / "model.onnx").write_bytes((d / "model.onnx").read_bytes()[:999]),
+                                               _rehash(d, m)), "ONNX Runtime cannot load it"),
+    "a path outside the folder": (lambda d, m: m.update(file="../b/model.onnx"), "not a plain file name"),
+    "decode.py changed": (lambda d, m: (d / "decode.py").write_text("print('hi')\n"), "decode.py: a file of the"),
+    "no operating point": (lambda d, m: m.pop("operating_point"), r"no \['operating_point'\]"),
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPERING))
+def test_an_edited_or_swapped_export_is_never_scored_or_served(two_exports, tmp_path, capsys, case):
+    """Every file is checked against its recorded SHA-256 and the JSON against the graph's own metadata, before
+    predict or serve uses the folder: a refer must never become a clear through an edit."""
+    from riskcl.deploy.serve import create_app
+
+    how, match = TAMPERING[case]
+    (tmp_path / "cases").mkdir()
+    (tmp_path / "cases" / "b").symlink_to(two_exports[1])
+    dst = _tampered(two_exports[0], tmp_path / "cases" / "a", how)
+    img = demo_png(tmp_path)
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        predict_files(dst, [img])
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        create_app(dst)
+    assert main(["predict", str(dst), str(img)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") <= 2
+    assert predict_files(two_exports[0], [img]).rows[0]["decision"] in ("refer", "clear")  # the original still works
+
+
+def test_an_export_folder_without_its_json_is_named_as_such(two_exports, tmp_path, capsys):
+    import shutil
+
+    shutil.copytree(two_exports[0], tmp_path / "e")
+    (tmp_path / "e" / "riskcl_export.json").unlink()
+    assert main(["predict", str(tmp_path / "e"), str(demo_png(tmp_path))]) == 2
+    assert "holds an exported model but no riskcl_export.json" in capsys.readouterr().err

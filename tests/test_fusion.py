@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from _browser import CHROMIUM
 from _standins import make_isic
 from riskcl.config import ConfigError, config_from_dict
 from riskcl.data.encode_metadata import encode_row
@@ -38,6 +39,67 @@ def test_the_encoding_uses_training_statistics_and_handles_unknown_and_missing_v
     for r in ({"age": "33", "site": "back"}, {"site": "nowhere"}, {}):
         np.testing.assert_allclose(encode_row(saved, r), enc.encode_row(r), rtol=1e-6)
     assert MetadataEncoding.from_dict(saved) == enc
+
+
+def test_dirty_training_metadata_are_named_not_encoded_silently():
+    """One "45 years" among numbers, an age of 1e9, negative ages: refused or counted, never absorbed."""
+    ages = [str(a) for a in range(20, 80, 3)]
+    with pytest.raises(ValueError, match=r"'age': 20 training values are numbers but 1 are not \(\['45 years'\]"):
+        MetadataEncoding.fit({"age": ages + ["45 years"]}, ["age"])
+    with pytest.warns(UserWarning, match=r"1 training value\(s\) are impossible \(\['45 years'\]"):
+        enc = MetadataEncoding.fit({"age": ages + ["45 years"]}, ["age"], {"age": {"kind": "numeric"}})
+    assert enc.columns[0].kind == "numeric" and enc.dim == 2
+    with pytest.raises(ValueError, match=r"implausible training value\(s\) \[1000000000.0\]"):
+        MetadataEncoding.fit({"age": ages + ["1e9"]}, ["age"])
+    with pytest.warns(UserWarning, match="impossible"):
+        enc = MetadataEncoding.fit({"age": ages + ["1e9", "-5", "inf"]}, ["age"], {"age": {"range": [0, 120]}})
+    real = np.asarray(ages, float)
+    assert enc.columns[0].mean == pytest.approx(real.mean()) and enc.columns[0].std == pytest.approx(real.std())
+    assert (enc.columns[0].low, enc.columns[0].high) == (0, 120)
+    # without a declared range: the training range widened by its span, never below 0 when no value is
+    free = MetadataEncoding.fit({"age": ages}, ["age"])
+    assert free.columns[0].low == 0 and free.columns[0].high == pytest.approx(77 + 57)
+    with pytest.raises(ConfigError, match="range"):
+        config_from_dict({"data": {"name": "demo"}, "model": {"metadata": ["age"],
+                                                               "metadata_spec": {"age": {"range": [5, 1]}}}})
+    with pytest.raises(ConfigError, match="not one of model.metadata"):
+        config_from_dict({"data": {"name": "demo"}, "model": {"metadata": ["age"], "metadata_spec": {"sex": {}}}})
+
+
+@pytest.mark.parametrize("value", ["1e300", "-1e300", "inf", "nan ", "-5", "1e9", "45 years"])
+def test_a_metadata_value_the_model_cannot_read_is_refused_by_riskcl_and_by_the_shipped_encoder(value):
+    from riskcl.data.encode_metadata import MetadataValueError
+
+    enc = MetadataEncoding.fit({"age": ["20", "40", "60"]}, ["age"], {"age": {"range": [0, 120]}})
+    if value.strip() == "nan":  # a missing value, not a bad one
+        np.testing.assert_array_equal(enc.encode_row({"age": value}), enc.missing_row())
+        return
+    with pytest.raises(MetadataValueError, match=r"metadata 'age' = .* expected a number in \[0, 120\]"):
+        enc.encode_row({"age": value})
+    with pytest.raises(MetadataValueError):
+        encode_row(json.loads(json.dumps(enc.to_dict())), {"age": value})
+    # riskcl's own data: counted and encoded as missing (a warning names the split)
+    with pytest.warns(UserWarning, match=r"'test' split .*\(age: 1\)"):
+        rows = enc.encode({"age": [value, "30"]}, split="test")
+    np.testing.assert_array_equal(rows[0], enc.missing_row())
+    assert np.isfinite(rows).all()
+
+
+def test_impossible_isic_ages_are_unknown_and_counted(tmp_path):
+    from riskcl.data.isic import age_bin, index_isic2018
+
+    assert [age_bin(v) for v in (-5, 1e9, float("inf"), "nan", 29.9, 30, 120)] == \
+        ["unknown"] * 4 + ["<30", "30-44", "75+"]
+    root = make_isic(tmp_path / "isic", n_lesions=7, per_lesion=1, clinical=True)
+    meta = root / "HAM10000_metadata.csv"
+    lines = meta.read_text().splitlines()
+    head = lines[0].split(",")
+    cells = lines[1].split(",")
+    cells[head.index("age")] = "-5"
+    meta.write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
+    index = index_isic2018(root)
+    assert index.table["age"].iloc[0] == "unknown"
+    assert any("1 impossible age(s)" in p and "-5" in p for p in index.problems)
 
 
 def test_label_derived_columns_are_refused_with_the_reason():
@@ -172,6 +234,74 @@ def test_fusion_export_predict_and_serve_with_and_without_metadata(fusion_run, t
     assert bad.status_code == 422 and "does not read" in bad.json()["error"]
 
 
+def test_a_fusion_model_decides_each_request_at_the_point_certified_for_what_it_carries(fusion_run, tmp_path):
+    """Calibration certifies a point with the metadata and one with them masked; the masked point holds its
+    guarantee on the calibration split's masked predictions (recomputed here in numpy), and predict and serve
+    decide a request without metadata at it, one with some fields missing without a guarantee, and say which."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from riskcl.deploy.scoring import predict_files
+    from riskcl.deploy.serve import create_app
+    from riskcl.experiment import RunFolder, calibrate_run
+    from riskcl.experiment.folder import CALIB_NO_METADATA
+
+    run, _ = fusion_run
+    shutil.copytree(run, tmp_path / "run")
+    run = tmp_path / "run"
+    out = calibrate_run(run, alpha=0.3, method="crc", allow_uncertified=True)
+    folder = RunFolder(run)
+    tax = folder.taxonomy()
+    masked = folder.predictions(CALIB_NO_METADATA)
+    assert set(out["inputs"]) == {"complete", "none"} and out["inputs"]["complete"]["threshold"] == out["threshold"]
+    t_none = out["inputs"]["none"]["threshold"]
+    p_mal = np.exp(masked["logits"].astype(np.float64))
+    p_mal = (p_mal / p_mal.sum(1, keepdims=True))[:, tax.superclass == 1].sum(1)
+    malignant = tax.superclass[masked["target"]] == 1
+    lesions = masked["groups"][malignant]  # a lesion is missed when any of its malignant images is
+    # (the threshold is one of these scores: compared with a rounding margin)
+    missed = [p_mal[malignant][lesions == g].min() < t_none - 1e-12 for g in np.unique(lesions)]
+    assert np.mean(missed) == pytest.approx(out["inputs"]["none"]["calibration_cer"])
+    if out["inputs"]["none"]["certified"]:
+        assert np.mean(missed) <= 0.3
+    test = folder.splits().query("split == 'test'").head(3)
+    paths = list(test["path"])
+    meta = tmp_path / "meta.csv"
+    age = folder.metadata_encoding().columns[0].categories[0]
+    meta.write_text(f"image,age,sex\n{paths[0]},{age},female\n{paths[1]},,male\n")
+    with pytest.warns(UserWarning):
+        rows = predict_files(run, paths, metadata=meta, allow_uncertified=True).rows
+    by = {r["image"]: r for r in rows}
+    assert by[paths[2]]["inputs"] == "none" and by[paths[2]]["threshold"] == pytest.approx(t_none)
+    assert by[paths[1]]["inputs"] == "partial" and by[paths[1]]["certified"] == "no"
+    assert by[paths[0]]["inputs"] == "complete" and by[paths[0]]["threshold"] == pytest.approx(out["threshold"])
+    client = TestClient(create_app(run, allow_uncertified=True))
+    body = open(paths[2], "rb").read()
+    answer = client.post("/predict", files={"file": ("a.jpg", body, "image/jpeg")}).json()
+    assert answer["metadata_inputs"] == "none" and answer["threshold"] == pytest.approx(t_none)
+    assert "requests without metadata" in answer["operating_point"]["how"]
+    answer = client.post("/predict", files={"file": ("a.jpg", body, "image/jpeg")},
+                         data={"metadata": json.dumps({"sex": "male"})}).json()
+    assert answer["metadata_inputs"] == "partial" and not answer["operating_point"]["certified"]
+    assert "NOT CERTIFIED for requests with some metadata columns missing" in answer["operating_point"]["how"]
+    explained = client.post("/explain", files={"file": ("a.jpg", body, "image/jpeg")})  # was a 500
+    assert explained.status_code == 200 and "clinical data treated as missing" in explained.headers["X-Saliency-Note"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (apt-get install chromium); .ci/run installs it")
+def test_the_page_lists_age_bins_in_order_and_spaces_its_clinical_fields(fusion_run, tmp_path):
+    from _browser import screenshot_page
+    from riskcl.experiment import RunFolder
+
+    run, _ = fusion_run
+    image = RunFolder(run).splits().query("split == 'test'")["path"].iloc[0]
+    shown = screenshot_page(run, image, tmp_path / "page.png")
+    ages, sexes = shown["meta_options"]
+    assert ages == ["unknown", "<30", "30-44", "45-59", "60-74", "75+"] and sexes == ["unknown", "female", "male"]
+    assert not shown["meta_overlap"] and not shown["probabilities_hidden"]
+
+
 def test_an_ensemble_of_fusion_runs_reads_the_metadata_too(fusion_run, tmp_path):
     from dataclasses import replace
 
@@ -195,19 +325,46 @@ def test_an_ensemble_of_fusion_runs_reads_the_metadata_too(fusion_run, tmp_path)
         make_ensemble([run, image_only], tmp_path / "ens2")
 
 
+def _encoding(**columns):
+    from riskcl.data.encoding import MetadataEncoding
+
+    return MetadataEncoding.fit(columns, list(columns))
+
+
 def test_the_metadata_csv_finds_images_by_path_or_name_and_refuses_two_different_rows(tmp_path):
     from riskcl.deploy.scoring import metadata_rows
 
+    enc = _encoding(age=[40, 50, 60], sex=["male", "female", "female"])
     path = tmp_path / "meta.csv"
     path.write_text("image,age,sex,dx\n/a/x.jpg,40,male,mel\ny.jpg,,female,nv\ny.jpg,,female,nv\n")
-    rows = metadata_rows(["/elsewhere/x.jpg", "/b/y.jpg", "z.jpg"], path, ["age", "sex"])
+    with pytest.warns(UserWarning, match="1 of 3 image"):
+        rows = metadata_rows(["/elsewhere/x.jpg", "/b/y.jpg", "z.jpg"], path, enc)
     assert rows == [{"age": "40", "sex": "male"}, {"age": "", "sex": "female"}, {}]  # dx is never read
     path.write_text("image,age\nx.jpg,40\n/other/x.jpg,41\n")
     with pytest.raises(ValueError, match=r"line 3 gives /other/x.jpg .* keep one row per image"):
-        metadata_rows(["x.jpg"], path, ["age"])
+        metadata_rows(["x.jpg"], path, enc)
     path.write_text("file,age\nx.jpg,40\n")
     with pytest.raises(ValueError, match="expected a column 'image'"):
-        metadata_rows(["x.jpg"], path, ["age"])
+        metadata_rows(["x.jpg"], path, enc)
+
+
+def test_a_metadata_csv_that_matches_nothing_says_so(tmp_path):
+    """HAM10000's ids without extension, capitalised headers, Excel's byte-order mark and other spellings of a
+    category are matched where unambiguous; what still does not match is counted in a warning, never silent."""
+    from riskcl.deploy.scoring import metadata_rows
+
+    enc = _encoding(age=[40, 50, 60], sex=["male", "female", "female"], site=["back", "face", "face"])
+    path = tmp_path / "meta.csv"
+    path.write_bytes("\ufeffImage,Age,SEX\nISIC_1,40,Male\nISIC_2,50,other\n".encode("utf-8"))
+    with pytest.warns(UserWarning) as caught:
+        rows = metadata_rows(["/data/ISIC_1.jpg", "/data/ISIC_2.jpg", "/data/ISIC_3.jpg"], path, enc)
+    assert rows[:2] == [{"age": "40", "sex": "Male"}, {"age": "50", "sex": "other"}] and rows[2] == {}
+    text = " ".join(str(w.message) for w in caught)
+    assert "1 of 3 image(s) have no row" in text and "no column ['site']" in text
+    assert "sex: 1 (it knows ['female', 'male'])" in text  # "other" is unseen; "Male" matched "male"
+    assert enc.pattern(rows[0]) == "partial" and enc.pattern({}) == "none"
+    assert enc.pattern({"age": 1, "sex": "FEMALE", "site": " back "}) == "complete"
+    np.testing.assert_array_equal(enc.encode_row({"sex": "Male"}), enc.encode_row({"sex": "male"}))
 
 
 def test_the_metadata_only_reference_is_a_logistic_regression_on_the_encoding_alone(fusion_run, tmp_path):

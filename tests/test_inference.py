@@ -187,6 +187,84 @@ def test_predict_streams_a_folder_skips_what_is_scored_and_reports_unreadable_fi
     assert _read(out) == rows
 
 
+def test_a_prediction_csv_is_resumed_only_by_the_model_and_point_that_began_it(exported, tiny_run, tmp_path, capsys):
+    """Two models at the same threshold, a swapped model, a lost record or an edited row: refused, never mixed."""
+    run, export = exported
+    images = [str(p) for p in _pngs(tmp_path / "img", 4)]
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(run), *images[:2], "--out", str(out), "--threshold", "0.5", "--quiet"]) == 0
+    record = json.loads((tmp_path / "p.csv.riskcl.json").read_text())
+    assert len(record["model_sha256"]) == 64 and record["operating_point"]["threshold"] == 0.5
+    # another model (the same run with one bias changed) at the very same threshold
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run[0], other)
+    from safetensors.numpy import load_file, save_file
+
+    weights = load_file(str(other / "model.safetensors"))
+    key = next(k for k in weights if k.endswith("fc.bias"))
+    weights[key] = weights[key] + 1.0
+    save_file(weights, str(other / "model.safetensors"))
+    capsys.readouterr()
+    assert main(["predict", str(other), *images, "--out", str(out), "--threshold", "0.5", "--quiet"]) == 2
+    assert "scored by another model" in capsys.readouterr().err
+    # the same run resumes
+    assert main(["predict", str(run), *images, "--out", str(out), "--threshold", "0.5", "--quiet"]) == 0
+    assert len(_read(out)) == 4
+    # an edited decision, then a lost record
+    rows = _read(out)
+    rows[1]["decision"] = "clear" if rows[1]["decision"] == "refer" else "refer"
+    with open(out, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    assert main(["predict", str(run), *images, "--out", str(out), "--threshold", "0.5", "--quiet"]) == 2
+    assert "the file was edited" in capsys.readouterr().err
+    (tmp_path / "p.csv.riskcl.json").unlink()
+    assert main(["predict", str(run), *images, "--out", str(out), "--threshold", "0.5", "--quiet"]) == 2
+    assert "missing or unreadable" in capsys.readouterr().err
+    # the export of the run is another file (another SHA-256): it starts its own CSV
+    assert main(["predict", str(export), *images, "--out", str(tmp_path / "e.csv"), "--quiet"]) == 0
+
+
+def _nan_run(tiny_run, dst):
+    """A copy of the tiny run whose classifier bias is NaN: every probability it gives is NaN."""
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(tiny_run[0], dst)
+    weights = load_file(str(dst / "model.safetensors"))
+    key = next(k for k in weights if k.endswith("fc.bias"))
+    weights[key] = np.full_like(weights[key], np.nan)
+    save_file(weights, str(dst / "model.safetensors"))
+    return dst
+
+
+def test_a_non_finite_probability_is_never_decided(tiny_run, tmp_path, capsys):
+    """predict: a row with decision 'error' and exit 3; serve: 422; an ensemble with such a member: the same; the
+    decision rules themselves refuse NaN."""
+    from riskcl.decision import decide
+    from riskcl.experiment.ensemble import make_ensemble
+    from riskcl.taxonomy import Taxonomy
+
+    bad = _nan_run(tiny_run, tmp_path / "nan")
+    images = [str(p) for p in _pngs(tmp_path / "img", 2)]
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(bad), *images, "--out", str(out), "--quiet"]) == 3
+    assert "2 refused" in capsys.readouterr().out
+    rows = _read(out)
+    assert [r["decision"] for r in rows] == ["error", "error"] and all("non-finite" in r["error"] for r in rows)
+    assert all(r["p_malignant"] == "" for r in rows)
+    client = TestClient(create_app(bad))
+    answer = client.post("/predict", files={"file": ("a.png", open(images[0], "rb").read(), "image/png")})
+    assert answer.status_code == 422 and "non-finite" in answer.json()["error"]
+    assert client.get("/health").json() == {"status": "ok"}  # and it keeps serving
+    make_ensemble([tiny_run[0], bad], tmp_path / "ens")
+    rows = predict_files(tmp_path / "ens", images).rows
+    assert [r["decision"] for r in rows] == ["error", "error"]
+    tax = Taxonomy("t", ("nevus", "mel"), (0, 1))
+    with pytest.raises(ValueError, match="non-finite score is never decided"):
+        decide([[np.nan, np.nan]], tax)
+
+
 def test_inputs_expand_from_globs_and_bad_inputs_are_named(exported, tmp_path, capsys):
     _, export = exported
     pngs = _pngs(tmp_path / "g", 3)

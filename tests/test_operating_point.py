@@ -221,12 +221,12 @@ def test_version_is_one_number_and_threads_are_recorded(tiny_run):
 
     import riskcl
 
-    assert riskcl.__version__ == version("riskcl") == "0.3.0"
+    assert riskcl.__version__ == version("riskcl") == "0.4.0"
     folder, metrics = RunFolder(tiny_run[0]), tiny_run[1]
     history = folder.history()
     assert "threads" in history.columns and (history["threads"] >= 1).all()
     assert metrics["run"]["threads"] == int(history["threads"].iloc[0])
-    assert metrics["run"]["riskcl"] == "0.3.0"
+    assert metrics["run"]["riskcl"] == "0.4.0"
     assert np.diag(np.asarray(metrics["run"]["cost_matrix"])).tolist() == [0.0] * 4
 
 

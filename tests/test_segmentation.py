@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -227,6 +229,38 @@ def test_bad_masks_are_named(tmp_path):
     assert decode_mask(write_mask(tmp_path / "ones.png", 1, (8, 8), values=(0, 1))).any()
 
 
+def test_a_palette_mask_is_read_through_its_palette(tmp_path):
+    """Index 0 painted white is the lesion, not the background; a palette with colours is refused."""
+    index = np.zeros((8, 8), np.uint8)
+    index[:2] = 1  # a 2-row band of index 1
+    im = Image.fromarray(index, mode="P")
+    im.putpalette([255, 255, 255, 0, 0, 0] + [0] * 762)  # index 0 -> white, index 1 -> black
+    im.save(tmp_path / "p.png")
+    mask = decode_mask(tmp_path / "p.png")
+    assert mask[2:].all() and not mask[:2].any()  # white (index 0) is the lesion
+    im.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)  # index 1 -> red
+    im.save(tmp_path / "red.png")
+    with pytest.raises(ValueError, match="red.png: a palette mask whose colours are not black and white"):
+        decode_mask(tmp_path / "red.png")
+
+
+def test_masks_follow_the_images_rule_on_links_leaving_the_data_root(tmp_path):
+    from riskcl.data.segmentation import index_seg_folder
+
+    root = tmp_path / "d"
+    for i in range(3):
+        write_mask(root / "images" / f"x{i}.png", i)
+        write_mask(root / "masks" / f"x{i}.png", i)
+    outside = write_mask(tmp_path / "elsewhere" / "secret.png", 9)
+    (root / "masks" / "x1.png").unlink()
+    (root / "masks" / "x1.png").symlink_to(outside)
+    index = index_seg_folder(root)
+    assert sorted(index.table["id"]) == ["x0", "x2"]
+    assert any("x1.png" in p and "outside the data root" in p and "image x1.png is left out" in p
+               for p in index.problems)
+    assert sorted(index_seg_folder(root, allow_outside_root=True).table["id"]) == ["x0", "x1", "x2"]
+
+
 def test_a_mask_three_times_its_image_is_resized_with_nearest_neighbour():
     big = np.zeros((450, 600), bool)
     big[90:270, 150:450] = True
@@ -316,6 +350,7 @@ def test_calibrate_and_evaluate_a_segmentation_run(seg_run, capsys):
     assert main(["calibrate", str(seg_run), "--alpha", "0.2", "--method", "crc"]) == 0
     out = capsys.readouterr().out
     assert "pixel threshold p(lesion) >=" in out and "expected missed share of the lesion" in out
+    assert "images whose masks hold lesion pixels" in out and "lesions with a lesion" not in out
     cal = json.loads((seg_run / "calibration.json").read_text())
     assert cal["task"] == "segmentation" and cal["certified"]
     # the calibration split's missed share at the threshold obeys CRC's inequality
@@ -361,10 +396,33 @@ def test_predict_writes_a_mask_and_an_outline_per_image_and_a_csv(seg_run, tmp_p
         w, h = Image.open(p).size
         assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
         assert int(r["lesion_px"]) == int((mask == 255).sum())
-        assert (tmp_path / "pred_masks" / f"{p.stem}_outline.png").is_file()
+        assert Path(r["mask"].replace("_mask.png", "_outline.png")).is_file() and p.stem in r["mask"]
     # a rerun resumes: nothing scored twice
     assert main(["predict", str(seg_run), str(tmp_path / "lesion*.png"), "--out", str(out), "--quiet"]) == 0
     assert sum(1 for _ in csv.DictReader(out.open())) == len(paths)
+
+
+def test_inputs_with_one_stem_never_overwrite_each_others_masks(seg_run, tmp_path):
+    import csv
+
+    from riskcl.cli import main
+
+    (tmp_path / "src").mkdir()
+    src = _images(tmp_path / "src", 3)
+    inputs = []
+    for folder, ext, k in (("a", "jpg", 0), ("a", "png", 1), ("b", "jpg", 2)):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        path = tmp_path / folder / f"x.{ext}"
+        Image.open(src[k]).save(path)
+        inputs.append(path)
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(seg_run), *map(str, inputs), "--out", str(out), "--quiet"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len({r["mask"] for r in rows}) == 3
+    for r in rows:  # each mask file is its own image's (its shape, and its area as the row says)
+        w, h = Image.open(r["image"]).size
+        mask = np.asarray(Image.open(r["mask"]))
+        assert mask.shape == (h, w) and int(r["lesion_px"]) == int((mask == 255).sum())
 
 
 def test_export_outputs_probability_maps_and_masks_at_the_input_size(seg_run, tmp_path):
@@ -434,6 +492,9 @@ def test_the_served_page_in_headless_chromium_outlines_what_riskcl_predict_says(
     else:
         assert shown["summary"] == "No lesion found at the operating threshold."
     assert "p(malignant)" not in shown["summary"] + shown["op"]
+    # its own page: no class probabilities, the outline titled as such, a notice about what an outline can miss
+    assert shown["probabilities_hidden"] and shown["overlay_title"] == "Lesion outline"
+    assert "outline can miss part of the lesion" in shown["notice"] and "CLEAR" not in shown["notice"]
 
 
 def test_subgroups_and_a_threshold_per_group(seg_run, tmp_path):

@@ -104,3 +104,41 @@ def test_a_sweep_logs_under_one_experiment_with_its_grid_as_tags(tmp_path):
     runs = client.search_runs([exp.experiment_id])
     assert sorted(r.data.tags["grid.seed"] for r in runs) == ["0", "1"]
     assert {r.data.tags["riskcl.sweep"] for r in runs} == {"seeds"}
+
+
+def test_runs_started_together_on_a_new_store_are_all_tracked(tmp_path, capsys):
+    """Two tasks of a `--jobs 2` sweep open one new SQLite store at once: the driver made it and the experiment
+    first, so neither loses its tracking; --status says so."""
+    uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    (tmp_path / "new").mkdir()
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({**TINY, "epochs": 1}))
+    (tmp_path / "pair.yaml").write_text(yaml.safe_dump({"base": "base.yaml", "overrides": {"tracking.mlflow": uri},
+                                                       "grid": {"seed": [0, 1]}}))
+    out = tmp_path / "runs"
+    assert main(["sweep", str(tmp_path / "pair.yaml"), "--out", str(out), "--launcher", "local", "--jobs", "2",
+                 "--quiet"]) == 0
+    client = _client(uri)
+    runs = client.search_runs([client.get_experiment_by_name("pair").experiment_id])
+    assert sorted(r.data.tags["grid.seed"] for r in runs) == ["0", "1"]
+    capsys.readouterr()
+    assert main(["sweep", str(tmp_path / "pair.yaml"), "--out", str(out), "--status"]) == 0
+    status = capsys.readouterr().out
+    assert "tracked" in status and "not tracked" not in status and status.count(" yes ") == 2
+
+
+def test_a_run_that_could_not_be_tracked_is_named_by_status_and_the_summary(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    monkeypatch.setattr("riskcl.experiment.tracking.RETRIES", 1)
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({**TINY, "epochs": 1}))
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump({"base": "base.yaml", "grid": {"seed": [0]},
+                                                      "overrides": {"tracking.mlflow": "http://127.0.0.1:9"}}))
+    out = tmp_path / "runs"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_sweep(tmp_path / "one.yaml", out, progress=False)
+    summary = json.loads((out / "sweep-shard-0-of-1.json").read_text())["runs"]
+    assert summary["seed-0"]["state"] == "finished" and summary["seed-0"]["tracked"].startswith("no: MLflow failed")
+    capsys.readouterr()
+    assert main(["sweep", str(tmp_path / "one.yaml"), "--out", str(out), "--status"]) == 0
+    assert "1 not tracked (seed-0: MLflow failed" in capsys.readouterr().out

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ._lazy import lazy_face
 
-__version__ = "0.3.0"  # the one place the version is written (pyproject.toml reads it)
+__version__ = "0.4.0"  # the one place the version is written (pyproject.toml reads it)
 
 _LAZY = {"create_loss": "losses", "list_losses": "losses", "safety_report": "metrics", "Taxonomy": "taxonomy",
          "get_taxonomy": "taxonomy", "load_taxonomy": "taxonomy", "severity_matrix": "taxonomy"}

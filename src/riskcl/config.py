@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import yaml
 
 from ._names import did_you_mean
+from .data.duplicates import DEFAULT_DUPLICATES
 from .decision.rules import DECISION_RULES
 from .taxonomy import DEFAULT_LAMBDA1, DEFAULT_LAMBDA2
 
@@ -40,7 +41,8 @@ class DataConfig:
     fold: int | None = None            # use validation fold `fold` of `num_folds` group folds instead
     num_folds: int | None = None       # number of group folds for `fold` (None: the carved validation split)
     on_bad_image: str = "error"        # "error" or "skip" (skipped files are listed in the run folder)
-    duplicates: str = "warn"           # "warn", "drop" (from later splits) or "error"
+    duplicates: str = DEFAULT_DUPLICATES  # byte-identical images in two splits: "drop" the later copies (test
+                                       # stays clean), "warn" (keep them: a paper's protocol) or "error"
     cache_dir: str | None = None       # decoded-image cache (default ~/.cache/riskcl or $RISKCL_CACHE_DIR)
     num_workers: int = 2               # batches a background thread gathers ahead (0: gather in the training loop)
     limit_train: int | None = None     # at most this many training images (class-stratified, seeded): quick trials
@@ -62,6 +64,9 @@ class ModelConfig:
                                        # [age, sex, localization] (encoded on the training split; [] = image only)
     fusion: str = "late"               # with metadata: "late" (features side by side) or "film" (metadata scale and
                                        # shift the image features)
+    metadata_spec: dict = field(default_factory=dict)  # declared kinds and accepted ranges of metadata columns, e.g.
+                                       # {age: {kind: numeric, range: [0, 120]}}: values outside count as unknown in
+                                       # the data and are refused at prediction (see riskcl.data.encoding)
     metadata_dropout: float = 0.0      # training: each row's metadata replaced by "all missing" with this probability
     metadata_hidden: int = 32          # width of the metadata MLP
 
@@ -412,7 +417,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
 
 
 def _check_fusion(cfg: ExperimentConfig) -> None:
-    from .data.encoding import ALWAYS_LABEL_DERIVED, FUSION_HEADS, METADATA_ONLY, label_derived_reason
+    from .data.encoding import (ALWAYS_LABEL_DERIVED, FUSION_HEADS, METADATA_ONLY, check_metadata_spec,
+                                label_derived_reason)
 
     m = cfg.model
     _check(m.fusion in FUSION_HEADS, "model.fusion", m.fusion, f"one of {list(FUSION_HEADS)}")
@@ -426,6 +432,10 @@ def _check_fusion(cfg: ExperimentConfig) -> None:
     _check(len(set(m.metadata)) == len(m.metadata), "model.metadata", m.metadata, "each column once")
     _check(m.name != METADATA_ONLY or bool(m.metadata), "model.metadata", m.metadata,
            "the columns the metadata-only reference reads (model.name: metadata-only)")
+    try:
+        check_metadata_spec(m.metadata_spec, m.metadata)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _root_required(dataset: str) -> bool:

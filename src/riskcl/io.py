@@ -92,6 +92,56 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+class IntegrityError(ValueError):
+    """A file riskcl wrote earlier is not the file it recorded (its SHA-256 differs, or it is missing)."""
+
+
+def verify_sha256(path: str | os.PathLike, expected: str, what: str, fix: str) -> str:
+    """Check that ``path`` exists and its SHA-256 is ``expected`` (recorded when riskcl wrote it); returns the
+    digest. :class:`IntegrityError` names the file, what it is, both digests and ``fix`` (what to do): anything
+    riskcl loads that it wrote earlier goes through here (ensemble members, export folders, prediction CSVs being
+    resumed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise IntegrityError(f"{path}: {what} is missing; {fix}")
+    digest = file_sha256(path)
+    if digest != expected:
+        raise IntegrityError(f"{path}: {what} is not the file that was recorded (SHA-256 {digest[:12]}..., recorded "
+                             f"{str(expected)[:12]}...): it was changed or replaced; {fix}")
+    return digest
+
+
+def distinct_stems(paths, always: bool = False) -> list[str]:
+    """One file stem per input for the files an output writes per input: the input's stem, with a short hash of its
+    resolved path where two inputs share a stem (``always``: for every input, so that a name never depends on the
+    other inputs, and a resumed or repeated run never overwrites another input's file)."""
+    import hashlib
+
+    stems = [Path(p).stem for p in paths]
+    counts = {s: stems.count(s) for s in stems}
+    return [s if counts[s] == 1 and not always else
+            f"{s}_{hashlib.sha256(str(Path(p).resolve()).encode()).hexdigest()[:8]}" for s, p in zip(stems, paths)]
+
+
+FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A CSV cell that a spreadsheet will not run as a formula: text starting with ``= + - @``, a tab or a carriage
+    return gets a leading ``'`` (OWASP's advice for CSV exports); numbers and other text are returned as they are.
+    :func:`spreadsheet_value` undoes it when riskcl reads its own CSVs back."""
+    if isinstance(value, str) and value.startswith(FORMULA_LEADS):
+        return "'" + value
+    return value
+
+
+def spreadsheet_value(text: Any) -> Any:
+    """The value :func:`spreadsheet_safe` neutralised (a leading ``'`` before a formula character removed)."""
+    if isinstance(text, str) and len(text) > 1 and text[0] == "'" and text[1:].startswith(FORMULA_LEADS):
+        return text[1:]
+    return text
+
+
 def build_folder_atomically(path: str | os.PathLike, build: Callable[[Path], Any], marker: str) -> Any:
     """Let ``build(tmp)`` fill a fresh temp folder beside ``path``, then swap it in for ``path``: a reader, or a
     process killed mid-build, sees the old folder or the new one, never a mix. An existing ``path`` is replaced

@@ -58,7 +58,7 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-UNREADABLE_EXIT = 3  # predict finished, but some inputs could not be read (their rows say why)
+UNREADABLE_EXIT = 3  # predict finished, but some inputs could not be read or decided (their rows say why)
 
 
 def _predict(a: argparse.Namespace) -> int:
@@ -80,11 +80,13 @@ def _predict(a: argparse.Namespace) -> int:
     print(f"{s.scored} image(s) scored ({s.referred} {what})" + (f", {s.skipped} already in {a.out}" if s.skipped
                                                                    else "")
           + (f", {len(s.unreadable)} unreadable (rows with decision 'unreadable' say why): "
-             + ", ".join(s.unreadable[:5]) + (" ..." if len(s.unreadable) > 5 else "") if s.unreadable else ""),
+             + ", ".join(s.unreadable[:5]) + (" ..." if len(s.unreadable) > 5 else "") if s.unreadable else "")
+          + (f", {len(s.errors)} refused (rows with decision 'error' say why): "
+             + ", ".join(s.errors[:5]) + (" ..." if len(s.errors) > 5 else "") if s.errors else ""),
           file=log)
     if a.out:
         print(f"wrote {a.out}")
-    return UNREADABLE_EXIT if s.unreadable else 0
+    return UNREADABLE_EXIT if s.unreadable or s.errors else 0
 
 
 PREDICT = Command("predict", "predict image files, folders or globs with a run or an export (decision at its "

@@ -73,8 +73,10 @@ def _wait(a: argparse.Namespace, extra) -> list:
 
 
 def _launched(a: argparse.Namespace, extra) -> int:
-    from ..experiment.launch import format_states, launch, run_states
+    from ..experiment.launch import check_sweep_folder, format_states, launch, run_states
 
+    if a.status or (a.wait and a.launcher is None):
+        check_sweep_folder(a.config, a.out, extra)
     if a.status:
         print(format_states(run_states(a.config, a.out, extra)))
         return 0
@@ -95,9 +97,12 @@ def _launched(a: argparse.Namespace, extra) -> int:
 
 
 def _sweep(a: argparse.Namespace) -> int:
+    from .._checks import check_int
     from ..config import parse_overrides
     from ..experiment.sweep import load_sweep, parse_shard, run_sweep, shard_runs
 
+    if a.jobs is not None:
+        check_int("--jobs", a.jobs, minimum=1)
     extra = parse_overrides(a.set)
     if a.only:
         from ..experiment import run_experiment
@@ -245,9 +250,17 @@ def _calibrate(a: argparse.Namespace) -> int:
           + (f"  objective {o['objective']} under {o['costs']}: chose {o['threshold']:.4f} of the certified "
              f"thresholds up to {o['certified_threshold']:.4f} (expected cost {o['expected_cost']:.4g}, worst-case "
              f"regret {o['max_regret']:.4g} per case on the {r['calibration_split']} split)\n"
-             if (o := r["objective"])["objective"] != "guarantee" else "")
+             if (o := r["objective"])["objective"] != "guarantee" and r["certified"] else
+             f"  objective {o['objective']}: not applied, since no threshold was certified to choose among (the "
+             f"threshold is the uncertified {r['threshold']:.4f})\n" if o["objective"] != "guarantee" else "")
           + f"wrote {a.run_dir}/calibration.json: predict, evaluate, export, card and serve now decide at it")
     return 0
+
+
+def _plural(unit: str) -> str:
+    """What a pixel calibration counts, in words: ``lesion`` -> lesions (by lesion id, their images averaged)."""
+    return {"lesion": "lesions (by lesion id, each lesion's images averaged)", "image": "images",
+            "sample": "images", "group": "groups"}.get(unit, f"{unit}s")
 
 
 def _print_pixel_calibration(run_dir: str, r: dict) -> int:
@@ -255,8 +268,9 @@ def _print_pixel_calibration(run_dir: str, r: dict) -> int:
     if not r["certified"]:
         print("WARNING: NOT CERTIFIED: no pixel threshold could be certified; written with --allow-uncertified")
     print(f"pixel threshold p(lesion) >= {r['threshold']:.4f} ({r['method']} on the {r['calibration_split']} split, "
-          f"{r['n_calibration']} {r['unit']}s with a lesion)\n  guarantee: {r['guarantee']}\n  test: missed share of "
-          f"the lesion {100 * t['fnr']:.2f}%  images missing > half {100 * t['missed_half']:.2f}%  Dice "
+          f"{r['n_calibration']} {_plural(r['unit'])} whose masks hold lesion pixels)\n  guarantee: "
+          f"{r['guarantee']}\n  test: missed share of the lesion {100 * t['fnr']:.2f}%  images missing > half "
+          f"{100 * t['missed_half']:.2f}%  Dice "
           f"{t['dice']:.4f}  over-segmentation {100 * t['over_rate']:.2f}%\n  (threshold 0.5: missed "
           f"{100 * d['fnr']:.2f}%, Dice {d['dice']:.4f})\n  shift check: {r['shift_check']['note']}\n"
           f"wrote {run_dir}/calibration.json: predict, evaluate, export, card and serve now decide at it")

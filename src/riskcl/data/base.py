@@ -14,8 +14,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..taxonomy import Taxonomy
+from .decoding import IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 # train: fitting; val: model selection (best epoch); calib: risk control only; test: the final report.
 SPLITS = ("train", "val", "calib", "test")
 CONTENT_GROUPS = "image content (no patient ids: byte-identical copies are kept together)"

@@ -11,6 +11,9 @@ from PIL import Image, UnidentifiedImageError
 
 from .rgb import ImageTooLargeError, ImageTooSmallError, decode_image
 
+# The file types riskcl takes from folders (training data and predict alike); any other file is listed as skipped.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+
 
 class BadImageError(ValueError):
     """An image file that cannot be decoded; ``path`` and ``reason`` say which and why."""

@@ -19,7 +19,8 @@ import pandas as pd
 
 from ..io import read_csv
 from ..taxonomy import get_taxonomy
-from .base import CONTENT_GROUPS, IMAGE_EXTENSIONS, DataIndex, check_member, make_table
+from .base import CONTENT_GROUPS, DataIndex, check_member, make_table
+from .decoding import IMAGE_EXTENSIONS
 from .paths import safe_join
 
 PREFIX = "ISIC2018_Task3"
@@ -51,17 +52,29 @@ def read_one_hot_csv(path: Path, classes: tuple[str, ...], id_column: str = "ima
 
 METADATA = ("age", "sex", "localization", "dx_type")
 AGE_BINS = ((30, "<30"), (45, "30-44"), (60, "45-59"), (75, "60-74"))
+AGE_RANGE = (0.0, 120.0)  # a possible age in years; anything else is a data error, read as unknown
 
 
 def age_bin(value: object) -> str:
-    """``"45-59"`` for 52.0; ``"unknown"`` when missing or not a number."""
+    """``"45-59"`` for 52.0; ``"unknown"`` when missing, not a number or impossible (outside :data:`AGE_RANGE`)."""
     try:
         age = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return "unknown"
-    if age != age:
+    if not AGE_RANGE[0] <= age <= AGE_RANGE[1]:  # NaN and infinities included
         return "unknown"
     return next((name for bound, name in AGE_BINS if age < bound), "75+")
+
+
+def impossible_ages(values) -> list[str]:
+    """The values of an age column that are given but impossible (not a number, or outside :data:`AGE_RANGE`)."""
+    out = []
+    for v in values:
+        if v is None or (isinstance(v, float) and v != v) or not str(v).strip():
+            continue
+        if age_bin(v) == "unknown":
+            out.append(str(v))
+    return out
 
 
 def _metadata(root: Path) -> pd.DataFrame | None:
@@ -75,7 +88,8 @@ def _metadata(root: Path) -> pd.DataFrame | None:
             raise ValueError(f"{meta}: expected a column '{col}' (columns: {list(df.columns)})")
     lesion = df["lesion_id"].to_numpy(dtype=object)
     out = pd.DataFrame({"lesion_id": [v if v else None for v in lesion]}, index=df["image_id"].to_numpy())
-    out["age"] = [age_bin(v) for v in df.get("age", pd.Series([""] * len(df)))]
+    ages = df.get("age", pd.Series([""] * len(df)))
+    out["age"] = [age_bin(v) for v in ages]
     for col in ("sex", "localization", "dx_type"):
         out[col] = (df[col] if col in df.columns else pd.Series([""] * len(df))).replace("", "unknown").to_numpy()
     dup = out.index.duplicated(keep=False)
@@ -86,7 +100,9 @@ def _metadata(root: Path) -> pd.DataFrame | None:
             lines = [int(k) + 2 for k in np.flatnonzero(df["image_id"].to_numpy() == conflicting[0])]
             raise ValueError(f"{meta}: image '{conflicting[0]}' has {len(lines)} rows that disagree (lines {lines}); "
                              f"keep one row per image")
-    return out[~out.index.duplicated()]
+    out = out[~out.index.duplicated()].copy()
+    out.attrs["impossible_ages"] = impossible_ages(ages)
+    return out
 
 
 def index_isic2018(root: str | Path, allow_outside_root: bool = False) -> DataIndex:
@@ -95,6 +111,10 @@ def index_isic2018(root: str | Path, allow_outside_root: bool = False) -> DataIn
     meta = _metadata(root)
     meta_rows = {} if meta is None else meta.to_dict("index")
     rows, problems = [], []
+    bad_ages = [] if meta is None else meta.attrs.get("impossible_ages", [])
+    if bad_ages:
+        problems.append(f"HAM10000_metadata.csv: {len(bad_ages)} impossible age(s) (not a number in "
+                        f"{AGE_RANGE[0]:g}-{AGE_RANGE[1]:g} years: {sorted(set(bad_ages))[:5]}) read as unknown")
     for part, split in OFFICIAL_SPLITS.items():
         inputs = root / f"{PREFIX}_{part}_Input"
         truth = root / f"{PREFIX}_{part}_GroundTruth" / f"{PREFIX}_{part}_GroundTruth.csv"

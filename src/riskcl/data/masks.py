@@ -31,7 +31,10 @@ def decode_mask(path: str | os.PathLike, image_hw: tuple[int, int] | None = None
     try:
         with Image.open(p) as im:
             im.load()
-            arr = np.asarray(im.convert("L") if im.mode not in ("1", "L", "P", "I", "I;16") else im)
+            # A palette image is read through its palette (an index means nothing by itself: index 0 may be
+            # white), then checked like any mask: only black and white pass.
+            arr = np.asarray(im.convert("L") if im.mode not in ("1", "L", "I", "I;16") else im)
+            palette = im.mode in ("P", "PA")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise BadImageError(p, f"cannot decode mask ({type(exc).__name__}: {exc})") from None
     if arr.ndim != 2:
@@ -45,8 +48,10 @@ def decode_mask(path: str | os.PathLike, image_hw: tuple[int, int] | None = None
         mask = arr == 1
     else:
         shown = values[:6].tolist()
-        raise BadImageError(p, f"not a binary mask: values {shown}{' ...' if len(values) > 6 else ''}; expected only "
-                               f"0 (background) and 255 or 1 (lesion)")
+        what = "a palette mask whose colours are not black and white (grey levels " if palette else "not a binary " \
+            "mask: values "
+        raise BadImageError(p, f"{what}{shown}{' ...' if len(values) > 6 else ''}{')' if palette else ''}; expected "
+                               f"only 0 (background) and 255 or 1 (lesion)")
     if image_hw is not None:
         ih, iw = image_hw
         mh, mw = mask.shape

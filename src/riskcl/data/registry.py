@@ -25,7 +25,7 @@ from .base import SPLITS, DataIndex, ImageDataset
 from .brain_mri import index_brain_mri
 from .breakhis import index_breakhis
 from .demo import index_demo
-from .duplicates import DUPLICATE_POLICIES, duplicate_groups, summarize_duplicates
+from .duplicates import DEFAULT_DUPLICATES, DUPLICATE_POLICIES, duplicate_groups, summarize_duplicates
 from .images import cached_images, resize_array
 from .isic import index_isic2018
 from .medmnist import index_medmnist
@@ -160,6 +160,11 @@ def _apply_duplicate_policy(table: pd.DataFrame, policy: str, info: dict[str, An
     first = rank.groupby(table["hash"]).transform("min")
     drop = rank > first
     info["dropped_duplicates"] = table.loc[drop, "path"].tolist()
+    per_split = table.loc[drop, "split"].value_counts().to_dict()
+    where = ", ".join(f"{n} from {s}" for s, n in sorted(per_split.items()))
+    warnings.warn(msg + f": dropped {int(drop.sum())} later copies ({where}; duplicates: drop, so no split holds an "
+                  f"image of an earlier one; `warn` keeps them)",
+                  UserWarning, stacklevel=3)
     return table.loc[~drop]
 
 
@@ -247,7 +252,15 @@ def _masks(name: str, index: DataIndex, table: pd.DataFrame, image_size: int, on
         raise ValueError(f"{len(bad)} bad mask(s) (on_bad_image: error; set data.on_bad_image: skip to leave their "
                          f"images out):\n{lines}")
     info["skipped"] = {**info.get("skipped", {}), **bad}
-    return masks, table.loc[~table["mask"].isin(bad)].copy()
+    table = table.loc[~table["mask"].isin(bad)].copy()
+    rows = table["row"].to_numpy()  # positions in the mask array
+    empty = int((masks[rows].reshape(len(rows), -1).max(axis=1) == 0).sum()) if len(rows) else 0
+    info["empty_masks"] = empty
+    if len(rows) and empty == len(rows):
+        warnings.warn(f"Dataset '{name}': every one of the {len(rows)} masks is empty (no lesion pixel at "
+                      f"{image_size} px): a model has nothing to segment and the missed share is undefined; check "
+                      f"the mask files (lesion = 255 or 1)", UserWarning, stacklevel=3)
+    return masks, table
 
 
 MISSING_MARKERS = {"", "nan", "none", "null", "na", "n/a", "unknown", "?"}
@@ -296,7 +309,7 @@ def _limit_train(table: pd.DataFrame, limit: int, seed: int, info: dict[str, Any
 def create_datasets(name: str, root: str | Path | None = None, image_size: int = 224, val_fraction: float = 0.15,
                     test_fraction: float = 0.2, calib_fraction: float = 0.1, seed: int = 0,
                     fold: int | None = None, num_folds: int | None = None, on_bad_image: str = "error",
-                    duplicates: str = "warn", cache_dir: str | Path | None = None, progress: bool = True,
+                    duplicates: str = DEFAULT_DUPLICATES, cache_dir: str | Path | None = None, progress: bool = True,
                     fixed_splits: Mapping[str, str] | None = None, limit_train: int | None = None,
                     **options: Any) -> SplitData:
     """Index, decode (cached), split and wrap a data set.
@@ -306,8 +319,8 @@ def create_datasets(name: str, root: str | Path | None = None, image_size: int =
         image_size: side of the square images fed to the model.
         val_fraction / test_fraction / calib_fraction / seed / fold / num_folds: see :func:`assign_splits`.
         on_bad_image: ``error`` (default: a ``ValueError`` naming each unreadable file) or ``skip`` (listed in
-            ``info["skipped"]``). duplicates: ``warn``, ``drop`` (the later copies) or ``error`` for
-            byte-identical images in two splits.
+            ``info["skipped"]``). duplicates: ``drop`` (default: the copies in the later split, counted), ``warn``
+            (keep them: a paper's protocol) or ``error`` for byte-identical images in two splits.
         cache_dir: where the decoded-image cache lives (default ``~/.cache/riskcl`` or ``$RISKCL_CACHE_DIR``).
         fixed_splits: ``{path: split}`` to reproduce a run's ``splits.csv`` instead of assigning splits.
         limit_train: keep at most this many training images (a seeded, class-stratified subset, for quick trials;

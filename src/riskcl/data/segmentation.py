@@ -23,7 +23,7 @@ import numpy as np
 
 from ..io import read_csv
 from ..taxonomy import get_taxonomy
-from .base import CONTENT_GROUPS, DataIndex, list_images, make_table
+from .base import CONTENT_GROUPS, DataIndex, check_member, list_images, make_table
 from .demo import CLASS_SHARES, SPLIT_SIZES, generate_lesions
 from .isic import METADATA as ISIC_METADATA
 from .isic import _metadata
@@ -35,9 +35,20 @@ MASK_SUFFIX = "_segmentation"
 LESION = 1  # the label of every segmentation image (the `lesion` class)
 
 
-def _rows(images: list[Path], mask_dir: Path, suffix: str, split: str) -> list[dict]:
-    return [{"path": str(p), "mask": str(mask_dir / f"{p.stem}{suffix}.png"), "label": LESION, "id": p.stem,
-             "split": split, "group": None} for p in images]
+def _rows(images: list[Path], mask_dir: Path, suffix: str, split: str, root: Path,
+          allow_outside_root: bool) -> tuple[list[dict], list[str]]:
+    """One row per image with its mask's path, and a problem for each image left out because its mask may not be
+    used (the rule images follow: a symlink that leaves the data root, a dangling link, a name that is not UTF-8)."""
+    rows, problems = [], []
+    for p in images:
+        mask = mask_dir / f"{p.stem}{suffix}.png"
+        why = check_member(mask, root, allow_outside_root) if mask.is_symlink() or mask.exists() else None
+        if why:
+            problems.append(f"mask {why} (its image {p.name} is left out too)")
+            continue
+        rows.append({"path": str(p), "mask": str(mask), "label": LESION, "id": p.stem, "split": split,
+                     "group": None})
+    return rows, problems
 
 
 def index_isic2018_seg(root: str | Path, allow_outside_root: bool = False) -> DataIndex:
@@ -51,7 +62,9 @@ def index_isic2018_seg(root: str | Path, allow_outside_root: bool = False) -> Da
                 raise FileNotFoundError(f"Expected the mask folder {truth} beside {inputs} (ISIC 2018 Task 1)")
             files, probs = list_images(inputs, root, allow_outside_root)
             problems += [p for p in probs if "superpixels" not in p]
-            rows += _rows([f for f in files if "superpixels" not in f.stem], truth, MASK_SUFFIX, TASK1_PARTS[part])
+            part_rows, part_problems = _rows([f for f in files if "superpixels" not in f.stem], truth, MASK_SUFFIX,
+                                             TASK1_PARTS[part], root, allow_outside_root)
+            rows, problems = rows + part_rows, problems + part_problems
     else:
         inputs, masks = root / "ISIC2018_Task3_Training_Input", root / HAM_MASKS
         if not inputs.is_dir() or not masks.is_dir():
@@ -59,7 +72,8 @@ def index_isic2018_seg(root: str | Path, allow_outside_root: bool = False) -> Da
                                     f"{TASK1}_Training_GroundTruth/) or the HAM10000 masks ({HAM_MASKS}/ beside "
                                     f"ISIC2018_Task3_Training_Input/)")
         files, problems = list_images(inputs, root, allow_outside_root)
-        rows = _rows(files, masks, MASK_SUFFIX, "train")
+        rows, more = _rows(files, masks, MASK_SUFFIX, "train", root, allow_outside_root)
+        problems += more
     meta = _metadata(root)
     columns = [*ISIC_METADATA, "dx"]
     dx: dict[str, str] = {}
@@ -92,7 +106,8 @@ def index_seg_folder(root: str | Path, images: str = "images", masks: str = "mas
     files, problems = list_images(image_dir, root, allow_outside_root)
     if not files:
         raise ValueError(f"{image_dir}: no image files")
-    return DataIndex(make_table(_rows(files, mask_dir, mask_suffix, "")), get_taxonomy("lesion"), problems=problems)
+    rows, more = _rows(files, mask_dir, mask_suffix, "", root, allow_outside_root)
+    return DataIndex(make_table(rows), get_taxonomy("lesion"), problems=problems + more)
 
 
 def index_seg_demo(root: object = None, size: int = 64, seed: int = 0, scale: float = 1.0) -> DataIndex:

@@ -238,6 +238,9 @@ def benefit_sentence(curve: Mapping[str, Any]) -> str:
     """The decision curve in one plain sentence."""
     lo, hi = curve["pt"][0], curve["pt"][-1]
     spans = curve["adds_benefit"]
+    if not curve.get("prevalence"):
+        return (f"Undefined on this split: it holds no malignant case, so there is no benefit to weigh against "
+                f"false referrals (net benefit over {lo:.2f}-{hi:.2f} is never positive for any rule).")
     if not spans:
         return (f"Over threshold probabilities {lo:.2f}-{hi:.2f} the model adds no net benefit over referring "
                 f"everyone or no one.")

@@ -28,6 +28,10 @@ from .rules import DECISION_RULES, decide, softmax
 DEFAULT_THRESHOLD = 0.5
 METHODS = ("default", "manual", "ltt", "crc")
 TTA_CHOICES = ("none", "flip")
+# What a fusion model's request carries: every metadata column, none of them, or some. A calibration certifies
+# "complete" (the calibration split as it is) and "none" (the same cases with every column masked).
+INPUT_PATTERNS = {"complete": "requests with every metadata column", "none": "requests without metadata",
+                  "partial": "requests with some metadata columns missing"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,9 @@ class OperatingPoint:
     guarantee: str = ""
     allowed_uncertified: bool = False      # an uncertified calibration used anyway (--allow-uncertified)
     task: str = "classification"           # "segmentation": the threshold applies to each pixel's p(lesion)
+    inputs: Mapping[str, Mapping[str, Any]] | None = field(default=None, compare=False)  # a fusion model's point
+                                           # per input pattern (INPUT_PATTERNS): threshold, certified, guarantee
+    pattern: str | None = None             # the input pattern this point decides (set by for_inputs)
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.threshold) <= 1.0:
@@ -103,10 +110,32 @@ class OperatingPoint:
             return (p >= t).astype(np.uint8)
         return decide(probs, taxonomy, self.rule, t)
 
+    def for_inputs(self, pattern: str) -> "OperatingPoint":
+        """The point that decides a fusion model's request carrying ``pattern`` (:data:`INPUT_PATTERNS`) of its
+        metadata: the one certified for that pattern; where none was, the lowest calibrated threshold, marked
+        uncertified (a guarantee holds only for the inputs it was certified on). A model without metadata inputs,
+        or an uncalibrated point, is returned as it is (with the pattern noted)."""
+        if pattern not in INPUT_PATTERNS:
+            raise ValueError(f"Expected an input pattern in {list(INPUT_PATTERNS)}, but got {pattern!r}")
+        if self.inputs is None:
+            return self
+        if not self.calibrated:
+            return replace(self, pattern=pattern)
+        entry = self.inputs.get(pattern)
+        if entry is None:
+            lowest = min([float(e["threshold"]) for e in self.inputs.values()] + [float(self.threshold)])
+            return replace(self, threshold=lowest, certified=False, pattern=pattern, allowed_uncertified=True,
+                           guarantee=f"no point was certified for {INPUT_PATTERNS[pattern]}: decided at the lowest "
+                                     f"calibrated threshold, without a guarantee")
+        return replace(self, threshold=float(entry["threshold"]), certified=bool(entry["certified"]), pattern=pattern,
+                       guarantee=str(entry.get("guarantee", self.guarantee)),
+                       allowed_uncertified=self.allowed_uncertified or not entry["certified"])
+
     def with_threshold(self, threshold: float) -> "OperatingPoint":
         """A manual point at ``threshold`` that keeps how probabilities are computed (T, TTA, size)."""
         return replace(self, threshold=float(threshold), method="manual", alpha=None, delta=None, certified=False,
-                       split=None, by=None, groups=None, fallback=None, guarantee="", allowed_uncertified=False)
+                       split=None, by=None, groups=None, fallback=None, guarantee="", allowed_uncertified=False,
+                       inputs=None if self.inputs is None else {}, pattern=None)
 
     def describe(self) -> str:
         """The point in one plain sentence (what the threshold is and what, if anything, it guarantees)."""
@@ -123,14 +152,19 @@ class OperatingPoint:
                     f"`riskcl calibrate` gives one)")
         if self.method == "manual":
             return f"a threshold given by hand: {act} {probs} >= {self.threshold:g} (no guarantee)"
+        if self.pattern is not None and self.inputs is not None and self.pattern not in self.inputs:
+            return f"NOT CERTIFIED for {INPUT_PATTERNS[self.pattern]}: {act} {probs} >= {self.threshold:.4f} " \
+                   f"({self.guarantee})"
         cert = "" if self.certified else " NOT CERTIFIED (used with --allow-uncertified): no guarantee holds; "
         where = f" per '{self.by}' group ({self.threshold:.4f} pooled)" if self.per_group else ""
-        return (f"{cert}{act} {probs} >= {self.threshold:.4f}{where}, chosen by {self.method} on the "
+        scope = f" for {INPUT_PATTERNS[self.pattern]}" if self.pattern is not None and self.inputs else ""
+        return (f"{cert}{act} {probs} >= {self.threshold:.4f}{where}{scope}, chosen by {self.method} on the "
                 f"{self.split} split: {self.guarantee}")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["groups"] = None if self.groups is None else {k: dict(v) for k, v in self.groups.items()}
+        out["inputs"] = None if self.inputs is None else {k: dict(v) for k, v in self.inputs.items()}
         out["calibrated"], out["how"] = self.calibrated, self.describe()
         return out
 

@@ -20,9 +20,15 @@ from ..taxonomy import Taxonomy
 
 
 def _probs(probs: Any, k: int | None = None) -> np.ndarray:
+    """Probabilities to decide on: ``(N, K)`` and finite (a NaN compared with a threshold is False, so it would
+    quietly become "benign"; it is refused instead, naming the rows)."""
     p = to_numpy(probs).astype(np.float64)
     if p.ndim != 2 or (k is not None and p.shape[1] != k):
         raise ValueError(f"Expected `probs` of shape (N, {k or 'K'}), but got {p.shape}")
+    bad = np.flatnonzero(~np.isfinite(p).all(axis=1))
+    if bad.size:
+        raise ValueError(f"Expected finite probabilities, but {bad.size} row(s) hold NaN or infinity (rows "
+                         f"{bad[:5].tolist()}); a non-finite score is never decided")
     return p
 
 

@@ -376,17 +376,24 @@ def _metadata_inputs(doc: Document, c: CardContext) -> None:
     doc.para(f"Besides the image the model reads {encoding.column_names} ({encoding.dim} encoded features; fitted on "
              f"the training split only: numeric columns standardised, categorical one-hot with an explicit unknown; "
              f"a missing value encodes as unknown), through the `{fusion.get('head', '?')}` fusion head with metadata "
-             f"dropout {fusion.get('metadata_dropout', 0)}. What happens when a clinic sends none, at the operating "
-             f"point (test split, every image's metadata missing):")
+             f"dropout {fusion.get('metadata_dropout', 0)}. A guarantee holds for the inputs it was certified on, so "
+             f"each request is decided at the operating point calibrated for what it carries: every column, or none "
+             f"(the calibration split with every column masked); a request with some columns missing has no "
+             f"certified point and its answer says so. Test split, with its metadata and with every image's metadata "
+             f"missing:")
     if not c.folder.has_predictions(NO_METADATA):
         doc.para("Not measured: the run predates the no-metadata predictions.")
         return
     rows = []
-    for name, arrays in (("with metadata", c.test), ("no metadata sent", c.folder.predictions(NO_METADATA))):
-        probs = c.op.probabilities(arrays["logits"])
-        labels = decide(probs, c.tax, c.op.rule, c.op.threshold)
+    for name, pattern, arrays in (("with metadata", "complete", c.test),
+                                  ("no metadata sent", "none", c.folder.predictions(NO_METADATA))):
+        point = c.op.for_inputs(pattern) if c.op.inputs is not None else c.op
+        probs = point.probabilities(arrays["logits"])
+        labels = point.decide(probs, c.tax)
         sens, spec = sensitivity_specificity(labels, arrays["target"], c.tax)
-        rows.append({"inputs": name, "CER": f"{100 * critical_error_rate(labels, arrays['target'], c.tax):.2f}%",
+        rows.append({"inputs": name, "threshold": f"{point.threshold:.4f}",
+                     "certified": ("yes" if point.certified else "NO") if point.calibrated else "not calibrated",
+                     "CER": f"{100 * critical_error_rate(labels, arrays['target'], c.tax):.2f}%",
                      "sensitivity": f"{100 * sens:.2f}%", "specificity": f"{100 * spec:.2f}%",
                      "F1-macro": round(f1_macro(labels, arrays["target"]), 4)})
     doc.table(pd.DataFrame(rows))

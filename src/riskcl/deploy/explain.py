@@ -27,7 +27,7 @@ from ..data.augment import to_model_input
 from ..data.images import resize_uint8
 from ..experiment.calibrate import operating_point
 from ..experiment.folder import RunFolder
-from ..io import atomic_write_with, make_folder
+from ..io import atomic_write_with, distinct_stems, make_folder
 from ..metrics import malignant_probability
 from ..models import MetadataOnlyNet
 from ..taxonomy import Taxonomy
@@ -55,7 +55,12 @@ def _cam_class(method: str):
 
 
 def target_layer(model: torch.nn.Module, image_size: int | None = None) -> tuple[torch.nn.Module, Callable | None]:
-    """The layer whose activations the CAM weighs, and the reshape a transformer's tokens need."""
+    """The layer whose activations the CAM weighs, and the reshape a transformer's tokens need (a fusion model: its
+    image backbone's; the map then explains the image with the clinical data missing)."""
+    from ..models import FusionNet
+
+    if isinstance(model, FusionNet):
+        return target_layer(model.backbone, image_size)
     if hasattr(model, "blocks") and hasattr(model, "patch_embed"):  # a timm vision transformer
         prefix = int(getattr(model, "num_prefix_tokens", 1))
 
@@ -180,17 +185,6 @@ def explain_arrays(folder: RunFolder, images: Sequence[np.ndarray], method: str 
              "note": blank_map_note(for_class[i]) or blank_map_note(for_mal[i])} for i in range(len(images))]
 
 
-def overlay_stems(images: Sequence[str | Path]) -> list[str]:
-    """One distinct file stem per input: the file's stem, with a short hash of its path where two inputs in
-    different folders share a stem (so no overlay overwrites another)."""
-    import hashlib
-
-    stems = [Path(p).stem for p in images]
-    counts = {s: stems.count(s) for s in stems}
-    return [s if counts[s] == 1 else f"{s}_{hashlib.sha256(str(Path(p).resolve()).encode()).hexdigest()[:8]}"
-            for s, p in zip(stems, images)]
-
-
 def explain_files(run_dir: str | Path, images: Sequence[str | Path], out_dir: str | Path,
                   method: str = "gradcam") -> list[dict[str, Any]]:
     """Write ``<stem>_class.png``, ``<stem>_malignant.png`` and ``<stem>_panel.png`` per image into ``out_dir``."""
@@ -200,7 +194,7 @@ def explain_files(run_dir: str | Path, images: Sequence[str | Path], out_dir: st
     arrays = [decode_rgb(p) for p in images]
     out = make_folder(out_dir, "overlays")
     rows = []
-    for path, stem, arr, r in zip(images, overlay_stems(images), arrays, explain_arrays(folder, arrays, method)):
+    for path, stem, arr, r in zip(images, distinct_stems(images), arrays, explain_arrays(folder, arrays, method)):
         files = {"class": _save_png(out / f"{stem}_class.png", r["overlay_class"]),
                  "malignant": _save_png(out / f"{stem}_malignant.png", r["overlay_malignant"]),
                  "panel": _save_png(out / f"{stem}_panel.png",

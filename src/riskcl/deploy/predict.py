@@ -77,6 +77,7 @@ class RunModel:
         self.op = operating_point(self.folder, calibrated, threshold, rule, allow_uncertified)
         self.taxonomy = self.folder.taxonomy()
         self.model = self.folder.load_model()
+        self.identity = self.folder.weights_sha256()  # what a prediction CSV records (and a resume checks)
         self.encoding = self.folder.metadata_encoding()  # a fusion model's; None: images only
         if threads:
             torch.set_num_threads(int(threads))

@@ -1,68 +1,136 @@
-"""Scoring images with a deployed model, a run folder or an export folder, and the prediction rows riskcl writes.
+"""Scoring images with a deployed model, a run folder or an export folder, and the decision rows riskcl writes.
 
 This module loads no PyTorch: an export folder (``riskcl_export.json`` + ``model.onnx``) is scored with ONNX
 Runtime alone, so ``riskcl predict EXPORT_DIR`` and ``riskcl serve EXPORT_DIR`` run from the ``serve`` install
 (numpy, Pillow, onnxruntime, FastAPI, uvicorn); a run folder is scored by :class:`riskcl.deploy.predict.RunModel`,
 imported only when a run folder is given. Both offer the same face (:class:`Scorer`): the operating point, the
-taxonomy and ``probabilities(images)`` of decoded ``uint8`` images, so every command decides from one function
-(:func:`decision_rows`).
+taxonomy, the model's identity (SHA-256) and ``probabilities(images)`` of decoded ``uint8`` images, so every
+command decides from one function (:func:`decision_rows`), which is also the one gate that refuses to decide a
+non-finite probability (the row says ``error``).
+
+An export folder is verified before it is scored (:func:`verify_export`): every file has the SHA-256 recorded at
+export, the model is a plain file inside the folder, and ``riskcl_export.json`` says what the graph's own embedded
+metadata say (operating point, classes, metadata encoding); an edited, swapped or damaged export is refused.
 
 Batch prediction streams (:func:`stream_predictions`): files are expanded from folders and globs, decoded in a
 small thread pool one batch ahead of the model, scored a batch at a time and written to the CSV as they come
 (each batch flushed and synced), so memory stays bounded whatever the number of images. A file that cannot be
-read gets a row with the decision ``unreadable`` and the reason, and the rest goes on. A rerun with the same
-``--out`` skips the images already scored (and retries the unreadable ones); a CSV scored at another operating
-point is refused rather than mixed.
+read gets a row with the decision ``unreadable`` and the reason, a row that cannot be decided (metadata the model
+cannot read, a non-finite probability) the decision ``error``, and the rest goes on. A rerun with the same
+``--out`` skips the images already scored (:class:`riskcl.deploy.prediction_csv.PredictionCSV`).
 """
 from __future__ import annotations
 
-import csv
 import glob
-import io
 import json
 import os
-import sys
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Protocol, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
-from ..data.decoding import BadImageError, decode_rgb
+from ..data.decoding import IMAGE_EXTENSIONS, BadImageError, decode_rgb
+from ..data.encode_metadata import MetadataValueError
 from ..decision import OperatingPoint
-from ..io import atomic_write_text, check_writable_target
+from ..io import IntegrityError, verify_sha256
 from ..metrics.functional import malignant_probability
 from ..taxonomy import Taxonomy
+from .prediction_csv import (CSV_HEAD, ERROR, ERROR_COLUMN, NONFINITE, UNREADABLE, PredictionCSV,  # noqa: F401
+                             StdoutCSV, check_prediction_target, csv_columns, failed_row, image_groups, metadata_rows,
+                             unreadable_row)
 
 METADATA_FILE = "riskcl_export.json"  # an export folder is recognised by this file
-CSV_HEAD = ("image", "decision", "predicted", "superclass", "p_malignant", "threshold")
-ERROR_COLUMN = "error"
-UNREADABLE = "unreadable"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")  # what a folder given to predict yields
+MODEL_FILES = ("model.onnx", "model.pt")  # what an export's model file may be called
+EMBEDDED_KEY = "riskcl"  # the ONNX graph's metadata_props entry holding what riskcl_export.json holds
+EMBEDDED_FIELDS = ("operating_point", "classes", "levels", "metadata_input", "weights_sha256", "task", "outputs")
+REEXPORT = "re-export the run (riskcl export RUN --out DIR)"
 
 
 class Scorer(Protocol):
-    """What predict and serve need of a model: its operating point, taxonomy and class probabilities."""
+    """What predict and serve need of a model: its operating point, taxonomy, identity and class probabilities."""
 
     op: OperatingPoint
     taxonomy: Taxonomy
     kind: str  # "run" or "export"
+    identity: str  # the SHA-256 of the weights (a run) or of the exported graph
 
     def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray: ...
 
 
 def is_export(path: str | os.PathLike) -> bool:
-    return (Path(path) / METADATA_FILE).is_file()
+    """Whether ``path`` is an export folder; a folder with an exported model but no ``riskcl_export.json`` is
+    refused here, named as an incomplete export (not as "not a run folder")."""
+    if (Path(path) / METADATA_FILE).is_file():
+        return True
+    if any((Path(path) / name).is_file() for name in MODEL_FILES):
+        raise FileNotFoundError(f"{path} holds an exported model but no {METADATA_FILE}: an incomplete export "
+                                f"folder; {REEXPORT}")
+    return False
 
 
 def read_export_metadata(folder: str | os.PathLike) -> dict[str, Any]:
+    """``riskcl_export.json``, its fields checked (errors name the file and the field)."""
     path = Path(folder) / METADATA_FILE
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read the export's metadata ({exc}); re-export the run") from None
+        raise ValueError(f"{path}: cannot read the export's metadata ({exc}); {REEXPORT}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected a JSON object; {REEXPORT}")
+    missing = [k for k in ("format", "file", "files_sha256", "operating_point", "classes", "levels", "outputs", "run")
+               if k not in meta]
+    if missing:
+        raise ValueError(f"{path}: no {missing} (not a complete riskcl export); {REEXPORT}")
+    try:
+        OperatingPoint.from_dict(meta["operating_point"])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: `operating_point` is not valid ({exc}); {REEXPORT}") from None
+    return meta
+
+
+def _plain_name(folder: Path, name: Any, field_name: str) -> Path:
+    """``folder / name`` for a plain file name (no folder part, no ``..``): an export never reaches outside itself."""
+    if not isinstance(name, str) or not name or name in (".", "..") or Path(name).name != name or "\\" in name:
+        raise IntegrityError(f"{folder / METADATA_FILE}: `{field_name}` = {name!r} is not a plain file name inside "
+                             f"the export folder; {REEXPORT}")
+    return folder / name
+
+
+def verify_files(folder: Path, meta: dict[str, Any]) -> str:
+    """Check every file the export recorded against its SHA-256 (the model first); returns the model's digest."""
+    model = _plain_name(folder, meta["file"], "file")
+    if model.name not in MODEL_FILES:
+        raise IntegrityError(f"{folder / METADATA_FILE}: `file` = {meta['file']!r}: expected one of {MODEL_FILES}")
+    recorded = meta["files_sha256"]
+    if not isinstance(recorded, dict) or model.name not in recorded:
+        raise IntegrityError(f"{folder / METADATA_FILE}: `files_sha256` does not record {model.name}; {REEXPORT}")
+    identity = verify_sha256(model, recorded[model.name], "the exported model", REEXPORT)
+    for name, digest in recorded.items():
+        if name != model.name:
+            verify_sha256(_plain_name(folder, name, "files_sha256"), digest, "a file of the export", REEXPORT)
+    return identity
+
+
+def check_embedded(model: Path, meta: dict[str, Any], embedded: str | None) -> None:
+    """``riskcl_export.json`` must say what the graph's own embedded metadata say (the operating point above all:
+    an edited threshold would change decisions while the output still claimed the certified one)."""
+    if embedded is None:
+        raise IntegrityError(f"{model}: the graph carries no riskcl metadata (not exported by riskcl, or stripped); "
+                             f"{REEXPORT}")
+    try:
+        inside = json.loads(embedded)
+    except ValueError:
+        raise IntegrityError(f"{model}: the graph's riskcl metadata are not readable JSON; {REEXPORT}") from None
+    for key in EMBEDDED_FIELDS:
+        if json.dumps(inside.get(key), sort_keys=True) != json.dumps(meta.get(key), sort_keys=True):
+            detail = ""
+            if key == "operating_point":
+                a, b = (inside.get(key) or {}).get("threshold"), (meta.get(key) or {}).get("threshold")
+                detail = f" (threshold {b} in the JSON, {a} in the graph)" if a != b else ""
+            raise IntegrityError(f"{model.parent / METADATA_FILE}: `{key}` differs from the one embedded in "
+                                 f"{model.name}{detail}: the export was edited; {REEXPORT}")
 
 
 def group_by_shape(images: Sequence[np.ndarray]) -> dict[tuple, list[int]]:
@@ -95,15 +163,19 @@ class ExportedModel:
             import onnxruntime as ort
         except ImportError:
             raise ImportError("scoring an ONNX export needs onnxruntime: pip install 'riskcl[serve]'") from None
+        self.identity = verify_files(self.folder, self.meta)
         options = ort.SessionOptions()
         if intra_op_threads:
             options.intra_op_num_threads = int(intra_op_threads)
         if inter_op_threads:
             options.inter_op_num_threads = int(inter_op_threads)
         model = self.folder / self.meta["file"]
-        if not model.is_file():
-            raise FileNotFoundError(f"{model} not found: the export folder is incomplete; re-export the run")
-        self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ONNX Runtime's own errors (a truncated or foreign file)
+            raise ValueError(f"{model}: ONNX Runtime cannot load it ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); {REEXPORT}") from None
+        check_embedded(model, self.meta, self.session.get_modelmeta().custom_metadata_map.get(EMBEDDED_KEY))
         self.runtime = f"onnxruntime {ort.__version__}"
         self.taxonomy = Taxonomy(str(self.meta["run"].get("dataset") or "export"), tuple(self.meta["classes"]),
                                  tuple(int(v) for v in self.meta["levels"]))
@@ -172,135 +244,41 @@ def open_scorer(path: str | os.PathLike, calibrated: bool | None = None, thresho
 
 
 def decision_rows(probs: np.ndarray, taxonomy: Taxonomy, op: OperatingPoint, strata: Sequence[str] | None = None,
-                  names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+                  names: Sequence[str] | None = None, patterns: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """One row per image: decision (refer / clear), class, superclass, p(malignant), threshold, probabilities.
 
-    ``strata``: each image's group of a per-group operating point (its own threshold; unseen: the fallback)."""
-    threshold = op.thresholds(strata)
-    labels = op.decide(probs, taxonomy, strata) if len(probs) else np.zeros(0, dtype=int)
-    p_mal = malignant_probability(probs, taxonomy) if len(probs) else np.zeros(0)
-    thresholds = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(probs),))
-    rows = []
-    for k, (lab, pm, pr, threshold) in enumerate(zip(labels, p_mal, probs, thresholds)):
-        malignant = bool(taxonomy.superclass[lab])
-        rows.append({**({"image": str(names[k])} if names is not None else {}),
-                     "decision": "refer" if malignant else "clear", "predicted": taxonomy.classes[lab],
-                     "superclass": "malignant" if malignant else "benign", "p_malignant": float(pm),
-                     "threshold": float(threshold), **{f"p_{c}": float(v) for c, v in zip(taxonomy.classes, pr)}})
+    ``strata``: each image's group of a per-group operating point (its own threshold; unseen: the fallback).
+    ``patterns``: each request's metadata pattern for a model with metadata inputs (complete / none / partial): it
+    is decided at the point certified for what it carries (:meth:`OperatingPoint.for_inputs`), and its row says
+    which and whether it is certified. A row whose probabilities are not all finite is never decided: its
+    decision is ``error`` and its ``error`` column says why."""
+    n = len(probs)
+    probs = np.asarray(probs, dtype=np.float64).reshape(n, -1) if n else np.zeros((0, len(taxonomy.classes)))
+    finite = np.isfinite(probs).all(axis=1)
+    pats = list(patterns) if patterns is not None else [None] * n
+    rows: list[dict[str, Any]] = [{}] * n
+    for pattern in dict.fromkeys(pats):
+        idx = [k for k in range(n) if pats[k] == pattern and finite[k]]
+        if not idx:
+            continue
+        point = op if pattern is None else op.for_inputs(pattern)
+        sub = None if strata is None else [strata[k] for k in idx]
+        labels = point.decide(probs[idx], taxonomy, sub)
+        p_mal = malignant_probability(probs[idx], taxonomy)
+        thresholds = np.broadcast_to(np.asarray(point.thresholds(sub), dtype=np.float64), (len(idx),))
+        inputs = {} if pattern is None else {"inputs": pattern, "certified": "yes" if point.certified else "no"}
+        for j, k in enumerate(idx):
+            malignant = bool(taxonomy.superclass[labels[j]])
+            rows[k] = {**({"image": str(names[k])} if names is not None else {}),
+                       "decision": "refer" if malignant else "clear", "predicted": taxonomy.classes[labels[j]],
+                       "superclass": "malignant" if malignant else "benign", "p_malignant": float(p_mal[j]),
+                       "threshold": float(thresholds[j]), **inputs,
+                       **{f"p_{c}": float(v) for c, v in zip(taxonomy.classes, probs[k])}, ERROR_COLUMN: ""}
+    for k in np.flatnonzero(~finite):
+        rows[k] = failed_row(str(names[k]) if names is not None else "", ERROR, NONFINITE, taxonomy, op)
+        if names is None:
+            rows[k].pop("image")
     return rows
-
-
-def csv_columns(taxonomy: Taxonomy, op: OperatingPoint | None = None) -> list[str]:
-    """The prediction CSV's columns: :data:`CSV_HEAD`, one probability per class, then ``error`` (segmentation:
-    :data:`riskcl.deploy.segmentation.SEGMENTATION_COLUMNS`, then ``error``)."""
-    if op is not None and op.segmentation:
-        from .segmentation import SEGMENTATION_COLUMNS
-
-        return [*SEGMENTATION_COLUMNS, ERROR_COLUMN]
-    return [*CSV_HEAD, *(f"p_{c}" for c in taxonomy.classes), ERROR_COLUMN]
-
-
-def unreadable_row(image: str, reason: str, taxonomy: Taxonomy, op: OperatingPoint | None = None) -> dict[str, Any]:
-    return {**{c: "" for c in csv_columns(taxonomy, op)}, "image": image, "decision": UNREADABLE,
-            ERROR_COLUMN: reason}
-
-
-def _is_prediction_csv(path: Path) -> bool:
-    from .segmentation import SEGMENTATION_COLUMNS
-
-    try:
-        with open(path, encoding="utf-8") as fh:
-            head = tuple(fh.readline().strip().split(","))
-        return head[:len(CSV_HEAD)] == CSV_HEAD or head[:len(SEGMENTATION_COLUMNS)] == SEGMENTATION_COLUMNS
-    except (OSError, UnicodeDecodeError):
-        return False
-
-
-def check_prediction_target(out_csv: str | os.PathLike, force: bool = False) -> Path:
-    """``out_csv`` may be written: a new file, or a previous riskcl prediction CSV; anything else only with
-    ``force`` (an input image or a run's metrics.json is never overwritten by mistake)."""
-    path = check_writable_target(out_csv)
-    if path.exists() and not force and not _is_prediction_csv(path):
-        raise FileExistsError(f"{path} exists and is not a riskcl prediction CSV; refusing to overwrite it (pass "
-                              f"--force to overwrite, or name another --out)")
-    return path
-
-
-def rows_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, header: bool = True) -> str:
-    buf = io.StringIO()
-    if rows or (columns and header):
-        w = csv.DictWriter(buf, fieldnames=list(columns or rows[0]), lineterminator="\n", extrasaction="ignore")
-        if header:
-            w.writeheader()
-        w.writerows(rows)
-    return buf.getvalue()
-
-
-def read_image_csv(path: str | os.PathLike, columns: Sequence[str], required: Sequence[str] = ()
-                   ) -> dict[str, dict[str, str]]:
-    """``{image: {column: value}}`` from a CSV with an ``image`` column (paths or file names; each row is found by
-    either) and any of ``columns`` (``required`` ones must be there). An image given two different rows is refused
-    naming the line."""
-    try:
-        with open(path, encoding="utf-8", newline="") as fh:
-            reader = csv.DictReader(fh)
-            header, records = list(reader.fieldnames or []), list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"{path}: cannot read it as a CSV ({exc})") from None
-    if "image" not in header or any(c not in header for c in required):
-        wanted = (f"columns 'image' and {list(required)}" if required
-                  else f"a column 'image' and some of {list(columns)}")
-        raise ValueError(f"{path}: expected {wanted}, but got {header}")
-    table: dict[str, dict[str, str]] = {}
-    for k, record in enumerate(records):
-        image, row = record["image"], {c: record[c] for c in columns if c in record}
-        for key in {str(image), Path(image).name}:
-            if key in table and table[key] != row:
-                raise ValueError(f"{path}: line {k + 2} gives {image} {row}, an earlier line {table[key]}; keep one "
-                                 f"row per image")
-            table[key] = row
-    return table
-
-
-def _row_of(table: Mapping[str, dict[str, str]], image: str | os.PathLike) -> dict[str, str] | None:
-    return table.get(str(image), table.get(Path(image).name))
-
-
-def metadata_rows(images: Sequence[str | os.PathLike], metadata: str | os.PathLike | None,
-                  columns: Sequence[str]) -> list[dict[str, str]]:
-    """Each image's ``{column: value}`` for a fusion model, from a CSV with an ``image`` column and any of
-    ``columns`` (:func:`read_image_csv`); an image without a row, or a column the CSV lacks, counts as missing (the
-    model then decides from what it has). None: every image's metadata missing."""
-    if metadata is None:
-        return [{} for _ in images]
-    table = read_image_csv(metadata, columns)
-    return [_row_of(table, img) or {} for img in images]
-
-
-def image_groups(op: OperatingPoint, images: Sequence[str | os.PathLike], metadata: str | os.PathLike | None
-                 ) -> list[str]:
-    """Each image's value of the point's ``by`` column from a metadata CSV (``image`` + the group column). A CSV
-    that gives one image two different groups is refused; a group the calibration never saw gets the fallback
-    threshold, with a warning naming it and the groups it knows."""
-    by = op.by
-    if metadata is None:
-        raise ValueError(f"calibration.json holds one threshold per '{by}' group: predict needs each image's group "
-                         f"(--metadata CSV with columns image,{by}), or --threshold / --default-rule")
-    table = read_image_csv(metadata, [by], required=[by])
-    out = []
-    for img in images:
-        row = _row_of(table, img)
-        if row is None:
-            raise ValueError(f"{metadata}: no row for image {img} (column 'image' holds paths or file names)")
-        out.append(str(row[by]))
-    unseen = sorted(set(out) - set(op.groups or {}))
-    if unseen:
-        fallback = op.threshold if op.fallback is None else op.fallback
-        warnings.warn(f"{metadata}: '{by}' value(s) {unseen} were not seen at calibration (it knows "
-                      f"{sorted(op.groups or {})}; values are compared exactly, case included): those images get "
-                      f"the fallback threshold {fallback:.4f}, with no per-group guarantee",
-                      UserWarning, stacklevel=2)
-    return out
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
@@ -326,60 +304,6 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
     return [p for p in out if not (p in seen or seen.add(p))]  # one row per image, first occurrence kept
 
 
-class PredictionCSV:
-    """A prediction CSV written a batch at a time (each batch flushed and synced: a killed run loses at most the
-    batch it was writing, and a torn last line is dropped on the next open). Opening an existing prediction CSV
-    resumes it: its scored images are skipped, its unreadable ones retried; a CSV with other columns or scored at
-    another operating point is refused (``force`` starts it over)."""
-
-    def __init__(self, path: str | os.PathLike, columns: Sequence[str], op: OperatingPoint,
-                 force: bool = False) -> None:
-        self.path, self.columns = check_prediction_target(path, force), list(columns)
-        self.done: set[str] = set()
-        if self.path.exists() and not force:
-            self._resume(op)
-        else:
-            atomic_write_text(self.path, rows_csv([], self.columns))
-
-    def _resume(self, op: OperatingPoint) -> None:
-        text = self.path.read_text(encoding="utf-8")
-        if text and not text.endswith("\n"):
-            text = text[:text.rfind("\n") + 1]  # a line torn by a kill: scored again
-        records = list(csv.DictReader(io.StringIO(text)))
-        head = text.split("\n", 1)[0].split(",")
-        if head != self.columns:
-            raise ValueError(f"{self.path}: a prediction CSV with columns {head}, but this model writes "
-                             f"{self.columns}; name another --out, or pass --force to start it over")
-        known = {round(float(t), 9) for t in [op.threshold, *(op.thresholds(list(op.groups)) if op.per_group
-                                                                else []), op.fallback or op.threshold]}
-        scored = [r for r in records if r["decision"] != UNREADABLE]
-        other = sorted({r["threshold"] for r in scored if round(float(r["threshold"]), 9) not in known})
-        if other:
-            raise ValueError(f"{self.path}: its rows were decided at threshold(s) {other[:3]}, but the operating point "
-                             f"now is {op.describe()}; name another --out, or pass --force to score everything again")
-        self.done = {r["image"] for r in scored}
-        if len(scored) != len(records) or len(text) != self.path.stat().st_size:
-            atomic_write_text(self.path, rows_csv(scored, self.columns))  # unreadable rows are retried
-
-    def write(self, rows: Sequence[dict[str, Any]]) -> None:
-        with open(self.path, "a", encoding="utf-8", newline="") as fh:
-            fh.write(rows_csv(rows, self.columns, header=False))
-            fh.flush()
-            os.fsync(fh.fileno())
-
-
-class StdoutCSV:
-    """The same rows to standard output (header first)."""
-
-    def __init__(self, columns: Sequence[str], stream=None) -> None:
-        self.columns, self.stream, self.done = list(columns), stream or sys.stdout, set()
-        self.stream.write(rows_csv([], self.columns))
-
-    def write(self, rows: Sequence[dict[str, Any]]) -> None:
-        self.stream.write(rows_csv(rows, self.columns, header=False))
-        self.stream.flush()
-
-
 @dataclass
 class StreamSummary:
     images: int = 0
@@ -387,6 +311,7 @@ class StreamSummary:
     scored: int = 0
     referred: int = 0
     unreadable: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # rows riskcl refused to decide (decision "error")
 
 
 def _decode_or_reason(path: str) -> np.ndarray | str:
@@ -409,6 +334,61 @@ def _decoded_batches(paths: Sequence[str], batch_size: int, workers: int) -> Ite
             yield batch, [f.result() for f in pending.pop(0)]
 
 
+def _checked_metadata(scorer: Scorer, rows: Sequence[dict]) -> tuple[list[str | None], list[str | None]]:
+    """Each request's metadata pattern (:meth:`riskcl.data.encoding.MetadataEncoding.pattern`), or the reason its
+    metadata cannot be read (a value that is not a finite number, or outside the column's accepted range)."""
+    encoding = scorer.encoding
+    patterns: list[str | None] = []
+    reasons: list[str | None] = []
+    for row in rows:
+        try:
+            encoding.encode_row(row)
+        except MetadataValueError as exc:
+            patterns.append(None)
+            reasons.append(str(exc))
+            continue
+        patterns.append(encoding.pattern(row))
+        reasons.append(None)
+    return patterns, reasons
+
+
+def score_rows(scorer: Scorer, images: Sequence[np.ndarray], names: Sequence[str],
+               strata: Sequence[str] | None = None, metadata: Sequence[dict] | None = None,
+               mask_dir: str | os.PathLike | None = None) -> tuple[list[dict[str, Any]], list[np.ndarray | None]]:
+    """The rows of decoded images (and each one's probabilities, None where it was refused): the one path from a
+    scorer to decisions that predict and the service share. A model with metadata inputs reads ``metadata`` (one
+    ``{column: value}`` per image; missing: none sent); a request whose metadata it cannot read, or whose
+    probabilities are not finite, gets an ``error`` row instead of a decision."""
+    n = len(images)
+    patterns: list[str | None] = [None] * n
+    reasons: list[str | None] = [None] * n
+    encoding = getattr(scorer, "encoding", None)
+    if encoding is not None:
+        metadata = list(metadata) if metadata is not None else [{}] * n
+        patterns, reasons = _checked_metadata(scorer, metadata)
+    ok = [k for k in range(n) if reasons[k] is None]
+    probs_out: list[np.ndarray | None] = [None] * n
+    rows: list[dict[str, Any]] = [failed_row(str(names[k]), ERROR, str(reasons[k]), scorer.taxonomy, scorer.op)
+                                  if reasons[k] is not None else {} for k in range(n)]
+    if not ok:
+        return rows, probs_out
+    if encoding is not None:
+        probs = scorer.probabilities([images[k] for k in ok], [metadata[k] for k in ok])
+    else:
+        probs = scorer.probabilities([images[k] for k in ok])
+    if scorer.op.segmentation:
+        from .segmentation import segmentation_rows
+
+        scored = segmentation_rows(probs, scorer.op, [names[k] for k in ok], [images[k] for k in ok], mask_dir)
+    else:
+        scored = decision_rows(probs, scorer.taxonomy, scorer.op, None if strata is None else [strata[k] for k in ok],
+                               names=[names[k] for k in ok],
+                               patterns=None if encoding is None else [patterns[k] for k in ok])
+    for j, k in enumerate(ok):
+        rows[k], probs_out[k] = scored[j], probs[j]
+    return rows, probs_out
+
+
 def stream_predictions(scorer: Scorer, paths: Sequence[str], sink, strata: Sequence[str] | None = None,
                        batch_size: int = 64, progress: bool = False, decode_workers: int = 2,
                        collect: list | None = None, mask_dir: str | os.PathLike | None = None,
@@ -416,8 +396,6 @@ def stream_predictions(scorer: Scorer, paths: Sequence[str], sink, strata: Seque
     """Score ``paths`` a batch at a time into ``sink`` (:class:`PredictionCSV` or :class:`StdoutCSV`), skipping
     the images ``sink.done`` holds; ``collect`` (a list) also receives every row written. A segmentation model's
     masks and outline overlays go to ``mask_dir`` (:mod:`riskcl.deploy.segmentation`)."""
-    from .segmentation import segmentation_rows
-
     from tqdm.auto import tqdm
 
     group = dict(zip(paths, strata)) if strata is not None else None
@@ -428,31 +406,21 @@ def stream_predictions(scorer: Scorer, paths: Sequence[str], sink, strata: Seque
     try:
         for batch, decoded in _decoded_batches(todo, batch_size, decode_workers):
             good = [k for k, d in enumerate(decoded) if not isinstance(d, str)]
-            if not good:
-                probs = np.zeros((0, 0))
-            elif row_of is not None:  # a fusion model reads each image's metadata
-                probs = scorer.probabilities([decoded[k] for k in good], [row_of[batch[k]] for k in good])
-            else:
-                probs = scorer.probabilities([decoded[k] for k in good])
-            if not good:
-                scored = []
-            elif scorer.op.segmentation:
-                scored = segmentation_rows(probs, scorer.op, [batch[k] for k in good], [decoded[k] for k in good],
-                                           mask_dir)
-            else:
-                scored = decision_rows(probs, scorer.taxonomy, scorer.op,
-                                       [group[batch[k]] for k in good] if group is not None else None,
-                                       names=[batch[k] for k in good])
+            scored, _ = score_rows(scorer, [decoded[k] for k in good], [batch[k] for k in good],
+                                   [group[batch[k]] for k in good] if group is not None else None,
+                                   [row_of[batch[k]] for k in good] if row_of is not None else None, mask_dir)
             rows, it = [], iter(scored)
             for k, d in enumerate(decoded):
                 rows.append(unreadable_row(batch[k], d, scorer.taxonomy, scorer.op) if isinstance(d, str)
-                            else {**next(it), ERROR_COLUMN: ""})
+                            else next(it))
             sink.write(rows)
             if collect is not None:
                 collect.extend(rows)
-            summary.scored += len(scored)
-            summary.referred += sum(r["decision"] == "refer" for r in scored)
+            decided = [r for r in scored if r["decision"] != ERROR]
+            summary.scored += len(decided)
+            summary.referred += sum(r["decision"] == "refer" for r in decided)
             summary.unreadable += [batch[k] for k, d in enumerate(decoded) if isinstance(d, str)]
+            summary.errors += [r["image"] for r in scored if r["decision"] == ERROR]
             bar.update(len(batch))
     finally:
         bar.close()
@@ -487,7 +455,7 @@ def predict_files(model_dir: str | os.PathLike, inputs: Sequence[str | os.PathLi
     scorer = open_scorer(model_dir, calibrated, threshold, rule, allow_uncertified, allow_unfinished, threads)
     strata = image_groups(scorer.op, paths, metadata) if scorer.op.per_group else None
     encoding = getattr(scorer, "encoding", None)
-    rows_in = metadata_rows(paths, metadata, encoding.column_names) if encoding is not None else None
+    rows_in = metadata_rows(paths, metadata, encoding) if encoding is not None else None
     columns = csv_columns(scorer.taxonomy, scorer.op)
     if scorer.op.segmentation and mask_dir is None and out_csv not in (None, "-"):
         mask_dir = Path(out_csv).with_name(Path(out_csv).stem + "_masks")
@@ -496,7 +464,7 @@ def predict_files(model_dir: str | os.PathLike, inputs: Sequence[str | os.PathLi
     elif out_csv == "-":
         sink = StdoutCSV(columns)
     else:
-        sink = PredictionCSV(out_csv, columns, scorer.op, force)
+        sink = PredictionCSV(out_csv, columns, scorer.op, force, identity=scorer.identity)
     rows: list[dict[str, Any]] = []
     summary = stream_predictions(scorer, paths, sink, strata, batch_size, progress,
                                  collect=rows if collect else None, mask_dir=mask_dir, metadata=rows_in)

@@ -18,9 +18,9 @@ import numpy as np
 
 from ..data.masks import regrid as to_image_grid  # a model-grid map onto an image's pixels (nearest neighbour)
 from ..decision import OperatingPoint
+from ..io import distinct_stems
+from .prediction_csv import ERROR, ERROR_COLUMN, NONFINITE, SEGMENTATION_COLUMNS
 
-SEGMENTATION_COLUMNS = ("image", "decision", "lesion_px", "lesion_share", "mean_p_lesion", "uncertain_share",
-                        "threshold", "mask")
 UNCERTAIN_SHARE = 0.25
 OUTLINE_RGB = (0, 255, 64)
 
@@ -43,8 +43,10 @@ def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def mask_files(mask_dir: Path, name: str) -> tuple[Path, Path]:
-    """Where the mask PNG and the outline overlay of image ``name`` go."""
-    stem = Path(name).stem
+    """Where the mask PNG and the outline overlay of image ``name`` go: its stem and a short hash of its path, so
+    that inputs with one stem (``a/x.jpg``, ``a/x.png``, ``b/x.jpg``) never overwrite each other, in one run or
+    across resumed ones."""
+    stem, = distinct_stems([name], always=True)
     return mask_dir / f"{stem}_mask.png", mask_dir / f"{stem}_outline.png"
 
 
@@ -59,6 +61,10 @@ def segmentation_rows(probs: np.ndarray, op: OperatingPoint, names: Sequence[str
     if mask_dir is not None:
         Path(mask_dir).mkdir(parents=True, exist_ok=True)
     for name, p, image in zip(names, probs, images):
+        if not np.isfinite(np.asarray(p, dtype=np.float32)).all():  # never outlined from a non-finite map
+            rows.append({**{c: "" for c in SEGMENTATION_COLUMNS}, "image": str(name), "decision": ERROR,
+                         ERROR_COLUMN: NONFINITE})
+            continue
         h, w = image.shape[:2]
         p_full = to_image_grid(np.asarray(p, dtype=np.float32), h, w)
         mask = p_full >= t
@@ -69,7 +75,7 @@ def segmentation_rows(probs: np.ndarray, op: OperatingPoint, names: Sequence[str
         row = {"image": str(name), "decision": "refer" if area == 0 or share > UNCERTAIN_SHARE else "segmented",
                "lesion_px": area, "lesion_share": area / float(h * w),
                "mean_p_lesion": float(p_full[mask].mean()) if area else 0.0, "uncertain_share": float(share),
-               "threshold": t, "mask": ""}
+               "threshold": t, "mask": "", ERROR_COLUMN: ""}
         if mask_dir is not None:
             mask_png, outline_png = mask_files(Path(mask_dir), str(name))
             Image.fromarray(mask.astype(np.uint8) * 255).save(mask_png)

@@ -42,12 +42,21 @@ from ..data.encoding import METADATA_ONLY
 from ..decision import OperatingPoint
 from ..defaults import BORDERLINE, MAX_BATCH, MAX_WAIT_MS, SALIENCY
 from .batching import MicroBatcher
+from ..data.encode_metadata import MetadataValueError
+from .prediction_csv import ERROR
 from .scoring import decision_rows, open_scorer
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
 FRAMING = 64 * 1024  # multipart headers and boundaries around the image: allowed beyond the upload limit
 NOTICE = ("Research use only; not a medical device. A CLEAR result does not rule out disease: the model misses "
           "some malignant lesions (see the operating point).")
+SEGMENTATION_NOTICE = ("Research use only; not a medical device. The outline can miss part of the lesion (see the "
+                       "operating point): OUTLINED does not mean that all of the lesion lies inside it, and REVIEW "
+                       "means that no lesion was found or much of the outline is uncertain, so a person should look.")
+
+
+class Refused(ValueError):
+    """A request riskcl will not decide (metadata it cannot read, a non-finite score): answered 422."""
 
 
 def operating_point_text(op: OperatingPoint) -> str:
@@ -69,9 +78,16 @@ def operating_point_text(op: OperatingPoint) -> str:
         return (f"NOT CERTIFIED: refers a case when p(malignant) >= {op.threshold:.4f}, but calibration could not "
                 f"certify alpha = {op.alpha}; no guarantee on the share of malignant cases it misses.")
     how = f"with probability {1 - float(op.delta):g}" if op.method == "ltt" else "on average"
-    return (f"Flags a malignant lesion with at least {100 * (1 - float(op.alpha)):g}% sensitivity on data like the "
+    text = (f"Flags a malignant lesion with at least {100 * (1 - float(op.alpha)):g}% sensitivity on data like the "
             f"calibration set ({how}; threshold p(malignant) >= {op.threshold:.4f}, {op.method} on the {op.split} "
-            f"split).")
+            f"split)")
+    if op.inputs is None:
+        return text + "."
+    none = op.for_inputs("none")
+    return (text + " for requests with every clinical field. Requests without clinical data are decided at "
+            + (f"their own certified threshold {none.threshold:.4f}" if none.certified else
+               "the lowest calibrated threshold, NOT CERTIFIED (no point could be certified without them)")
+            + "; requests with some fields missing carry no guarantee (each answer says which point decided it).")
 
 
 def check_serve_options(host: str, port: int, max_upload_mb: float, method: str, borderline: float) -> None:
@@ -182,7 +198,9 @@ class TriageService:
         self.metadata_columns = [] if encoding is None else encoding.column_names
         self.lock = threading.Lock() if self.scorer.kind == "run" else contextlib.nullcontext()
         self.batcher = MicroBatcher(self._score, max_batch, max_wait_ms)
-        self.metadata = {**description, "operating_point_text": operating_point_text(self.op), "notice": NOTICE,
+        self.encoding = encoding
+        self.metadata = {**description, "operating_point_text": operating_point_text(self.op),
+                         "notice": SEGMENTATION_NOTICE if self.op.segmentation else NOTICE,
                          "borderline": self.borderline, "certified": self.op.certified or not self.op.calibrated,
                          "input_check": check_text, "input_check_available": self.input_check is not None,
                          "saliency": not saliency_note, "saliency_note": saliency_note,
@@ -207,8 +225,12 @@ class TriageService:
         """The answer for one image; ``metadata``: a fusion model's ``{column: value}`` (missing: none sent)."""
         if self.op.segmentation:
             return self._outline(arr, name)
+        pattern = None if self.encoding is None else self.encoding.pattern(metadata)
         probs, distance = self.batcher((arr, metadata))
-        row = decision_rows(probs[None], self.taxonomy, self.op)[0]
+        row = decision_rows(probs[None], self.taxonomy, self.op, patterns=None if pattern is None else [pattern])[0]
+        if row["decision"] == ERROR:
+            raise Refused(row["error"])
+        point = self.op if pattern is None else self.op.for_inputs(pattern)
         return {"image": name, "decision": row["decision"], "predicted": row["predicted"],
                 "superclass": row["superclass"], "p_malignant": row["p_malignant"], "threshold": row["threshold"],
                 "borderline": abs(row["p_malignant"] - row["threshold"]) <= self.borderline,
@@ -216,11 +238,11 @@ class TriageService:
                 "input_distance": distance,
                 "input_threshold": None if self.input_check is None else self.input_check.threshold,
                 "probabilities": {c: row[f"p_{c}"] for c in self.taxonomy.classes},
-                "operating_point": {"method": self.op.method, "alpha": self.op.alpha, "delta": self.op.delta,
-                                    "certified": self.op.certified, "how": self.op.describe()},
+                "operating_point": {"method": point.method, "alpha": point.alpha, "delta": point.delta,
+                                    "certified": point.certified or not point.calibrated, "how": point.describe()},
                 "image_size": [int(arr.shape[1]), int(arr.shape[0])],
-                **({"metadata_used": {c: (metadata or {}).get(c) for c in self.metadata_columns}}
-                   if self.metadata_columns else {})}
+                **({"metadata_used": {c: (metadata or {}).get(c) for c in self.metadata_columns},
+                    "metadata_inputs": pattern} if self.metadata_columns else {})}
 
     def parse_metadata(self, text: str | None) -> dict | None:
         """The ``metadata`` form field: a JSON object ``{column: value}`` of the model's metadata columns."""
@@ -239,7 +261,12 @@ class TriageService:
         if unknown:
             raise ValueError(f"the field 'metadata' names {unknown}, which this model does not read (it reads "
                              f"{self.metadata_columns})")
-        return {k: None if v is None else str(v) for k, v in row.items()}
+        row = {k: None if v is None else str(v) for k, v in row.items()}
+        try:
+            self.encoding.encode_row(row)  # a value the model cannot read is refused here, never scored
+        except MetadataValueError as exc:
+            raise ValueError(str(exc)) from None
+        return row
 
     def _outline(self, arr: np.ndarray, name: str) -> dict[str, Any]:
         """A segmentation model's answer: the row ``riskcl predict`` writes (:mod:`riskcl.deploy.segmentation`)
@@ -248,7 +275,10 @@ class TriageService:
 
         probs, _ = self.batcher((arr, None))
         row = segmentation_rows([probs], self.op, [name], [arr])[0]
+        if row["decision"] == ERROR:
+            raise Refused(row["error"])
         row.pop("mask")
+        row.pop("error", None)
         return {**row, "task": "segmentation",
                 "operating_point": {"method": self.op.method, "alpha": self.op.alpha, "delta": self.op.delta,
                                     "certified": self.op.certified, "how": self.op.describe()},
@@ -278,7 +308,13 @@ class TriageService:
         from .explain import saliency_png  # PyTorch: only a run folder's service gets here
 
         with self.lock:
-            return saliency_png(self.scorer.model, arr, self.op.image_size, self.taxonomy, self.method)
+            try:
+                png, note = saliency_png(self.scorer.model, arr, self.op.image_size, self.taxonomy, self.method)
+            except ValueError as exc:  # no layer to explain: said, never a 500
+                raise Refused(f"no saliency for this model: {exc}") from None
+        if self.metadata_columns:  # a fusion model's map explains the image alone
+            note = "saliency of the image with the clinical data treated as missing" + (f"; {note}" if note else "")
+        return png, note
 
 
 def create_app(target: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, method: str = SALIENCY,
@@ -323,7 +359,7 @@ def create_app(target: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
 
     @app.get("/health")
     def health() -> dict[str, str]:
-        return {"status": "ok", "model": str(service.target)}
+        return {"status": "ok"}  # nothing internal (no path): anyone who can reach the port may ask
 
     @app.get("/model")
     def model() -> dict[str, Any]:
@@ -335,12 +371,18 @@ def create_app(target: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
             row = service.parse_metadata(metadata)
         except ValueError as exc:
             raise HTTPError(422, str(exc)) from None
-        return service.predict(read_upload(file), file.filename or "upload", row)
+        try:
+            return service.predict(read_upload(file), file.filename or "upload", row)
+        except Refused as exc:
+            raise HTTPError(422, str(exc)) from None
 
     @app.post("/explain")
     def explain(file: UploadFile) -> Response:
         arr = read_upload(file)
-        answer = service.explain_png(arr)
+        try:
+            answer = service.explain_png(arr)
+        except Refused as exc:
+            raise HTTPError(501, str(exc)) from None
         if answer is None:
             raise HTTPError(501, service.metadata["saliency_note"])
         png, note = answer

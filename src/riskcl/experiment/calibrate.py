@@ -27,7 +27,7 @@ from ..decision import control_risk, fit_temperature, robust_threshold, smallest
 from ..decision.operating_point import OperatingPoint
 from ..defaults import DELTA, OBJECTIVES
 from ..metrics import malignant_probability, safety_report
-from .folder import RunFolder
+from .folder import NO_METADATA, NO_METADATA_SPLITS, RunFolder
 from .tracking import track_after_training
 
 CALIBRATION_SPLITS = ("calib", "val")
@@ -66,7 +66,9 @@ def operating_point(folder: RunFolder, calibrated: bool | None = None, threshold
     paper's rule. An uncertified calibration raises :class:`UncertifiedError` unless ``allow_uncertified``.
     """
     cfg = folder.read_config()
-    base = OperatingPoint(rule=rule, tta=cfg.tta, image_size=cfg.data.image_size, task=cfg.task)
+    reads_metadata = folder.metadata_encoding() is not None
+    base = OperatingPoint(rule=rule, tta=cfg.tta, image_size=cfg.data.image_size, task=cfg.task,
+                          inputs={} if reads_metadata else None)
     if threshold is not None:
         return base.with_threshold(threshold)
     if calibrated is None:
@@ -78,7 +80,10 @@ def operating_point(folder: RunFolder, calibrated: bool | None = None, threshold
                  temperature=float(cal.get("temperature", 1.0)), alpha=cal.get("alpha"), delta=cal.get("delta"),
                  certified=bool(cal.get("certified", True)), split=cal["calibration_split"], by=cal.get("by"),
                  groups=cal.get("groups"), fallback=cal.get("unseen_group_threshold"),
-                 guarantee=cal.get("guarantee", ""))
+                 guarantee=cal.get("guarantee", ""),
+                 inputs=(cal.get("inputs") or {"complete": {k: cal.get(k, True) for k in ("threshold", "certified",
+                                                                                          "guarantee")}})
+                 if reads_metadata else None)
     if not op.certified:
         if not allow_uncertified:
             raise UncertifiedError(f"{folder.file('calibration')}: no threshold was certified at alpha = "
@@ -163,6 +168,42 @@ def _calibrate_pixels(folder: RunFolder, alpha: float, delta: float, method: str
     return out
 
 
+def _input_points(folder: RunFolder, split: str, result, op: OperatingPoint, how: tuple) -> dict[str, Any]:
+    """A fusion model's operating point per input pattern: ``complete`` (the calibration as it is) and ``none``
+    (the same calibration cases with every metadata column masked, their own threshold chosen the same way), each
+    with its test figures. A guarantee holds for the inputs it was certified on: a model whose metadata go missing
+    sees other probabilities (on unseen ISIC lesions the miss rate tripled at the with-metadata threshold)."""
+    method, alpha, delta, costs, objective = how
+    taxonomy = folder.taxonomy()
+    points = {"complete": {"threshold": result.threshold, "certified": result.certified,
+                           "guarantee": result.guarantee, "split": split}}
+    twin = NO_METADATA_SPLITS.get(split)
+    if twin is None or not folder.has_predictions(twin):
+        warnings.warn(f"{folder.path}: no {split} predictions with the metadata masked, so no point can be certified "
+                      f"for requests without metadata: they will be answered NOT CERTIFIED (a fusion run trained by "
+                      f"riskcl >= 0.4 writes them on the calibration split)", UserWarning, stacklevel=3)
+        return points
+    cal = folder.predictions(twin)
+    probs = op.probabilities(cal["logits"])
+    res = control_risk(method, probs, cal["target"], taxonomy, alpha, delta, groups=cal.get("groups"))
+    if res.certified:
+        res, _ = robust_threshold(res, probs, cal["target"], taxonomy, costs, objective, groups=cal.get("groups"))
+    else:
+        warnings.warn(f"{folder.path}: requests without metadata cannot be certified at alpha = {alpha} on the {split} "
+                      f"split with the metadata masked ({res.guarantee}); they will be answered NOT CERTIFIED",
+                      UserWarning, stacklevel=3)
+    point = {"threshold": res.threshold, "certified": res.certified, "guarantee": res.guarantee, "split": twin,
+             "calibration_cer": res.calibration_cer}
+    if folder.has_predictions(NO_METADATA):
+        test = folder.predictions(NO_METADATA)
+        test_probs = op.probabilities(test["logits"])
+        rep = safety_report(test_probs, test["target"], taxonomy,
+                            labels=threshold_decision(test_probs, taxonomy, res.threshold))
+        point["test"] = {k: rep[k] for k in TEST_KEYS}
+    points["none"] = point
+    return points
+
+
 def calibrate_run(run_dir: str | Path, alpha: float, delta: float = DELTA, method: str = "ltt",
                   temperature: bool = False, split: str = "calib", allow_selection_split: bool = False,
                   allow_uncertified: bool = False, objective: str = "guarantee") -> dict[str, Any]:
@@ -200,6 +241,8 @@ def calibrate_run(run_dir: str | Path, alpha: float, delta: float = DELTA, metho
     costs = run_cost_distribution(folder.read_config())
     result, choice = robust_threshold(result, cal_probs, cal["target"], taxonomy, costs, objective,
                                       groups=cal.get("groups"))
+    inputs = _input_points(folder, split, result, op, (method, alpha, delta, costs, objective)) \
+        if folder.metadata_encoding() is not None else None
     labels = threshold_decision(test_probs, taxonomy, result.threshold)
     rep = safety_report(test_probs, test["target"], taxonomy, labels=labels)
     default = safety_report(test_probs, test["target"], taxonomy, labels=threshold_decision(test_probs, taxonomy, 0.5))
@@ -209,7 +252,8 @@ def calibrate_run(run_dir: str | Path, alpha: float, delta: float = DELTA, metho
            "calibration_file": folder.prediction_file(split).name,
            "selection_split_warning": SELECTION_WARNING if split == "val" else None,
            "test": {k: rep[k] for k in TEST_KEYS}, "test_default_rule": {k: default[k] for k in TEST_KEYS},
-           "shift_check": shift, "objective": choice, "costs": costs.to_dict()}
+           "shift_check": shift, "objective": choice, "costs": costs.to_dict(),
+           **({"inputs": inputs} if inputs is not None else {})}
     if shift["shift"]:
         warnings.warn(shift["note"], UserWarning, stacklevel=2)
     folder.write_calibration(out)

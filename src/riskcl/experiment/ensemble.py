@@ -19,7 +19,7 @@ import numpy as np
 from ..config import ExperimentConfig
 from ..io import atomic_write_text
 from ..tasks import task_of
-from .folder import NO_METADATA, RunFolder
+from .folder import CALIB_NO_METADATA, NO_METADATA, RunFolder
 
 MUST_MATCH = ("task", "data.name", "data.root", "data.image_size", "data.options", "tta")
 
@@ -87,11 +87,31 @@ def _mean_logits(members: Sequence[RunFolder], split: str, segmentation: bool) -
     return {**preds[0], "logits": logits.astype(np.float32)}
 
 
+def flat_members(runs: Sequence[str | Path]) -> list[RunFolder]:
+    """The trained runs behind ``runs``: an ensemble given as a member stands for its own members (each counted once
+    by its weights, never weighted twice). The same weights twice (one run named twice, or named directly and
+    inside an ensemble, or a copy) are refused naming both."""
+    out: list[RunFolder] = []
+    for r in runs:
+        folder = RunFolder(r)
+        folder.require_finished(None)
+        inner = folder.ensemble_members()
+        out.extend(inner if inner is not None else [folder])
+    seen: dict[str, RunFolder] = {}
+    for m in out:
+        digest = m.weights_sha256()
+        if digest in seen:
+            raise ValueError(f"{m.path} and {seen[digest].path} hold the same weights (SHA-256 {digest[:12]}...): an "
+                             f"ensemble averages each trained model once (an ensemble given as a member stands for "
+                             f"its own members)")
+        seen[digest] = m
+    return out
+
+
 def make_ensemble(runs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
-    """Write the ensemble run folder ``out`` (see the module docstring); returns its ``metrics.json``."""
-    members = [RunFolder(r) for r in runs]
-    for m in members:
-        m.require_finished(None)
+    """Write the ensemble run folder ``out`` (see the module docstring); returns its ``metrics.json``. An ensemble
+    among ``runs`` is replaced by its members (:func:`flat_members`)."""
+    members = flat_members(runs)
     check_members(members)
     folder = RunFolder(out)
     if folder.file("config").is_file():
@@ -120,7 +140,8 @@ def make_ensemble(runs: Sequence[str | Path], out: str | Path) -> dict[str, Any]
                            "combination": "mean lesion probability" if seg else "mean softmax probability"})
     taxonomy, cost = base.taxonomy(), base.cost_matrix()
     reports = {}
-    splits = [s for s in ("val", "calib", "test", NO_METADATA) if all(m.has_predictions(s) for m in members)]
+    splits = [s for s in ("val", "calib", "test", NO_METADATA, CALIB_NO_METADATA)
+              if all(m.has_predictions(s) for m in members)]
     for split in splits:
         arrays = _mean_logits(members, split, seg)
         folder.write_prediction_arrays(split, arrays)

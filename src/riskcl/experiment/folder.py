@@ -13,7 +13,8 @@ A run folder holds:
 * ``predictions.npz`` (test), ``val_predictions.npz``, ``calib_predictions.npz`` -- ``logits``, ``target``,
   ``ids``, ``groups``, ``paths`` and one ``meta__<column>`` array per metadata column (segmentation: lesion logit
   maps ``(N, H, W)`` in float16 and the masks ``(N, H, W)`` as ``target``);
-* ``predictions_no_metadata.npz`` -- a fusion model's test predictions with every image's metadata missing;
+* ``predictions_no_metadata.npz`` / ``calib_predictions_no_metadata.npz`` -- a fusion model's test / calibration
+  predictions with every image's metadata missing (the second calibrates the point for requests without metadata);
   ``metadata_encoding.json`` -- its metadata encoding, fitted on the training split;
 * ``ensemble.json`` -- an ensemble's members and their weights' SHA-256 (it has no weights of its own);
 * ``metrics.json`` -- the test report under the run's decision rule, the report under each rule, validation and
@@ -45,7 +46,7 @@ from ..config import (ConfigError, ExperimentConfig, config_from_dict, config_ta
                       run_cost_matrix, save_config)
 from ..data import ImageDataset, SplitData
 from ..io import (atomic_write_json, atomic_write_npz, atomic_write_text, atomic_write_with, file_sha256, load_npz,
-                  make_folder, read_csv, read_json, remove_stale_temps)
+                  make_folder, read_csv, read_json, remove_stale_temps, spreadsheet_safe, spreadsheet_value)
 from ..taxonomy import Taxonomy
 
 FILES = {
@@ -56,8 +57,15 @@ FILES = {
     "ensemble": "ensemble.json", "encoding": "metadata_encoding.json",
 }
 NO_METADATA = "test_no_metadata"  # a fusion model's test predictions with every image's metadata missing
+CALIB_NO_METADATA = "calib_no_metadata"  # ... and its calibration predictions so
+NO_METADATA_SPLITS = {"test": NO_METADATA, "calib": CALIB_NO_METADATA}  # split -> its no-metadata twin
 PREDICTIONS = {"test": "predictions.npz", "val": "val_predictions.npz", "calib": "calib_predictions.npz",
-               NO_METADATA: "predictions_no_metadata.npz"}
+               NO_METADATA: "predictions_no_metadata.npz", CALIB_NO_METADATA: "calib_predictions_no_metadata.npz"}
+
+
+def source_split(split: str) -> str:
+    """The split whose images a prediction split holds (``test_no_metadata`` -> ``test``)."""
+    return next((base for base, twin in NO_METADATA_SPLITS.items() if twin == split), split)
 PREDICTION_KEYS = ("logits", "target", "ids", "groups")
 CALIBRATION_FIELDS = {"threshold": float, "method": str, "alpha": float, "calibration_split": str}
 
@@ -74,8 +82,21 @@ class RunFolder:
 
     @staticmethod
     def find(root: str | Path) -> list["RunFolder"]:
-        """Every run folder under ``root`` (any depth), in path order."""
-        return [RunFolder(p.parent) for p in sorted(Path(root).rglob(FILES["status"]))]
+        """Every run folder under ``root`` (any depth), in path order; symbolic links to folders are followed (a
+        natural way to gather runs kept elsewhere), each real folder visited once (no loop)."""
+        import os
+
+        found, seen = [], set()
+        for folder, dirs, files in os.walk(root, followlinks=True):
+            real = os.path.realpath(folder)
+            if real in seen:
+                dirs[:] = []
+                continue
+            seen.add(real)
+            dirs.sort()
+            if FILES["status"] in files:
+                found.append(Path(folder))
+        return [RunFolder(p) for p in sorted(found)]
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -178,8 +199,10 @@ class RunFolder:
         for split, ds in data.datasets.items():
             meta = ds.meta.to_numpy() if meta_cols else np.empty((len(ds), 0))
             hashes = ds.table["hash"].astype(str).to_numpy() if "hash" in ds.table else [""] * len(ds)
-            for i in range(len(ds)):
-                w.writerow([ds.ids[i], split, ds.groups[i], int(ds.targets[i]), ds.paths[i], hashes[i], *meta[i]])
+            for i in range(len(ds)):  # text cells spreadsheet-safe (a metadata value may start with "=")
+                w.writerow([spreadsheet_safe(v) for v in (ds.ids[i], split, ds.groups[i])]
+                           + [int(ds.targets[i]), spreadsheet_safe(ds.paths[i]), hashes[i],
+                              *(spreadsheet_safe(v) for v in meta[i])])
         atomic_write_text(self.file("splits"), buf.getvalue())
         info = {k: v for k, v in data.info.items() if k != "duplicate_groups"}
         info["duplicate_groups"] = data.info.get("duplicate_groups", [])
@@ -196,7 +219,7 @@ class RunFolder:
         missing = [c for c in ("id", "split", "group", "label", "path") if c not in df.columns]
         if missing:
             raise RunFolderError(f"{path}: missing column(s) {missing}")
-        return df
+        return df.map(spreadsheet_value)
 
     def data_info(self) -> dict[str, Any]:
         return read_json(self.file("data"))
@@ -299,9 +322,18 @@ class RunFolder:
     def write_ensemble(self, record: dict[str, Any]) -> None:
         atomic_write_json(self.file("ensemble"), record)
 
+    def ensemble_members(self) -> list["RunFolder"] | None:
+        """An ensemble's members, each checked against the SHA-256 of its weights recorded when the ensemble was
+        made (None for a trained run)."""
+        record = self.ensemble()
+        return None if record is None else self._ensemble_members(record)
+
     def _ensemble_members(self, record: dict[str, Any]) -> list["RunFolder"]:
         members = [RunFolder(p) for p in record["members"]]
         for m, digest in zip(members, record["weights_sha256"]):
+            if not m.file("config").is_file():
+                raise RunFolderError(f"{m.path}: a member of the ensemble {self.path} is gone (no run folder there); "
+                                     f"make the ensemble again from runs that exist")
             if m.weights_sha256() != digest:
                 raise RunFolderError(f"{m.path}: its weights changed since the ensemble {self.path} was made "
                                      f"(SHA-256 differs); make the ensemble again")

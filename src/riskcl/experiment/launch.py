@@ -27,6 +27,7 @@ import submitit
 from ..io import atomic_write_json, pid_alive, read_json
 from .folder import RunFolder
 from .sweep import PlannedRun, load_sweep
+from .tracking import prepare_tracking, tracking_state
 
 JOBS_FILE = "sweep-jobs.json"
 LOG_DIR = ".submitit"
@@ -132,21 +133,42 @@ def run_states(sweep: str | Path, out: str | Path, extra: Mapping[str, Any] | No
             shown = "failed"  # the job is gone and the run did not finish: never reported as done
         else:
             shown = "not submitted"
+        try:
+            tracked = tracking_state(run.config, folder)
+        except ValueError:
+            tracked = "?"
         rows.append({"run": run.run_id, "state": shown, "epoch": epochs, "epochs": run.config.epochs,
-                     "job": jid, "log": job.get("log"), "folder_state": state})
+                     "job": jid, "log": job.get("log"), "folder_state": state, "tracked": tracked})
     return rows
+
+
+def check_sweep_folder(sweep: str | Path, out: str | Path, extra: Mapping[str, Any] | None = None) -> None:
+    """``--status`` / ``--wait`` need a folder this sweep ran or submitted into: refuse a missing folder, or one that
+    holds none of its runs and no job record (a typo would otherwise read as "every run not submitted")."""
+    out = Path(out)
+    if not out.is_dir():
+        raise FileNotFoundError(f"{out}: no such folder; nothing of {sweep} was run or submitted there (check --out)")
+    ids = [r.run_id for r in load_sweep(sweep, extra)]
+    if not (out / JOBS_FILE).is_file() and not any((out / rid).is_dir() for rid in ids) \
+            and not any(out.glob("sweep-shard-*.json")):
+        raise FileNotFoundError(f"{out} holds no run of {sweep} and no job record: it is not this sweep's folder "
+                                f"(check --out and the sweep file)")
 
 
 def format_states(rows: Sequence[Mapping[str, Any]]) -> str:
     width = max([len(r["run"]) for r in rows] + [3])
-    lines = [f"{'run':<{width}}  {'state':<13}  epoch  {'job':<12}  log"]
+    tracks = any(r.get("tracked", "-") != "-" for r in rows)
+    lines = [f"{'run':<{width}}  {'state':<13}  epoch  {'job':<12}  " + ("tracked  " if tracks else "") + "log"]
     for r in rows:
+        tracked = f"{str(r.get('tracked', '-')).split(':')[0]:<7}  " if tracks else ""
         lines.append(f"{r['run']:<{width}}  {r['state']:<13}  {r['epoch']:>2}/{r['epochs']:<2}  "
-                     f"{str(r['job'] or '-'):<12}  {r['log'] or '-'}")
+                     f"{str(r['job'] or '-'):<12}  {tracked}{r['log'] or '-'}")
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
-    return "\n".join(lines + [", ".join(f"{n} {s}" for s, n in sorted(counts.items()))])
+    untracked = [r for r in rows if str(r.get("tracked", "")).startswith("no")]
+    notes = [f"{len(untracked)} not tracked ({r['run']}: {r['tracked'][4:]})" for r in untracked[:1]]
+    return "\n".join(lines + [", ".join([f"{n} {s}" for s, n in sorted(counts.items())] + notes)])
 
 
 def _executor(out: Path, launcher: str, options: LaunchOptions, name: str):
@@ -184,6 +206,8 @@ def launch(sweep: str | Path, out: str | Path, launcher: str = "slurm", options:
     todo = [rid for rid in planned if states.get(rid) not in ("done", "pending", "running")]
     if not todo:
         return []
+    for note in prepare_tracking([planned[rid].config for rid in todo]):  # once, before any task opens the store
+        print(f"tracking: {note}", flush=True)
     executor = _executor(out, launcher, options, f"riskcl-{Path(sweep).stem}")
     gpus = int(options.gpus_per_task or 0)
     args = ([str(Path(sweep).resolve())] * len(todo), [str(out.resolve())] * len(todo), todo,

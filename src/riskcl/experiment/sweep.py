@@ -38,6 +38,7 @@ from ..io import atomic_write_json
 from .lock import RunLocked
 from .folder import RunFolder
 from .run import RunFailed, check_same_config, run_experiment
+from .tracking import prepare_tracking, tracking_state
 
 
 RECIPE = "recipe"
@@ -138,6 +139,8 @@ def run_sweep(path: str | Path, out: str | Path, shard: str | None = None,
     runs = shard_runs(load_sweep(path, extra_overrides), parse_shard(shard))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for note in prepare_tracking([r.config for r in runs]):
+        print(f"  tracking: {note}", flush=True)
     summary: dict[str, Any] = {}
     for k, run in enumerate(runs, 1):
         folder = out / run.run_id
@@ -178,9 +181,11 @@ def write_shard_summary(path: str | Path, out: Path, runs: list[PlannedRun], sha
     share a folder write the same table), with what this process did to it."""
     table = {}
     for run in runs:
+        folder = RunFolder(out / run.run_id)
         try:
-            state = RunFolder(out / run.run_id).state
+            state = folder.state
+            tracked = tracking_state(run.config, folder)
         except ValueError:
-            state = "damaged"
-        table[run.run_id] = {"state": state, "this_process": notes.get(run.run_id, "not reached")}
+            state, tracked = "damaged", "?"
+        table[run.run_id] = {"state": state, "this_process": notes.get(run.run_id, "not reached"), "tracked": tracked}
     atomic_write_json(out / f"sweep-shard-{shard[0]}-of-{shard[1]}.json", {"sweep": str(path), "runs": table})

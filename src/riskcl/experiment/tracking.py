@@ -8,13 +8,18 @@ continue the same tracked run instead of starting a second one. A sweep logs its
 after the sweep, with the grid values as tags.
 
 Tracking never stops training: a tracker that cannot be reached (or fails) warns once and is left out for the
-rest of the run. MLflow's own HTTP retries are bounded (``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` 2 and
-``MLFLOW_HTTP_REQUEST_TIMEOUT`` 10 s unless set) so that an unreachable server costs seconds, not minutes.
+rest of the run, and the run folder records that it is not tracked and why (``tracking.json``), which
+``riskcl sweep --status`` and the sweep summary show. MLflow's own HTTP retries are bounded
+(``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` 2 and ``MLFLOW_HTTP_REQUEST_TIMEOUT`` 10 s unless set) so that an unreachable
+server costs seconds, not minutes. Runs that start together (a SLURM array, ``--jobs N``) share one store: the
+sweep's driver creates it and the experiment before any task starts (:func:`prepare_tracking`), and a task
+retries a transient database error (a locked SQLite file) a few times before giving up.
 """
 from __future__ import annotations
 
 import math
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -46,6 +51,67 @@ def _numbers(row: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+RETRIES = 5  # attempts at a tracking store call that failed (a transient database error), 0.5 s, 1 s, 2 s ... apart
+
+
+def _retry(call):
+    """``call()``, tried :data:`RETRIES` times with a growing pause: parallel runs that open one SQLite store race
+    on its locks (and, on a new store, on its schema)."""
+    for attempt in range(RETRIES):
+        try:
+            return call()
+        except Exception:  # noqa: BLE001 - the store's own errors; the last one is raised
+            if attempt == RETRIES - 1:
+                raise
+            time.sleep(0.5 * 2 ** attempt)
+
+
+def _experiment_id(client, experiment: str, uri: str) -> str:
+    """The experiment's id, created when missing (a concurrent creation by another run is found, not doubled)."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):  # artifacts beside the database, not in the working folder
+        location = Path(uri[len("sqlite:///"):]).resolve().parent.joinpath("mlartifacts").as_uri()
+    try:
+        return client.create_experiment(experiment, artifact_location=location)
+    except Exception:  # noqa: BLE001 - another run created it first
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def prepare_tracking(configs: Sequence[ExperimentConfig]) -> list[str]:
+    """Create each MLflow store and experiment the configs name, once, before their runs start (a sweep's driver
+    calls it); returns a note for each store that could not be prepared (the runs then try, and record, on their
+    own)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    notes = []
+    for uri, experiment in sorted({(c.tracking.mlflow, c.tracking.experiment or c.name) for c in configs
+                                   if c.tracking.mlflow}):
+        try:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri=uri)
+            _retry(lambda: _experiment_id(client, experiment, uri))
+        except Exception as exc:  # noqa: BLE001 - tracking never stops a sweep
+            notes.append(f"MLflow store {uri} could not be prepared ({type(exc).__name__}: {str(exc)[:200]})")
+    return notes
+
+
+def tracking_state(cfg: ExperimentConfig, folder: RunFolder) -> str:
+    """``-`` (the config tracks nothing), ``yes``, ``no: <why>`` or ``not yet`` (the run has not started)."""
+    if not (cfg.tracking.mlflow or cfg.tracking.tensorboard):
+        return "-"
+    record = folder.tracking() if folder.path.is_dir() else {}
+    if record.get("not_tracked"):
+        return f"no: {record['not_tracked']}"
+    return "yes" if record else "not yet"
+
+
 class _MLflow:
     name = "MLflow"
 
@@ -63,18 +129,12 @@ class _MLflow:
             except Exception:  # noqa: BLE001 - the store was reset: start a new tracked run
                 run_id = None
         if run_id is None:
-            exp = self.client.get_experiment_by_name(experiment)
-            if exp is None:
-                location = None
-                if uri.startswith("sqlite:///"):  # artifacts beside the database, not in the working folder
-                    location = Path(uri[len("sqlite:///"):]).resolve().parent.joinpath("mlartifacts").as_uri()
-                exp_id = self.client.create_experiment(experiment, artifact_location=location)
-            else:
-                exp_id = exp.experiment_id
-            run = self.client.create_run(exp_id, run_name=folder.path.name,
-                                         tags={"riskcl.run_folder": str(folder.path.resolve()),
-                                               **{str(k): str(v) for k, v in tags.items()}})
+            exp_id = _retry(lambda: _experiment_id(self.client, experiment, uri))
+            run = _retry(lambda: self.client.create_run(exp_id, run_name=folder.path.name,
+                                                        tags={"riskcl.run_folder": str(folder.path.resolve()),
+                                                              **{str(k): str(v) for k, v in tags.items()}}))
             run_id = run.info.run_id
+            record = {k: v for k, v in record.items() if k != "not_tracked"}
             folder.write_tracking({**record, "mlflow_uri": uri, "mlflow_run_id": run_id, "experiment": experiment})
         else:
             self.client.update_run(run_id, status="RUNNING")
@@ -131,12 +191,23 @@ class Tracker:
 
     def __init__(self, cfg: ExperimentConfig, folder: RunFolder) -> None:
         self.backends: list[Any] = []
+        self.folder = folder
         t = cfg.tracking
         if t.mlflow:
             self._try(lambda: self.backends.append(_MLflow(t.mlflow, t.experiment or cfg.name, folder, t.tags)),
                       "MLflow")
         if t.tensorboard:
             self._try(lambda: self.backends.append(_TensorBoard(t.tensorboard, folder)), "TensorBoard")
+
+    def _not_tracked(self, name: str, exc: BaseException) -> None:
+        """Record in the run folder that a tracker was dropped, and why (``--status`` and the summary show it)."""
+        try:
+            record = self.folder.tracking()
+            if not record.get("not_tracked"):
+                self.folder.write_tracking({**record, "not_tracked": f"{name} failed ({type(exc).__name__}: "
+                                                                     f"{str(exc)[:160]})"})
+        except (OSError, ValueError):
+            pass
 
     @staticmethod
     def _warn(name: str, exc: BaseException) -> None:
@@ -148,6 +219,7 @@ class Tracker:
             call()
         except Exception as exc:  # noqa: BLE001 - tracking never stops training
             self._warn(name, exc)
+            self._not_tracked(name, exc)
 
     def _each(self, method: str, *args: Any) -> None:
         for backend in list(self.backends):
@@ -155,6 +227,7 @@ class Tracker:
                 getattr(backend, method)(*args)
             except Exception as exc:  # noqa: BLE001
                 self._warn(backend.name, exc)
+                self._not_tracked(backend.name, exc)
                 self.backends.remove(backend)
 
     def params(self, cfg: ExperimentConfig) -> None:

@@ -25,7 +25,7 @@ from ..distributed import DistInfo, barrier, wrap_model
 from ..engine import BatchFeeder, TrainingSlot, apply_threads, predict_logits, train_one_epoch
 from ..tasks import task_of
 from ..taxonomy import Taxonomy
-from .folder import NO_METADATA, RunFolder
+from .folder import NO_METADATA, NO_METADATA_SPLITS, RunFolder, source_split
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,8 @@ class Trainer:
         encoding = self.folder.metadata_encoding()
         if encoding is None or encoding.column_names != list(columns):
             train = self.train_ds.table
-            encoding = MetadataEncoding.fit({c: train[c].tolist() for c in columns}, columns)
+            encoding = MetadataEncoding.fit({c: train[c].tolist() for c in columns}, columns,
+                                             self.cfg.model.metadata_spec)
             if self.info.is_main:
                 self.folder.write_metadata_encoding(encoding)
         attach_features(encoding, self.data.datasets)
@@ -171,24 +172,27 @@ class Trainer:
                                             **self.common)
             self.folder.write_predictions(split, logits, target, self.data.datasets[split])
             out[split] = (logits, target)
-        if self.fuses:  # what happens when a clinic sends no metadata: the test split again
-            test = self.data.datasets["test"]
-            with_metadata = test.features
-            test.features = np.repeat(self.encoding.missing_row()[None], len(test), axis=0)
-            try:
-                logits, target = predict_logits(self.raw_model, self.feeder("test"), desc="test (no metadata)",
-                                                tta=self.cfg.tta, **self.common)
-            finally:
-                test.features = with_metadata
-            self.folder.write_predictions(NO_METADATA, logits, target, test)
-            out[NO_METADATA] = (logits, target)
+        if self.fuses:  # what happens when a clinic sends no metadata: the calibration and test splits again
+            for split, twin in NO_METADATA_SPLITS.items():
+                if split not in self.data.datasets:
+                    continue
+                ds = self.data.datasets[split]
+                with_metadata = ds.features
+                ds.features = np.repeat(self.encoding.missing_row()[None], len(ds), axis=0)
+                try:
+                    logits, target = predict_logits(self.raw_model, self.feeder(split), desc=f"{split} (no metadata)",
+                                                    tta=self.cfg.tta, **self.common)
+                finally:
+                    ds.features = with_metadata
+                self.folder.write_predictions(twin, logits, target, ds)
+                out[twin] = (logits, target)
         return out
 
     def final_metrics(self, predictions: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
         """The ``metrics.json`` content: the test report (top level), validation and calibration reports, facts."""
         cfg, tax = self.cfg, self.taxonomy
         reports = {s: self.task.report(lg, t, tax, self.cost, cfg.decision,
-                                       groups=self.data.datasets[s if s != NO_METADATA else "test"].groups)
+                                       groups=self.data.datasets[source_split(s)].groups)
                    for s, (lg, t) in predictions.items()}
         counts = {s: len(d) for s, d in self.data.datasets.items()}
         loss_matrix = getattr(self.loss_fn, "matrix", None)  # the weights of a cost-based loss (1 on the diagonal)
