@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # the package itself only declares ranges.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv demo test reproduce-cpu frontier study-seg study-fusion bench docs clean
+.PHONY: venv demo test reproduce-cpu frontier study-seg study-fusion study-budget bench docs clean
 
 $(BIN)/riskcl: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -62,6 +62,18 @@ study-fusion: venv
 	best=$$($(BIN)/python scripts/best_recipe.py runs/fusion late late-dropout film film-dropout) && \
 	$(BIN)/riskcl ensemble runs/fusion/recipe-$${best}__seed-* --out runs/fusion/ensemble-$${best}
 	$(BIN)/riskcl report runs/fusion --out results/fusion --reference ce+tta --targets 0.95 0.98 0.99
+
+# Claims that replicate (results/budget/): every recipe x 3 training seeds x 2 split seeds on the ISIC sample and on
+# Brain Tumor MRI (duplicates dropped from test), one thread per run and two runs at a time; the 3-seed ensembles of
+# CE + TTA per split seed; then one report whose intervals cover a new training seed (two-level bootstrap) and whose
+# replication table says on how many split seeds each recipe beat CE + TTA.
+study-budget: venv
+	$(BIN)/riskcl sweep configs/sweeps/budget_isic2018.yaml --out runs/budget/isic2018 --launcher local --jobs 2 --quiet
+	$(BIN)/riskcl sweep configs/sweeps/budget_brain_mri.yaml --out runs/budget/brain_mri --launcher local --jobs 2 --quiet
+	for ds in isic2018 brain_mri; do for s in 0 1; do \
+	  $(BIN)/riskcl ensemble runs/budget/$$ds/recipe-ce-tta__data.split_seed-$${s}__seed-* \
+	    --out runs/budget/$$ds/ensemble-ce-tta__data.split_seed-$$s || exit 1; done; done
+	$(BIN)/riskcl report runs/budget --out results/budget --reference ce+tta --targets 0.95 0.98 0.99
 
 bench: venv
 	$(BIN)/python benchmarks/bench_core.py

@@ -20,9 +20,9 @@ def _logits(p_mal):
     return np.c_[np.zeros_like(p), np.log(p / (1 - p))].astype(np.float32)
 
 
-def _run(folder: RunFolder, split_scores: dict, method: str = "ce", seed: int = 0) -> None:
+def _run(folder: RunFolder, split_scores: dict, method: str = "ce", seed: int = 0, split_seed: int = 0) -> None:
     folder.prepare()
-    folder.write_config(tiny())
+    folder.write_config(tiny(seed=seed, **{"data.split_seed": split_seed, "name": method}))
     folder.write_taxonomy(TAX)
     for split, (mal, ben) in split_scores.items():
         scores = np.r_[mal, ben]
@@ -106,7 +106,41 @@ def test_the_difference_to_the_reference_is_paired_over_the_same_test_images(tmp
     spec = table["test specificity"]
     assert spec["better"] - spec["ref"] == pytest.approx(0.1)
     assert table.loc["better", column] == pytest.approx(0.1)
-    lo, hi = (float(v) for v in table.loc["better", f"{column} CI (paired)"].strip("[]").split(","))
-    assert 0.0 <= lo < 0.1 < hi
-    assert np.isnan(table.loc["ref", column]) and table.loc["ref", f"{column} CI (paired)"] == ""
+    # one seed each: the two-level interval is the paired one over images, marked as for these seeds only
+    lo, hi = (float(v) for v in table.loc["better", f"{column} CI (two-level)"].strip("[]*").split(","))
+    assert 0.0 <= lo < 0.1 < hi and table.loc["better", f"{column} CI (two-level)"].endswith("*")
+    assert table.loc["better", "vs ref"] in ("beats (for these 1 seed(s) only)",
+                                             "not distinguishable at this scale (for these 1 seed(s) only)")
+    assert np.isnan(table.loc["ref", column]) and table.loc["ref", f"{column} CI (two-level)"] == ""
     assert column not in fair_frontier_table(records, targets=[0.95], n_boot=20).columns
+
+
+def test_each_split_seed_is_a_replication_and_the_verdict_needs_both(tmp_path):
+    """Three seeds of two methods on two split seeds: each split has its own rows; `better` beats `ref` on split 0
+    (it clears 8 more benign cases in every seed) but not on split 1 (it does the same as `ref` there), so it does
+    not replicate; the runs of one split are never pooled with the other's."""
+    rng = np.random.default_rng(0)
+    mal = np.linspace(0.6, 0.99, 40)
+    for split_seed in (0, 1):
+        base = rng.uniform(0.0, 0.9, 60)  # each benign image's score; a training seed moves it a little
+        for seed in range(3):
+            ref_ben = np.clip(base + rng.normal(0, 0.02, 60), 0, 1)
+            better_ben = ref_ben.copy()
+            if split_seed == 0:  # 8 benign cases above the threshold cleared
+                better_ben[np.flatnonzero(ref_ben > 0.7)[:8]] = 0.05
+            for name, ben in (("ref", ref_ben), ("better", better_ben)):
+                scores = (mal, ben)
+                _run(RunFolder(tmp_path / "runs" / f"{name}-split{split_seed}-seed{seed}"),
+                     {"calib": scores, "val": scores, "test": scores}, method=name, seed=seed, split_seed=split_seed)
+    records, notes = find_runs(tmp_path / "runs")
+    assert not any("separate row" in n for n in notes)  # a split seed is a replication, not a variant
+    table = fair_frontier_table(records, targets=[0.95], n_boot=300, reference="ref")
+    assert sorted(zip(table["method"], table["split seed"], table["seeds"])) == \
+        [("better", 0, 3), ("better", 1, 3), ("ref", 0, 3), ("ref", 1, 3)]
+    better = table[table["method"] == "better"].set_index("split seed")
+    assert better.loc[0, "vs ref"] == "beats" and better.loc[1, "specificity minus ref's"] == pytest.approx(0)
+    assert better.loc[1, "vs ref"] == "not distinguishable at this scale"
+    from riskcl.report.frontier import replication_table
+
+    (row,) = replication_table(table, "ref").to_dict("records")
+    assert (row["split seeds"], row["beats"], row["not distinguishable"], row["replicates"]) == (2, 1, 1, False)

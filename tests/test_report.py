@@ -109,6 +109,6 @@ def test_a_one_run_report_says_what_it_cannot_make_and_embeds_its_figures(swept,
     rep = tmp_path / "rep"
     assert main(["report", str(tmp_path / "one"), "--out", str(rep), "--bootstrap", "20"]) == 0
     md = (rep / "REPORT.md").read_text()
-    assert "(no rows)" not in md and md.count("Not made: this section needs") == 2
+    assert "(no rows)" not in md and md.count("Not made: this section needs") == 3
     html = (rep / "report.html").read_text()
     assert "data:image/png;base64," in html and "src='figures/" not in html

@@ -8,7 +8,8 @@ from .._lazy import lazy_face
 _FUNCTIONAL = ("accuracy", "auroc_malignant", "critical_error_rate", "error_taxonomy", "expected_calibration_error",
                "f1_macro", "malignant_probability", "mean_cost", "partial_auroc_high_sensitivity",
                "predictive_values", "sensitivity_specificity")
-_LAZY = {"bootstrap_ci": "bootstrap", "SafetyReport": "metric", "REPORT_KEYS": "report", "safety_report": "report",
+_LAZY = {"bootstrap_ci": "bootstrap", "two_level_ci": "bootstrap", "SafetyReport": "metric", "REPORT_KEYS": "report",
+         "safety_report": "report",
          **{name: "functional" for name in _FUNCTIONAL}}
 __all__ = sorted(_LAZY)
 

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 
 from ..defaults import N_BOOT
-from ..io import atomic_write_text
+from ..io import atomic_write_text, spreadsheet_safe
 from ..metrics.subgroups import intervals_note
 from . import plots
 from .collect import find_runs, runs_table
-from .frontier import DEFAULT_TARGETS, fair_frontier_table, recall_table
+from .frontier import DEFAULT_TARGETS, fair_frontier_table, recall_table, replication_table
 from .render import Document
 from .tables import (cost_robust_table, matched_sensitivity_table, paired_table, pareto_front, pooled_cer_ci,
                      run_labels, subgroup_frame, subgroup_tables, summary_table, threshold_curve)
@@ -22,8 +22,9 @@ from .tables import (cost_robust_table, matched_sensitivity_table, paired_table,
 def _methods_table(summary: pd.DataFrame, ci: dict) -> pd.DataFrame:
     rows = []
     for _, r in summary.iterrows():
-        lo, hi = ci.get((r.dataset, r.model, r.method), (np.nan, np.nan, np.nan))[1:]
-        rows.append({"dataset": r.dataset, "model": r.model, "method": r.method, "seeds": r.seeds,
+        lo, hi = ci.get((r.dataset, r.model, r.method, r["split seed"]), (np.nan, np.nan, np.nan))[1:]
+        rows.append({"dataset": r.dataset, "model": r.model, "method": r.method, "split seed": r["split seed"],
+                     "seeds": r.seeds,
                      "CER mean": r.cer_mean, "CER std": r.cer_std, "CER 95% CI low": lo, "CER 95% CI high": hi,
                      "F1 mean": r.f1_mean, "F1 std": r.f1_std, "acc mean": r.acc_mean, "acc std": r.acc_std,
                      "specificity": r.specificity, "AUROC": r.auroc})
@@ -63,10 +64,11 @@ def _subgroups(doc: Document, records: list, column: str, n_boot: int, out: Path
         return
     doc.para(f"Test split, each run's operating point (its calibrated threshold when `calibration.json` exists, "
              f"as `riskcl evaluate --by` decides), seeds stacked. {intervals_note()}.")
-    for (ds, model, method), rows in tables.items():
-        doc.heading(f"{ds} / {model} / {method}", 3).table(subgroup_frame(rows))
+    for (ds, model, method, split_seed), rows in tables.items():
+        doc.heading(f"{ds} / {model} / {method}" + (f" / split seed {split_seed}" if split_seed else ""),
+                    3).table(subgroup_frame(rows))
     for ds, model in sorted({(k[0], k[1]) for k in tables}):
-        part = {k[2]: v for k, v in tables.items() if k[:2] == (ds, model)}
+        part = {k[2] + (f" (split {k[3]})" if k[3] else ""): v for k, v in tables.items() if k[:2] == (ds, model)}
         path = plots.plot_subgroup_cer(part, out / "figures" / f"subgroups_{column}_{ds}_{model}.png",
                                        f"CER by {column}, {ds} / {model}")
         doc.figure(f"CER per `{column}` group with 95% CIs, {ds} / {model}", path)
@@ -115,7 +117,7 @@ def _segmentation_report(records: list, notes: list[str], runs_dir: Path, out: P
                                          f"{ds} / {model}: Dice vs missed lesion")
         figures.append((f"Dice against the missed share of the lesion, {ds} / {model}: each loss at the 0.5 rule "
                         f"(hollow) and at its calibrated pixel threshold (filled)", path.name))
-    atomic_write_text(out / "runs.csv", runs.to_csv(index=False))
+    atomic_write_text(out / "runs.csv", runs.map(spreadsheet_safe).to_csv(index=False))
     atomic_write_text(out / "report.json", json.dumps({
         "runs_dir": str(runs_dir), "task": "segmentation", "runs": runs.to_dict("records"),
         "segmentation": public(table).to_dict("records"), "not_included": notes}, indent=1, default=str))
@@ -157,12 +159,14 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, baseline: str = "foc
     summary = summary_table(runs)
     ci = pooled_cer_ci(records, n_resamples=n_boot)
     methods = _methods_table(summary, ci)
-    taxonomy_tbl = summary[["dataset", "model", "method", "visual_ambiguity", "type_i", "type_ii"]].rename(
+    taxonomy_tbl = summary[["dataset", "model", "method", "split seed", "visual_ambiguity", "type_i",
+                            "type_ii"]].rename(
         columns={"visual_ambiguity": "visual ambiguity (mean)", "type_i": "Type I (mean)",
                  "type_ii": "Type II (mean)"})
     paired = paired_table(summary, baseline, method)
     matched = matched_sensitivity_table(records, reference)
     fair = fair_frontier_table(records, targets, n_boot, reference=reference)
+    replication = replication_table(fair, reference)
     recalls = recall_table(records, targets[0])
     from ..experiment.folder import NO_METADATA
 
@@ -171,17 +175,25 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, baseline: str = "foc
     for (ds, model), part in summary.groupby(["dataset", "model"]):
         recs = [r for r in records if r.run["dataset"] == ds and r.run["model"] == model]
         figures += _figures(recs, part.reset_index(drop=True), out / "figures", f"{ds}_{model}", f"{ds} / {model}")
-    robust, dcurves = cost_robust_table(records)
+    robust, dcurves = cost_robust_table(records, n_boot)
+    if not fair.empty:  # what training time buys, at the middle target
+        middle = sorted(set(fair["target sensitivity"]))[len(set(fair["target sensitivity"])) // 2]
+        for (ds, model), part in fair[fair["target sensitivity"] == middle].groupby(["dataset", "model"]):
+            path = plots.plot_budget_frontier(part, out / "figures" / f"budget_{ds}_{model}.png", f"{ds} / {model}")
+            figures.append((f"Budget frontier, {ds} / {model}: test specificity at a calibrated {100 * middle:g}% "
+                            f"sensitivity (two-level 95% CI) and AUROC against training CPU minutes per model",
+                            path.name))
     for ds, by_method in dcurves.items():
         path = plots.plot_decision_curves(by_method, out / "figures" / f"decision_curve_{ds}.png",
                                           f"{ds}: decision curves (test, mean over seeds)")
         figures.append((f"Decision curves, {ds}: net benefit of each method at its operating point's "
                         f"probabilities against refer-all and refer-none", path.name))
-    atomic_write_text(out / "runs.csv", runs.to_csv(index=False))
+    atomic_write_text(out / "runs.csv", runs.map(spreadsheet_safe).to_csv(index=False))
     atomic_write_text(out / "report.json", json.dumps({
         "runs_dir": str(runs_dir), "baseline": baseline, "method": method, "reference": reference,
         "runs": runs.to_dict("records"), "methods": methods.to_dict("records"), "paired": paired.to_dict("records"),
         "matched_sensitivity": matched.to_dict("records"), "fair_frontier": fair.to_dict("records"),
+        "replication": replication.to_dict("records"),
         "recall": recalls.to_dict("records"), "fair_frontier_no_metadata": masked.to_dict("records"),
         "cost_robust": robust.to_dict("records"),
         "not_included": notes}, indent=1, default=str))
@@ -194,12 +206,21 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, baseline: str = "foc
         ("The fair safety frontier", "For each run and target sensitivity, the p(malignant) threshold is chosen on "
          "held-out predictions that did not select the model (the calibration split; `val` only where a run has "
          "none, marked as the selection split) and applied unchanged to test. Columns: what the test split "
-         "actually reached (means over seeds, 95% bootstrap CIs over test images), how many seeds missed the "
-         "target, the standardised partial AUROC of p(malignant) for sensitivity >= 0.9, and the rank at each "
-         "target: the methods that held the target on test in most seeds first, by test specificity, then the others "
-         "(marked `missed target`), so that missing the target is never rewarded. Where runs of the reference "
-         f"`{reference}` share the test split: each method's test specificity minus the reference's at the same "
-         "target, with a paired bootstrap CI over the same test images.", fair),
+         "actually reached (means over seeds, 95% two-level bootstrap CIs: training seeds, then test images, so "
+         "that an interval covers a new training run as well as new cases; `*`: fewer than 3 seeds, an interval "
+         "for these seeds only), how many seeds missed the target, the standardised partial AUROC of p(malignant) "
+         "for sensitivity >= 0.9, and the rank at each target: the methods that held the target on test in most "
+         "seeds first, by test specificity, then the others (marked `missed target`), so that missing the target "
+         "is never rewarded. Each `split seed` (data.split_seed) is its own replication. Where runs of the "
+         f"reference `{reference}` share the test split: each method's test specificity minus the reference's at "
+         "the same target, with its two-level CI (each method's seeds drawn independently, the same test images "
+         "for both), and the verdict: `beats` only when that interval excludes zero, else `not distinguishable at "
+         "this scale`.", fair),
+        (f"Replication: does it beat `{reference}` on every split seed?", "Per method and target, over the split "
+         f"seeds of each data set: how often the two-level interval of the specificity difference to `{reference}` "
+         "lay above zero (`beats`), below it (`worse`) or around it; `replicates` only when it beat the reference "
+         "and held the target on every split seed (at least two). riskcl recommends a recipe only when it "
+         "replicates on two real data sets.", replication),
         (f"Per-class recall at the fair threshold for {targets[0]:g} sensitivity", "Test split, means over seeds; "
          "balanced accuracy is the mean recall over the classes.", recalls),
         ("Fusion models when a clinic sends no metadata", "Every run that reads clinical metadata, scored again on "
@@ -211,12 +232,14 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, baseline: str = "foc
          "reaches the method's; columns are means over seeds. The threshold is matched on the test split itself, so "
          "this is an upper bound for the threshold; the fair frontier above chooses it on held-out data.", matched),
         ("Cost-robust comparison", "Test split, each run's operating point, means over seeds: the cost per case "
-         "at the fixed costs of the config, the expected cost and its 90% range over the plausible costs "
+         "at the fixed costs of the config (with its two-level 95% CI over training seeds and test images), the "
+         "expected cost and its 90% range over the plausible costs "
          "(`cost.uncertain`; the fixed costs when it is absent), the H-measure (Hand 2009, Beta(2, 2) prior over "
          "the normalised cost; threshold-free), and the rank of each method by the fixed and by the expected cost: "
          "a method that wins only at one cost point ranks differently.", robust),
         ("Runs", "Every number above comes from these run folders (paths relative to the runs folder).",
-         runs[["dataset", "model", "method", "seed", "cer", "f1_macro", "accuracy", "type_ii", "wall_time_s",
+         runs[["dataset", "model", "method", "split seed", "seed", "cer", "f1_macro", "accuracy", "type_ii",
+               "wall_time_s",
                "folder"]]),
     ]
     rules = sorted({r.run.get("decision_rule", "argmax") for r in records})
@@ -228,8 +251,9 @@ def build_report(runs_dir: str | Path, out_dir: str | Path, baseline: str = "foc
         doc.para("Not included or kept apart (unfinished, failed, damaged, duplicated, or not poolable as seeds): "
                  + "; ".join(notes))
     missing = {0: f"needs runs of both `{baseline}` and `{method}` (choose them with --baseline / --method)",
-               6: f"needs runs of `{reference}` and of another method with the same seeds (--reference)"}
-    optional = {5}  # the no-metadata section: only when some run reads metadata
+               4: f"needs runs of `{reference}` and of other methods on the same test split (--reference)",
+               7: f"needs runs of `{reference}` and of another method with the same seeds (--reference)"}
+    optional = {6}  # the no-metadata section: only when some run reads metadata
     for k, (title, text, df) in enumerate(sections):
         if df.empty and k in optional:
             continue

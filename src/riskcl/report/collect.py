@@ -41,6 +41,7 @@ class RunRecord:
     history: pd.DataFrame
     taxonomy: Taxonomy
     variant: str = ""                   # set when runs of one method differ in more than the seed
+    split_seed: int = 0                 # data.split_seed: runs of one recipe on another split are a replication
     _predictions: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
     _order: np.ndarray | None = field(default=None, repr=False)  # test rows in the pool's image-id order
 
@@ -73,12 +74,19 @@ class RunRecord:
         self._order = np.array([position[str(i)] for i in ids])
         self._predictions.pop("test", None)
 
+    @property
+    def training_seconds(self) -> float:
+        """What the run cost to train (an ensemble: its members together), from ``metrics.json``."""
+        members = self.run.get("wall_time_s_members")
+        return float(members if members is not None else self.metrics.get("wall_time_s", float("nan")))
+
     def has_predictions(self, split: str) -> bool:
         return split in self._predictions or self.folder.has_predictions(split)
 
 
 def _read(folder: RunFolder) -> RunRecord:
-    record = RunRecord(folder, folder.metrics(), folder.history(), folder.taxonomy())
+    record = RunRecord(folder, folder.metrics(), folder.history(), folder.taxonomy(),
+                       split_seed=folder.read_config().data.split_seed)
     record.predictions("test")  # a report needs them: a damaged file is found here, not halfway through
     return record
 
@@ -104,11 +112,30 @@ def find_runs(root: str | Path) -> tuple[list[RunRecord], list[str]]:
     return records, notes + pool_notes
 
 
+def pool_key(record: RunRecord) -> tuple:
+    """``(dataset, model, method, split seed)``: the runs a table pools as seeds of one method on one split."""
+    return record.run["dataset"], record.run["model"], record.method, record.split_seed
+
+
+def recipe_name(run_name: str) -> str | None:
+    """The sweep recipe a run came from (``recipe-ce-tta-96px__data.split_seed-0__seed-1`` -> ``ce-tta-96px``)."""
+    import re
+
+    m = re.search(r"(?:^|__)recipe-(.+?)(?:__|$)", str(run_name))
+    return m.group(1) if m else None
+
+
+POOL_IGNORES = ("seed", "name", "data.split_seed")  # what runs pooled as one method may differ in (a split seed is
+                                                    # a replication: its runs are pooled apart and shown apart)
+
+
 def settle_pools(records: list[RunRecord], root: Path) -> tuple[list[RunRecord], list[str]]:
     """Decide which runs a report may pool as seeds of one method: only runs that differ in the seed and nothing
-    else, on the same test images. A run with the same config and seed as another is a duplicate and counts once;
-    runs that differ in other settings, or were tested on other images, become separate rows (their method gets a
-    variant label naming the difference). Pooled runs are aligned image by image by id."""
+    else, on the same split and test images. A run with the same config and seed as another is a duplicate and
+    counts once; runs of another ``data.split_seed`` are pooled apart as a replication of the same method (the
+    tables show each split seed); runs that differ in other settings, or were tested on other images, become
+    separate rows (their method gets a variant label: the sweep recipe's name, else the difference). Pooled runs
+    are aligned image by image by id."""
     from ..experiment.run import config_difference
 
     kept, notes = [], []
@@ -123,7 +150,8 @@ def settle_pools(records: list[RunRecord], root: Path) -> tuple[list[RunRecord],
             home = None
             for pool in pools:
                 first = pool[0]
-                same_config = not config_difference(configs[id(first)], cfg, ignore=("seed", "name"))
+                same_config = not config_difference(configs[id(first)], cfg, ignore=POOL_IGNORES) \
+                    and first.split_seed == r.split_seed
                 same_images = np.array_equal(ids, np.sort(first.predictions("test")["ids"].astype(str)))
                 if same_config and same_images:
                     home = pool
@@ -139,9 +167,14 @@ def settle_pools(records: list[RunRecord], root: Path) -> tuple[list[RunRecord],
             r.align_to(home[0].predictions("test")["ids"])
             home.append(r)
         base = pools[0][0]
-        for k, pool in enumerate(pools):
-            if k:
-                diff = config_difference(configs[id(base)], configs[id(pool[0])], ignore=("seed", "name"), limit=3)
+        recipes = {recipe_name(configs[id(p[0])].name) for p in pools}
+        differ = [p for p in pools if config_difference(configs[id(base)], configs[id(p[0])], ignore=POOL_IGNORES)]
+        for pool in pools:
+            diff = config_difference(configs[id(base)], configs[id(pool[0])], ignore=POOL_IGNORES, limit=3)
+            if differ and None not in recipes and len(recipes) > 1:  # a sweep's recipes name their own rows
+                for r in pool:
+                    r.variant = f" [{recipe_name(configs[id(r)].name)}]"
+            elif diff or (pool is not pools[0] and pool[0].split_seed == base.split_seed):
                 what = ", ".join(diff) if diff else "other test images"
                 for r in pool:
                     r.variant = f" [{what}]"
@@ -156,7 +189,8 @@ def runs_table(records: list[RunRecord], root: Path) -> pd.DataFrame:
     rows = []
     for r in records:
         m = r.metrics
-        rows.append({"dataset": r.run["dataset"], "model": r.run["model"], "method": r.method, "seed": r.run["seed"],
+        rows.append({"dataset": r.run["dataset"], "model": r.run["model"], "method": r.method,
+                     "split seed": r.split_seed, "seed": r.run["seed"],
                      **{k: m[k] for k in METRIC_COLUMNS}, "epochs": r.run["epochs"],
                      "wall_time_s": m.get("wall_time_s", float("nan")), "folder": str(r.path.relative_to(root))})
-    return pd.DataFrame(rows).sort_values(["dataset", "model", "method", "seed"]).reset_index(drop=True)
+    return pd.DataFrame(rows).sort_values(["dataset", "model", "method", "split seed", "seed"]).reset_index(drop=True)

@@ -195,3 +195,33 @@ def plot_dice_vs_missed(table, path: str | Path, title: str = "") -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, frameon=False)
     return _save(fig, path)
+
+
+def plot_budget_frontier(fair, path: str | Path, title: str = "") -> Path:
+    """Test specificity at a calibrated sensitivity (y, with its two-level CI) and AUROC of p(malignant) (right
+    panel) against the training CPU minutes of each recipe (x, log scale), one marker per split seed: what a
+    minute of training buys. ``fair``: rows of one data set, model set and target of the fair frontier table."""
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.2))
+    markers = "osD^v"
+    for k, (split, part) in enumerate(fair.groupby("split seed")):
+        for _, r in part.iterrows():
+            lo, hi = (float(v) for v in str(r["test specificity CI"]).strip("[]*").split(","))
+            x = max(float(r["training min (mean)"]), 1e-3)
+            colour = "#d7301f" if r["missed target (seeds)"] * 2 >= r["seeds"] else "k"
+            spec = r["test specificity"]
+            axes[0].errorbar(x, spec, yerr=[[spec - lo], [hi - spec]], fmt=markers[k % len(markers)], color=colour,
+                             ms=5, capsize=2, lw=0.8)
+            axes[0].annotate(r["method"], (x, r["test specificity"]), textcoords="offset points", xytext=(4, 3),
+                             fontsize=6)
+            axes[1].plot(x, r["AUROC p(malignant)"], markers[k % len(markers)], color=colour, ms=5,
+                         label=f"split seed {split}" if _ == part.index[0] else None)
+    target = float(fair["target sensitivity"].iloc[0])
+    axes[0].set_ylabel(f"test specificity at a calibrated {100 * target:g}% sensitivity")
+    axes[1].set_ylabel("test AUROC of p(malignant)")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("training time per model (CPU minutes, mean over seeds)")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, frameon=False)
+    fig.suptitle((title or "What training time buys") + " (red: missed the target in most seeds)", fontsize=9)
+    return _save(fig, path)

@@ -2,7 +2,8 @@
 and at each run's calibrated pixel threshold (``calibration.json``), from the saved predictions only.
 
 Per image the metrics come from :func:`riskcl.metrics.segmentation.per_image_metrics`; seeds are averaged image
-by image (aligned by id), and the 95% intervals are percentile bootstraps over lesions of that seed average.
+by image (aligned by id), and the 95% intervals are two-level percentile bootstraps (training seeds, then lesions:
+:func:`riskcl.metrics.two_level_ci`), so that they cover a new training run; fewer than 3 seeds are marked ``*``.
 """
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import pandas as pd
 
 from ..decision.segmentation import lesion_probability
 from ..defaults import N_BOOT
-from ..metrics.bootstrap import bootstrap_ci
+from ..metrics.bootstrap import MIN_SEEDS, two_level_ci
 from ..metrics.segmentation import per_image_metrics
-from .collect import RunRecord
+from .collect import RunRecord, pool_key
 
 KEYS = ("dice", "fnr", "missed_half", "over_rate")
 
@@ -35,13 +36,15 @@ def _pooled(records: list[RunRecord], thresholds: list[float], n_boot: int) -> d
     per = [_per_image(r, t) for r, t in zip(records, thresholds)]
     groups = records[0].predictions("test")["groups"]
     out: dict[str, Any] = {}
-    for key in KEYS:
-        stacked = np.vstack([p[key] for p in per])
+    def seed_mean(v: np.ndarray, _t: np.ndarray) -> float:  # (images, seeds): each seed's mean, then their mean
         with np.errstate(invalid="ignore"):
-            mean = np.nanmean(stacked, axis=0) if np.isfinite(stacked).any() else stacked[0]
-        point, lo, hi = bootstrap_ci(lambda v, _t: float(np.nanmean(v)), mean, mean, groups=groups,
-                                     n_resamples=n_boot)
+            return float(np.nanmean(np.nanmean(v, axis=0)))
+
+    for key in KEYS:
+        stacked = np.stack([p[key] for p in per], 1)
+        point, lo, hi = two_level_ci(seed_mean, stacked, np.zeros(len(stacked)), groups=groups, n_resamples=n_boot)
         out[key], out[f"{key}_ci"] = point, (lo, hi)
+    out["few_seeds"] = len(records) < MIN_SEEDS
     return out
 
 
@@ -52,12 +55,13 @@ def segmentation_table(records: list[RunRecord], n_boot: int = N_BOOT) -> pd.Dat
     rows = []
     keyed: dict[tuple, list[RunRecord]] = {}
     for r in records:
-        keyed.setdefault((r.run["dataset"], r.run["model"], r.method), []).append(r)
-    for (ds, model, method), recs in sorted(keyed.items()):
+        keyed.setdefault(pool_key(r), []).append(r)
+    for (ds, model, method, split_seed), recs in sorted(keyed.items()):
         recs = sorted(recs, key=lambda r: r.run["seed"])
         plain = _pooled(recs, [0.5] * len(recs), n_boot)
         cals = [_calibration(r) for r in recs]
-        row: dict[str, Any] = {"dataset": ds, "model": model, "method": method, "seeds": len(recs)}
+        row: dict[str, Any] = {"dataset": ds, "model": model, "method": method, "split seed": split_seed,
+                               "seeds": len(recs)}
         for key, label in (("dice", "Dice"), ("fnr", "missed"), ("missed_half", "missed > half"),
                            ("over_rate", "over-seg.")):
             row[f"{label} @0.5"] = _fmt(plain, key)
@@ -82,7 +86,8 @@ def _fmt(pooled: dict[str, Any], key: str) -> str:
     lo, hi = pooled[f"{key}_ci"]
     scale, unit = (1, "") if key == "dice" else (100, "%")
     digits = 3 if key == "dice" else 1
-    return f"{scale * pooled[key]:.{digits}f}{unit} [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
+    mark = "*" if pooled.get("few_seeds") else ""
+    return f"{scale * pooled[key]:.{digits}f}{unit} [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]{mark}"
 
 
 def public(table: pd.DataFrame) -> pd.DataFrame:

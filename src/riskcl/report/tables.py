@@ -7,13 +7,14 @@ import pandas as pd
 from ..decision import decide, softmax, threshold_decision
 from ..defaults import N_BOOT
 from ..metrics import bootstrap_ci, critical_error_rate, f1_macro, sensitivity_specificity
-from .collect import RunRecord
+from ..metrics.bootstrap import MIN_SEEDS, two_level_ci
+from .collect import RunRecord, pool_key
 
-GROUP = ["dataset", "model", "method"]
+GROUP = ["dataset", "model", "method", "split seed"]  # one method on one split (a split seed is a replication)
 
 
 def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds of every headline metric, per (dataset, model, method)."""
+    """Mean and std over seeds of every headline metric, per (dataset, model, method, split seed)."""
     agg = runs.groupby(GROUP).agg(
         seeds=("seed", "count"),
         cer_mean=("cer", "mean"), cer_std=("cer", "std"),
@@ -51,7 +52,7 @@ def pooled_cer_ci(records: list[RunRecord], n_resamples: int = N_BOOT, seed: int
     """
     by_key: dict[tuple, list[RunRecord]] = {}
     for r in records:
-        by_key.setdefault((r.run["dataset"], r.run["model"], r.method), []).append(r)
+        by_key.setdefault(pool_key(r), []).append(r)
     out = {}
     for key, group in by_key.items():
         tax = group[0].taxonomy
@@ -69,13 +70,14 @@ def pooled_cer_ci(records: list[RunRecord], n_resamples: int = N_BOOT, seed: int
 def paired_table(summary: pd.DataFrame, baseline: str, method: str) -> pd.DataFrame:
     """Table III style: baseline vs method CER / F1 / accuracy with absolute and relative CER change."""
     rows = []
-    for (ds, model), part in summary.groupby(["dataset", "model"]):
+    for (ds, model, split_seed), part in summary.groupby(["dataset", "model", "split seed"]):
         b, m = part[part["method"] == baseline], part[part["method"] == method]
         if b.empty or m.empty:
             continue
         b, m = b.iloc[0], m.iloc[0]
         rel = (b.cer_mean - m.cer_mean) / b.cer_mean if b.cer_mean > 0 else float("nan")
-        rows.append({"dataset": ds, "model": model, f"{baseline} CER": b.cer_mean, f"{baseline} F1": b.f1_mean,
+        rows.append({"dataset": ds, "model": model, "split seed": split_seed, f"{baseline} CER": b.cer_mean,
+                     f"{baseline} F1": b.f1_mean,
                      f"{baseline} acc": b.acc_mean, f"{method} CER": m.cer_mean, f"{method} F1": m.f1_mean,
                      f"{method} acc": m.acc_mean, "abs. CER change": m.cer_mean - b.cer_mean,
                      "rel. CER improvement": rel})
@@ -113,9 +115,9 @@ def matched_sensitivity_table(records: list[RunRecord], reference: str = "ce") -
     an upper bound on what a threshold can do; :mod:`riskcl.report.frontier` makes the fair comparison."""
     by = {}
     for r in records:
-        by.setdefault((r.run["dataset"], r.run["model"], r.run["seed"]), {})[r.method] = r
+        by.setdefault((r.run["dataset"], r.run["model"], r.split_seed, r.run["seed"]), {})[r.method] = r
     rows = []
-    for (ds, model, seed), methods in by.items():
+    for (ds, model, split_seed, seed), methods in by.items():
         ref = methods.get(reference)
         if ref is None:
             continue
@@ -137,7 +139,7 @@ def matched_sensitivity_table(records: list[RunRecord], reference: str = "ce") -
             if best is None:
                 continue
             t, rep = best
-            rows.append({"dataset": ds, "model": model, "seed": seed, "method": name,
+            rows.append({"dataset": ds, "model": model, "seed": seed, "method": name, "split seed": split_seed,
                          "sensitivity": target_sens, "method F1": rec.metrics["f1_macro"],
                          "method specificity": rec.metrics["specificity"], f"{reference}+t threshold": t,
                          f"{reference}+t sensitivity": rep["sensitivity"], f"{reference}+t F1": rep["f1_macro"],
@@ -145,7 +147,7 @@ def matched_sensitivity_table(records: list[RunRecord], reference: str = "ce") -
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    return df.groupby(["dataset", "model", "method"]).mean(numeric_only=True).drop(columns="seed").reset_index()
+    return df.groupby(GROUP).mean(numeric_only=True).drop(columns="seed").reset_index()
 
 
 def subgroup_tables(records: list[RunRecord], column: str, n_boot: int = N_BOOT) -> dict[tuple, list[dict]]:
@@ -158,7 +160,7 @@ def subgroup_tables(records: list[RunRecord], column: str, n_boot: int = N_BOOT)
     by: dict[tuple, list[RunRecord]] = {}
     for r in records:
         if f"meta__{column}" in r.predictions("test"):
-            by.setdefault((r.run["dataset"], r.run["model"], r.method), []).append(r)
+            by.setdefault(pool_key(r), []).append(r)
     out = {}
     for key, recs in by.items():
         preds = [r.predictions("test") for r in recs]
@@ -186,7 +188,8 @@ def _p_malignant_at_operating_point(record: RunRecord) -> tuple[np.ndarray, np.n
     return p_mal, record.taxonomy.superclass[arrays["target"]] == 1, op.threshold
 
 
-def cost_robust_table(records: list[RunRecord]) -> tuple[pd.DataFrame, dict[str, dict[str, dict]]]:
+def cost_robust_table(records: list[RunRecord],
+                      n_boot: int = N_BOOT) -> tuple[pd.DataFrame, dict[str, dict[str, dict]]]:
     """Per (dataset, model, method), means over seeds on the test split at each run's operating point: the cost
     per case at the fixed costs, the expected cost and its 90% range over the plausible costs (``cost.uncertain``),
     the H-measure, and the ranks by the fixed and by the expected cost (a method that wins only at one cost point
@@ -196,16 +199,19 @@ def cost_robust_table(records: list[RunRecord]) -> tuple[pd.DataFrame, dict[str,
     from ..decision.costs import cost_table, decision_curve
     from ..experiment.decision_curves import cost_figures, curve_range
 
-    rows, curves = [], {}
+    rows, curves, per_case = [], {}, {}
     ranges: dict[str, tuple[float, float]] = {}
     for r in records:
         costs = run_cost_distribution(r.folder.read_config())
         p_mal, is_mal, threshold = _p_malignant_at_operating_point(r)
         figs = cost_figures(p_mal, is_mal, threshold, costs)
         point = float(cost_table(p_mal, is_mal, [threshold], [costs.point[0]], [costs.point[1]])[0, 0])
+        refer = p_mal >= threshold
+        per_case[id(r)] = np.where(refer & ~is_mal, costs.point[0], 0.0) + np.where(~refer & is_mal, costs.point[1], 0)
         rows.append({"dataset": r.run["dataset"], "model": r.run["model"], "method": r.method,
-                     "cost (fixed)": point, "expected cost": figs["expected_cost"], "cost p05": figs["cost_p05"],
-                     "cost p95": figs["cost_p95"], "H-measure": figs["h_measure"], "costs": figs["costs"]})
+                     "split seed": r.split_seed, "cost (fixed)": point, "expected cost": figs["expected_cost"],
+                     "cost p05": figs["cost_p05"], "cost p95": figs["cost_p95"], "H-measure": figs["h_measure"],
+                     "costs": figs["costs"]})
         ds = r.run["dataset"]
         ranges.setdefault(ds, curve_range(costs))
         curve = decision_curve(p_mal, is_mal, ranges[ds])
@@ -214,9 +220,18 @@ def cost_robust_table(records: list[RunRecord]) -> tuple[pd.DataFrame, dict[str,
         return pd.DataFrame(), {}
     df = pd.DataFrame(rows)
     table = df.groupby(GROUP + ["costs"], as_index=False).mean(numeric_only=True)
-    table.insert(3, "seeds", df.groupby(GROUP + ["costs"]).size().to_numpy())
+    table.insert(4, "seeds", df.groupby(GROUP + ["costs"]).size().to_numpy())
+    pools: dict[tuple, list[RunRecord]] = {}
+    for r in records:
+        pools.setdefault(pool_key(r), []).append(r)
+    intervals = {}
+    for key, recs in pools.items():  # the fixed cost per case over seeds and test images (two-level)
+        _, lo, hi = two_level_ci(lambda c, _t: float(c.mean()), np.stack([per_case[id(r)] for r in recs], 1),
+                                 recs[0].predictions("test")["target"], n_resamples=n_boot)
+        intervals[key] = f"[{lo:.4g}, {hi:.4g}]" + ("*" if len(recs) < MIN_SEEDS else "")
+    table.insert(6, "cost (fixed) CI (two-level)", [intervals.get(tuple(k)) for k in table[GROUP].to_numpy()])
     for col, rank in (("cost (fixed)", "rank (fixed)"), ("expected cost", "rank (expected)")):
-        table[rank] = table.groupby(["dataset", "model"])[col].rank(method="min").astype(int)
+        table[rank] = table.groupby(["dataset", "model", "split seed"])[col].rank(method="min").astype(int)
     mean_curves = {}
     for ds, by_method in curves.items():
         mean_curves[ds] = {}
