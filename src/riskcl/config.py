@@ -107,6 +107,27 @@ class OptimConfig:
 
 
 @dataclass
+class AdoptConfig:
+    """What riskcl cannot guess about a model trained elsewhere (``riskcl adopt``); unused by ``riskcl train``."""
+    classes: list = field(default_factory=list)  # the model's outputs in order, by the data set's class names (a
+                                       # table: its class columns, in order, e.g. [p_MEL, p_NV, ...] named below)
+    output: str = "logits"             # what the model (or the table) gives per class: "logits" or "probs"
+    input_size: Any = None             # a model file's input: side (int) or [height, width]
+    layout: str = "nchw"               # "nchw" or "nhwc"
+    channels: str = "rgb"              # "rgb", "bgr" or "gray" (one channel: the mean of R, G and B)
+    scale: float = 1.0                 # the range the model expects: 1 (pixels / 255) or 255 (raw 0..255)
+    mean: Any = None                   # per channel, in that range (subtracted), or null
+    std: Any = None                    # per channel, in that range (divided by), or null
+    resize: str = "stretch"            # "stretch" to input_size, or "crop": the shorter side to fit, centre crop
+    id_column: str = "image"           # a table: the column naming each image (file name, stem, or path)
+    class_columns: list = field(default_factory=list)  # a table: one column per entry of `classes` (default: the
+                                       # class names themselves)
+    label_column: str | None = None    # a table: the true class (else the data set's label)
+    split_column: str | None = None    # a table: train / val / calib / test per row (else the splits are carved)
+    group_column: str | None = None    # a table: the patient / lesion id (checked against the splits)
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "run"                  # the run's name in reports and model cards
     task: str = "classification"       # "classification" (a label per image) or "segmentation" (a lesion mask per
@@ -132,6 +153,7 @@ class ExperimentConfig:
     cost: CostConfig = field(default_factory=CostConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    adopt: AdoptConfig = field(default_factory=AdoptConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -399,6 +421,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
     _check(cfg.model.arch is None or cfg.task == "segmentation", "model.arch", cfg.model.arch,
            "null for classification (the timm model is model.name); a decoder for segmentation")
     _check_fusion(cfg)
+    _check_adopt(cfg.adopt)
     try:
         check_loss_params(cfg.loss.name, cfg.loss.params)
         taxonomy = config_taxonomy(cfg)
@@ -436,6 +459,34 @@ def _check_fusion(cfg: ExperimentConfig) -> None:
         check_metadata_spec(m.metadata_spec, m.metadata)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+ADOPT_LAYOUTS, ADOPT_CHANNELS, ADOPT_OUTPUTS, ADOPT_RESIZE = ("nchw", "nhwc"), ("rgb", "bgr", "gray"), \
+    ("logits", "probs"), ("stretch", "crop")
+
+
+def _check_adopt(a: AdoptConfig) -> None:
+    _check(a.layout in ADOPT_LAYOUTS, "adopt.layout", a.layout, f"one of {list(ADOPT_LAYOUTS)}")
+    _check(a.channels in ADOPT_CHANNELS, "adopt.channels", a.channels, f"one of {list(ADOPT_CHANNELS)}")
+    _check(a.output in ADOPT_OUTPUTS, "adopt.output", a.output, f"one of {list(ADOPT_OUTPUTS)}")
+    _check(a.resize in ADOPT_RESIZE, "adopt.resize", a.resize, f"one of {list(ADOPT_RESIZE)}")
+    _check(a.scale in (1.0, 255.0), "adopt.scale", a.scale, "1 (pixels / 255) or 255 (raw 0..255)")
+    size = a.input_size
+    ok = size is None or (isinstance(size, int) and not isinstance(size, bool) and 8 <= size <= 4096) or (
+        isinstance(size, (list, tuple)) and len(size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= 4096 for v in size))
+    _check(ok, "adopt.input_size", size, "null, a side in [8, 4096] or [height, width]")
+    width = 1 if a.channels == "gray" else 3
+    for key, value in (("adopt.mean", a.mean), ("adopt.std", a.std)):
+        ok = value is None or (isinstance(value, (list, tuple)) and len(value) in (1, width)
+                               and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                       for v in value))
+        _check(ok, key, value, f"null or {width} finite number(s), one per channel, in the range of adopt.scale")
+    _check(a.std is None or all(v > 0 for v in a.std), "adopt.std", a.std, "numbers > 0")
+    _check(all(isinstance(c, str) and c for c in a.classes) and len(set(a.classes)) == len(a.classes),
+           "adopt.classes", a.classes, "distinct class names")
+    _check(not a.class_columns or len(a.class_columns) == len(a.classes), "adopt.class_columns", a.class_columns,
+           f"one column per entry of adopt.classes ({len(a.classes)})")
 
 
 def _root_required(dataset: str) -> bool:

@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -266,3 +267,52 @@ def create_fusion_model(model_cfg: Any, num_classes: int, encoding: Any) -> nn.M
                             drop_rate=model_cfg.drop_rate, **model_cfg.options)
     return FusionNet(backbone, encoding.dim, num_classes, model_cfg.fusion, model_cfg.metadata_hidden,
                      encoding.missing_row(), model_cfg.metadata_dropout)
+
+
+class AdoptedNet(nn.Module):
+    """A model trained elsewhere as riskcl runs it: ``forward(images)`` takes decoded ``uint8`` ``(N, H, W, 3)``
+    images of one size (``raw_input``: riskcl's own resize and normalisation are not applied), runs the declared
+    preprocessing (:class:`riskcl.data.adopted.DeclaredPreprocess`), the model in its own runtime (ONNX Runtime, or
+    TorchScript), and returns logits in the taxonomy's class order (declared probabilities: their logarithm). A
+    non-finite output is passed on as it is: the scorer refuses to decide it."""
+
+    raw_input = True
+
+    def __init__(self, path: Path, kind: str, preprocess: nn.Module, perm: Any, output: str) -> None:
+        super().__init__()
+        self.preprocess, self.kind, self.output = preprocess, kind, output
+        self.register_buffer("perm", torch.as_tensor(np.asarray(perm), dtype=torch.long))
+        self.num_classes = len(perm)
+        if kind == "onnx":
+            import onnxruntime as ort
+
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            self.input_name = self.session.get_inputs()[0].name
+            self.net = None
+        else:
+            self.net = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.preprocess(images)
+        if self.net is None:
+            out = torch.from_numpy(np.asarray(self.session.run(None, {self.input_name: x.detach().numpy()})[0]))
+        else:
+            out = self.net(x)
+            out = out[0] if isinstance(out, (tuple, list)) else out
+        out = out.float()
+        if self.output == "probs":
+            out = torch.log(torch.clamp(out, min=1e-12))
+        return out.index_select(1, self.perm)
+
+    def logits_of(self, images: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
+        """``(N, K)`` logits of decoded ``uint8`` images of any sizes (one size per call, input order kept)."""
+        out = np.zeros((len(images), self.num_classes), dtype=np.float32)
+        sizes: dict[tuple, list[int]] = {}
+        for k, im in enumerate(images):
+            sizes.setdefault(im.shape, []).append(k)
+        with torch.no_grad():
+            for idx in sizes.values():
+                for start in range(0, len(idx), batch_size):
+                    part = idx[start:start + batch_size]
+                    out[part] = self(torch.from_numpy(np.stack([images[k] for k in part]))).numpy()
+        return out

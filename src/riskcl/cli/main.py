@@ -10,10 +10,10 @@ from .. import __version__
 from .command import Command
 from .deploy import CARD, EXPLAIN, EXPORT, PREDICT, SERVE
 from .run import DEMO, EVALUATE, TRAIN
-from .study import CALIBRATE, DATA, ENSEMBLE, REPORT, SWEEP, TUNE
+from .study import ADOPT, CALIBRATE, DATA, ENSEMBLE, REPORT, SWEEP, TUNE
 
 COMMANDS: tuple[Command, ...] = (DEMO, TRAIN, EVALUATE, PREDICT, EXPLAIN, EXPORT, CARD, SERVE, SWEEP, REPORT,
-                                 CALIBRATE, ENSEMBLE, TUNE, DATA)
+                                 CALIBRATE, ENSEMBLE, ADOPT, TUNE, DATA)
 
 
 def build_parser() -> argparse.ArgumentParser:

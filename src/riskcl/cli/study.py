@@ -327,3 +327,31 @@ def _ensemble(a: argparse.Namespace) -> int:
 
 ENSEMBLE = Command("ensemble", "average the probabilities of finished runs (seeds) into one run folder",
                    _add_ensemble, _ensemble)
+
+
+def _add_adopt(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="an ONNX file, a TorchScript file (.pt), or a predictions table "
+                   "(.csv, .parquet) of a model trained elsewhere")
+    p.add_argument("--config", required=True, nargs="+", metavar="CONFIG [KEY=VALUE ...]",
+                   help="a riskcl config, then dotted overrides (adopt.channels=bgr data.root=PATH): its data: "
+                   "section names the data set (the splits are carved as for a trained run), its adopt: section what "
+                   "riskcl cannot guess")
+    p.add_argument("--out", required=True, help="the adopted model's run folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _adopt(a: argparse.Namespace) -> int:
+    from ..config import load_config
+    from ..experiment.adopt import adopt_model
+
+    m = adopt_model(a.model, load_config(a.config[0], a.config[1:]), a.out, progress=not a.quiet)
+    print(f"adopted {a.model} ({m['run']['adopted']['kind']}, SHA-256 {m['run']['adopted']['sha256'][:12]}...) -> "
+          f"{a.out}\ntest split at p(malignant) >= 0.5:")
+    print_table([summary_row("adopted", m)], summary_columns("classification"))
+    print(f"next: riskcl calibrate {a.out} --alpha A; evaluate, card, report, export, predict and serve work on it "
+          f"as on any run")
+    return 0
+
+
+ADOPT = Command("adopt", "make a model trained elsewhere (ONNX, TorchScript, or a predictions table) a run folder",
+                _add_adopt, _adopt)

@@ -67,14 +67,16 @@ def resize_weights(n_in: int, n_out: int) -> torch.Tensor:
     return w / unit
 
 
-def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
-    """``(N, 3, H, W)`` pixels in [0, 255] -> ``(N, 3, size, size)`` float64: antialiased bilinear, rounded.
+def resize_images(images: torch.Tensor, size: int, width: int | None = None) -> torch.Tensor:
+    """``(N, C, H, W)`` pixels in [0, 255] -> ``(N, C, size, width or size)`` float64: antialiased bilinear, rounded.
 
-    The one resize of riskcl: the cache, ``predict`` and the exported models all call it.
+    The one resize of riskcl: the cache, ``predict``, the exported models and an adopted model's declared
+    preprocessing all call it.
     """
     h, w = images.shape[-2], images.shape[-1]
     x = images.to(torch.float64)
-    out = torch.matmul(torch.matmul(resize_weights(h, size), x), resize_weights(w, size).transpose(0, 1))
+    out = torch.matmul(torch.matmul(resize_weights(h, size), x),
+                       resize_weights(w, size if width is None else width).transpose(0, 1))
     return out.round().clamp(0, 255)
 
 

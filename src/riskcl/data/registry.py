@@ -195,6 +195,11 @@ def check_root(name: str, root: str | Path | None) -> None:
         raise FileNotFoundError(f"Data folder {root} (data.root) does not exist")
 
 
+def index_dataset(name: str, root: str | Path | None = None, **options: Any) -> DataIndex:
+    """The data set's index (files, labels, groups, metadata) without decoding or splitting anything."""
+    return _index(name, root, options)
+
+
 def _index(name: str, root: str | Path | None, options: dict[str, Any]) -> DataIndex:
     adapter = _lookup(name)
     allowed = dataset_options(name)

@@ -214,6 +214,22 @@ def _details(doc: Document, c: CardContext) -> None:
                           f"thread count and the CPU's kernels)",
                "weights SHA-256": c.folder.weights_sha256(),
                "device": f"{run.get('device')} x {run.get('world_size', 1)}"}
+    adopted = c.folder.adopted()
+    if adopted is not None:  # a model trained elsewhere: what riskcl knows of it, and what it cannot know
+        details.update({
+            "architecture": f"trained elsewhere: the {adopted['kind']} file {adopted['source']} ({len(tax.classes)} "
+                            f"classes, outputs declared as {adopted['output']})",
+            "weights origin": f"adopted by riskcl {adopted.get('riskcl', '?')} on {adopted.get('adopted', '?')}; the "
+                              f"file is kept in the run folder as {adopted['file']}",
+            "training objective": "unknown (trained elsewhere)",
+            "training": "trained elsewhere: riskcl cannot know its training data, recipe or selection, nor whether it "
+                        "saw any image of this run's validation, calibration or test splits (such a leak would make "
+                        "every figure below optimistic); the guarantee still holds for data exchangeable with the "
+                        "calibration split",
+            "declared preprocessing": adopted.get("preprocessing") or "a table of predictions: none (no model file)",
+            "weights SHA-256": adopted["sha256"], "device": "cpu (riskcl ran it for its predictions)",
+            "versions": f"riskcl {__version__} (card), riskcl {run.get('riskcl', '?')} (adoption)",
+            "threads": "-", "seeds": f"splits {cfg.data.split_seed}"})
     if c.export is not None:
         e, p = c.export["meta"], c.export["meta"]["parity"]
         state = ("STALE: " + "; ".join(c.export["stale"]) + "; export again") if c.export["stale"] else "current"

@@ -37,6 +37,8 @@ DISPLAY = 224
 MIN_GRID = 4          # cells per side the saliency layer must have at the run's input size
 BLANK_RANGE = 1e-6    # a map whose max - min is below this is blank
 NO_IMAGE_NOTE = "the metadata-only reference reads no image: there is no saliency to show"
+ADOPTED_NOTE = ("a model trained elsewhere runs in its own runtime (ONNX Runtime, or a TorchScript module), whose "
+                "layers Grad-CAM cannot hook: there is no saliency to show (its decisions are unaffected)")
 BLANK_NOTE = ("blank saliency map: the map is constant, so it shows nothing about where the model looked (the "
               "method found no spatial signal at this input size)")
 
@@ -59,6 +61,8 @@ def target_layer(model: torch.nn.Module, image_size: int | None = None) -> tuple
     image backbone's; the map then explains the image with the clinical data missing)."""
     from ..models import FusionNet
 
+    if getattr(model, "raw_input", False):
+        raise ValueError(ADOPTED_NOTE)
     if isinstance(model, FusionNet):
         return target_layer(model.backbone, image_size)
     if hasattr(model, "blocks") and hasattr(model, "patch_embed"):  # a timm vision transformer

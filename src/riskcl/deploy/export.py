@@ -42,6 +42,7 @@ from ..experiment.calibrate import operating_point
 from ..experiment.folder import RunFolder
 from ..io import atomic_write_json, atomic_write_text, atomic_write_with, build_folder_atomically, file_sha256
 from ..metrics import malignant_probability
+from .graph import OUTPUT_DOC, OUTPUTS, SEGMENTATION_OUTPUT_DOC, SEGMENTATION_OUTPUTS, decide_in_graph  # noqa: F401
 from .predict import predict_arrays
 from .scoring import METADATA_FILE, group_by_shape
 
@@ -49,17 +50,6 @@ FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 README_FILE = "README.md"
 DECODER_FILE = "decode.py"
 ENCODER_FILE = "encode_metadata.py"  # a fusion model's: encodes one image's metadata row (standard library only)
-# The graph's outputs, in the order it returns them (riskcl_export.json lists them in this order too).
-OUTPUTS = ("probabilities", "p_malignant", "refer", "label")
-OUTPUT_DOC = {"probabilities": ("(N, K) float32", "class probabilities in the order of `classes` (after TTA and "
-                                                  "temperature)"),
-              "p_malignant": ("(N,) float32", "the sum of the malignant class probabilities: the certified score"),
-              "refer": ("(N,) bool", "p_malignant >= threshold: the triage decision"),
-              "label": ("(N,) int64", "the most probable class within the decided superclass")}
-SEGMENTATION_OUTPUTS = ("p_lesion", "mask")
-SEGMENTATION_OUTPUT_DOC = {"p_lesion": ("(N, H, W) float32", "each pixel's lesion probability (after TTA and "
-                                                             "temperature), on the input image's own pixels"),
-                           "mask": ("(N, H, W) bool", "p_lesion >= threshold: the lesion at the operating point")}
 TOLERANCE = 1e-4
 
 
@@ -92,12 +82,8 @@ class TriageModel(nn.Module):
         x = resize_images(images.permute(0, 3, 1, 2), self.image_size).float()
         x = (x / 255.0 - self.mean) / self.std
         net_input = x if metadata is None else (x, metadata)
-        probs = torch.softmax(tta_logits(self.net, net_input, self.tta) / self.temperature, dim=1)
-        p_mal = (probs * self.malignant.float()).sum(dim=1)
-        refer = p_mal >= self.threshold
-        in_decided = refer[:, None] == self.malignant[None, :]
-        label = torch.where(in_decided, probs, torch.full_like(probs, -1.0)).argmax(dim=1)
-        return probs, p_mal, refer, label
+        return decide_in_graph(tta_logits(self.net, net_input, self.tta), self.temperature, self.malignant,
+                               self.threshold)
 
 
 class LesionModel(nn.Module):
@@ -458,15 +444,20 @@ def _build_export(folder: RunFolder, out: Path, fmt: str, op: OperatingPoint, ch
                   check_limit: int, tolerance: float) -> dict[str, Any]:
     if op.segmentation:
         return _build_lesion_export(folder, out, fmt, op, check_images, check_limit, tolerance)
-    cfg, taxonomy = folder.read_config(), folder.taxonomy()
-    model = TriageModel(folder.load_model(), taxonomy.superclass, op)
-    model.eval().requires_grad_(False)  # inference only: no autograd state in the exported graph
-    size = cfg.data.image_size
-    example = torch.zeros(2, size + 3, size + 5, 3, dtype=torch.uint8)
-    encoding = folder.metadata_encoding()
-    meta_example = None if encoding is None else torch.from_numpy(np.stack([encoding.missing_row()] * 2))
     path = out / FORMATS[fmt]
-    (_export_onnx if fmt == "onnx" else _export_torchscript)(model, path, example, OUTPUTS, meta_example)
+    if folder.adopted() is not None:  # a model trained elsewhere: its declared preprocessing and its own graph
+        from .export_adopted import export_adopted
+
+        export_adopted(folder, op, fmt, path)
+    else:
+        cfg, taxonomy = folder.read_config(), folder.taxonomy()
+        model = TriageModel(folder.load_model(), taxonomy.superclass, op)
+        model.eval().requires_grad_(False)  # inference only: no autograd state in the exported graph
+        size = cfg.data.image_size
+        example = torch.zeros(2, size + 3, size + 5, 3, dtype=torch.uint8)
+        encoding = folder.metadata_encoding()
+        meta_example = None if encoding is None else torch.from_numpy(np.stack([encoding.missing_row()] * 2))
+        (_export_onnx if fmt == "onnx" else _export_torchscript)(model, path, example, OUTPUTS, meta_example)
     images, names, source, rows = _check_images(folder, check_images, check_limit)
     parity = parity_check(_Runner(fmt, path), folder, images, names, op, source, not check_images, rows)
     parity["tolerance"] = tolerance

@@ -43,6 +43,8 @@ def image_logits(model: torch.nn.Module, images: Sequence[np.ndarray], image_siz
     (:func:`riskcl.engine.loop.tta_logits`), one forward pass per batch. ``metadata``: a fusion model's encoded
     metadata ``(N, D)`` (None: every image's metadata missing)."""
     model.eval()
+    if getattr(model, "raw_input", False):  # a model trained elsewhere: its own declared preprocessing
+        return model.logits_of(images, batch_size)
     logits = []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):

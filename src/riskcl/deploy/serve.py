@@ -184,9 +184,10 @@ class TriageService:
 
             self.input_check, check_text = self.scorer.load_input_check()
             description = {**describe_run(self.scorer.folder, self.op), "format": "served by riskcl (PyTorch)"}
-            from .explain import NO_IMAGE_NOTE
+            from .explain import ADOPTED_NOTE, NO_IMAGE_NOTE
 
-            saliency_note = f"{NO_IMAGE_NOTE}." if self.scorer.folder.read_config().model.name == METADATA_ONLY else ""
+            saliency_note = f"{NO_IMAGE_NOTE}." if self.scorer.folder.read_config().model.name == METADATA_ONLY else \
+                f"{ADOPTED_NOTE}." if self.scorer.folder.adopted() is not None else ""
         else:
             self.input_check = None
             check_text = "not in an export (serve the run folder to flag unusual images)"

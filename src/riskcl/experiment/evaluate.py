@@ -12,6 +12,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from ..data import create_eval_dataset
 from ..engine import BatchFeeder, predict_logits, resolve_device
 from ..tasks import task_of
@@ -73,8 +76,14 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data_root: str | Path
         raise ValueError(f"The data has classes {list(ds.taxonomy.classes)}, the run {list(taxonomy.classes)}")
     device = resolve_device(cfg.device)
     model = folder.load_model().to(device)
-    feeder = BatchFeeder(ds, cfg.optim.eval_batch_size, device, prefetch=cfg.data.num_workers)
-    logits, target = predict_logits(model, feeder, device, amp=cfg.amp, progress=progress, tta=cfg.tta)
+    if getattr(model, "raw_input", False):  # a model trained elsewhere reads the images at their own size
+        from ..data.registry import load_source_images
+
+        images = load_source_images(cfg.data.name, data_root or cfg.data.root, list(ds.paths), **cfg.data.options)
+        logits, target = torch.from_numpy(model.logits_of(images)), torch.as_tensor(np.asarray(ds.targets))
+    else:
+        feeder = BatchFeeder(ds, cfg.optim.eval_batch_size, device, prefetch=cfg.data.num_workers)
+        logits, target = predict_logits(model, feeder, device, amp=cfg.amp, progress=progress, tta=cfg.tta)
     cost = folder.cost_matrix()
     strata = ds.table[op.by].astype(str).to_numpy() if op.per_group and op.by in ds.table else None
     task = task_of(cfg.task)

@@ -17,6 +17,9 @@ A run folder holds:
   predictions with every image's metadata missing (the second calibrates the point for requests without metadata);
   ``metadata_encoding.json`` -- its metadata encoding, fitted on the training split;
 * ``ensemble.json`` -- an ensemble's members and their weights' SHA-256 (it has no weights of its own);
+* ``adopted.json`` and ``adopted_model.onnx`` / ``adopted_model.pt`` / ``adopted_table.csv`` (``.parquet``) -- a
+  model trained elsewhere (``riskcl adopt``): the file it was adopted from, copied, with its SHA-256, its kind and
+  its declared preprocessing (it has no training history and no weights of riskcl's);
 * ``metrics.json`` -- the test report under the run's decision rule, the report under each rule, validation and
   calibration reports, and run facts (``run``: classes, levels, cost matrix, best epoch, ...);
 * ``calibration.json`` -- the operating point chosen by ``riskcl calibrate``;
@@ -54,8 +57,11 @@ FILES = {
     "data": "data.json", "history": "history.csv", "checkpoint": "last.pt", "weights": "model.safetensors",
     "metrics": "metrics.json", "calibration": "calibration.json", "skipped": "skipped_images.txt",
     "lock": ".lock", "gallery": "gallery.json", "input_check": "input_check.npz", "tracking": "tracking.json",
-    "ensemble": "ensemble.json", "encoding": "metadata_encoding.json",
+    "ensemble": "ensemble.json", "encoding": "metadata_encoding.json", "adopted": "adopted.json",
+    "adopted_onnx": "adopted_model.onnx", "adopted_torchscript": "adopted_model.pt", "adopted_table": "adopted_table",
 }
+ADOPTED_KINDS = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscript", ".csv": "table",
+                 ".parquet": "table", ".pq": "table"}  # what riskcl adopt takes, by extension
 NO_METADATA = "test_no_metadata"  # a fusion model's test predictions with every image's metadata missing
 CALIB_NO_METADATA = "calib_no_metadata"  # ... and its calibration predictions so
 NO_METADATA_SPLITS = {"test": NO_METADATA, "calib": CALIB_NO_METADATA}  # split -> its no-metadata twin
@@ -285,6 +291,8 @@ class RunFolder:
 
             members = self._ensemble_members(record)
             return hashlib.sha256("\n".join(m.weights_sha256() for m in members).encode()).hexdigest()
+        if self.adopted() is not None:  # the adopted file, checked against its recorded digest
+            return file_sha256(self.adopted_file())
         path = self.file("weights")
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: {self.path} has not finished an epoch yet")
@@ -319,6 +327,37 @@ class RunFolder:
     def write_metadata_encoding(self, encoding) -> None:
         atomic_write_json(self.file("encoding"), encoding.to_dict())
 
+    @staticmethod
+    def adopted_name(kind: str, suffix: str) -> str:
+        """The name an adopted file is copied under (a table keeps its own extension)."""
+        return FILES[f"adopted_{kind}"] + (suffix.lower() if kind == "table" else "")
+
+    def adopted(self) -> dict[str, Any] | None:
+        """``adopted.json`` (a model trained elsewhere: its kind, file, SHA-256, classes, preprocessing), or None."""
+        path = self.file("adopted")
+        if not path.is_file():
+            return None
+        data = read_json(path)
+        missing = [k for k in ("kind", "file", "sha256", "classes", "output") if k not in data]
+        if missing or Path(str(data.get("file"))).name != data.get("file"):
+            raise RunFolderError(f"{path}: expected a plain `file` name and {missing or 'its fields'}")
+        return data
+
+    def write_adopted(self, record: dict[str, Any]) -> None:
+        atomic_write_json(self.file("adopted"), record)
+
+    def adopted_file(self) -> Path:
+        """The adopted model (or table) in this folder, checked against the SHA-256 recorded when it was adopted."""
+        from ..io import verify_sha256
+
+        record = self.adopted()
+        if record is None:
+            raise RunFolderError(f"{self.path} is not an adopted model")
+        path = self.path / record["file"]
+        verify_sha256(path, record["sha256"], "the adopted model", f"adopt it again (riskcl adopt ... --out "
+                                                                    f"{self.path})")
+        return path
+
     def write_ensemble(self, record: dict[str, Any]) -> None:
         atomic_write_json(self.file("ensemble"), record)
 
@@ -352,11 +391,29 @@ class RunFolder:
 
             nets = [m.load_model() for m in self._ensemble_members(record)]
             return EnsembleNet(nets, record.get("task") == "segmentation").eval()
+        adopted = self.adopted()
+        if adopted is not None:
+            return self._adopted_model(adopted)
         cfg = self.read_config()
         model = task_of(cfg.task).create_model(replace(cfg.model, pretrained=False, weights_path=None),
                                                self.taxonomy().num_classes, self.metadata_encoding())
         self.load_weights(model)
         return model.eval()
+
+    def _adopted_model(self, record: dict[str, Any]) -> torch.nn.Module:
+        """An adopted model file as one module: the declared preprocessing, the model in its own runtime and its
+        outputs in the taxonomy's order (:class:`riskcl.models.AdoptedNet`)."""
+        from ..data.adopted import DeclaredPreprocess, class_order
+        from ..models import AdoptedNet
+
+        if record["kind"] == "table":
+            raise RunFolderError(f"{self.path} was adopted from a table of predictions: there is no model to run, so "
+                                 f"predict, serve, export and saliency need the model file itself (riskcl adopt "
+                                 f"MODEL.onnx or MODEL.pt)")
+        cfg = self.read_config()
+        perm = class_order(record["classes"], self.taxonomy().classes, "the model")
+        return AdoptedNet(self.adopted_file(), record["kind"], DeclaredPreprocess(cfg.adopt.__dict__), perm,
+                          record["output"]).eval()
 
     def weights_epoch(self) -> int | None:
         """The epoch whose weights ``model.safetensors`` holds (the best so far), from the history."""

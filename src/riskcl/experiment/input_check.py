@@ -81,6 +81,8 @@ def not_applicable(folder: RunFolder) -> str | None:
         return "not available for segmentation models yet"
     if cfg.model.name == METADATA_ONLY:
         return "not applicable: the metadata-only reference reads no image"
+    if folder.adopted() is not None:
+        return "not available for a model trained elsewhere: riskcl cannot read its internal features"
     return None
 
 
