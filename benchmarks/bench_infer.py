@@ -9,12 +9,14 @@
     at the same batch size, through :func:`riskcl.deploy.scoring.predict_files`;
 (c) the service (``riskcl serve EXPORT`` in its own process on 127.0.0.1) under a closed-loop load of 1, 4 and
     16 clients, each sending the next image as soon as its answer came back, ``--requests`` requests per level:
-    images/s, p50 / p95 / p99 latency, errors, and the server's resident memory before the load and after it.
+    images/s, p50 / p95 / p99 latency, errors, and the server's resident memory before the load and after it;
+(d) the cost of trust: the same service at 4 clients with bearer tokens and the decision log on (every answer
+    authenticated and recorded, flushed and synced before it leaves) against both off.
 
 Prints one JSON object (machine, figures, the targets and whether each holds): (b) >= 0.8 x (a); no error,
-p99 <= 3 x p50 at 4 clients, and memory growth under 5% across the run. The export is made with ``riskcl export``
-when ``--export`` does not exist yet. Image files come from the run's split table; a data set generated in memory
-(the demo) is written to PNG files in a temp folder first.
+p99 <= 3 x p50 at 4 clients, memory growth under 5% across the run, and (d) costing under 10% of the throughput.
+The export is made with ``riskcl export`` when ``--export`` does not exist yet. Image files come from the run's
+split table; a data set generated in memory (the demo) is written to PNG files in a temp folder first.
 """
 from __future__ import annotations
 
@@ -113,7 +115,7 @@ def _multipart(data: bytes, name: str) -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def _load(port: int, bodies: list[tuple[bytes, str]], clients: int, requests: int) -> dict:
+def _load(port: int, bodies: list[tuple[bytes, str]], clients: int, requests: int, token: str | None = None) -> dict:
     """A closed loop: ``clients`` threads, each with its own keep-alive connection, ``requests`` in all."""
     latencies: list[float] = []
     errors: list[str] = []
@@ -136,7 +138,8 @@ def _load(port: int, bodies: list[tuple[bytes, str]], clients: int, requests: in
             body, ctype = bodies[k % len(bodies)]
             t0 = time.perf_counter()
             try:
-                conn.request("POST", "/predict", body, {"Content-Type": ctype})
+                conn.request("POST", "/predict", body, {"Content-Type": ctype, **(
+                    {"Authorization": f"Bearer {token}"} if token else {})})
                 resp = conn.getresponse()
                 payload = resp.read()
                 ok = resp.status == 200 and b'"decision"' in payload
@@ -165,9 +168,20 @@ def _load(port: int, bodies: list[tuple[bytes, str]], clients: int, requests: in
             "first_error": errors[0] if errors else None}
 
 
-def service_load(export: Path, files: list[str], requests: int, levels: tuple[int, ...], threads: int | None) -> dict:
+def service_load(export: Path, files: list[str], requests: int, levels: tuple[int, ...], threads: int | None,
+                 secure: bool = False, tmp: Path | None = None) -> dict:
+    """The service under load; ``secure``: with a token file and the decision log (in ``tmp``), else neither."""
     port = _free_port()
+    work = Path(tmp or tempfile.mkdtemp(prefix="riskcl-bench-"))
+    token = None
     cmd = [sys.executable, "-m", "riskcl", "serve", str(export), "--port", str(port)]
+    if secure:
+        from riskcl.deploy.access import add_token
+
+        token = add_token(work / "tokens.json", "bench")
+        cmd += ["--tokens", str(work / "tokens.json"), "--log", str(work / "decisions.jsonl")]
+    else:
+        cmd += ["--log", ""]  # no log: the record's cost is what (d) measures
     if threads:
         cmd += ["--threads", str(threads)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -187,11 +201,11 @@ def service_load(export: Path, files: list[str], requests: int, levels: tuple[in
         # Warm-up at every level: the first batches of each size allocate ONNX Runtime's arenas, and the first
         # concurrent requests start the server's worker threads; memory is measured from there on.
         for c in levels:
-            _load(port, bodies, c, min(25 * c, requests))
+            _load(port, bodies, c, min(25 * c, requests), token)
         rss_before = _rss_mb(proc.pid)
         runs = []
         for c in levels:
-            runs.append(_load(port, bodies, c, requests))
+            runs.append(_load(port, bodies, c, requests, token))
             runs[-1]["rss_after_mb"] = round(_rss_mb(proc.pid), 1)
         rss_after = _rss_mb(proc.pid)
         return {"levels": runs, "requests_total": requests * len(levels), "rss_before_mb": round(rss_before, 1),
@@ -220,17 +234,22 @@ def run(run_dir: str, export: str | None = None, batch: int = 32, images: int = 
         a = ceiling(export_path, decoded, batch, repeat)
         b = predict_end_to_end(export_path, files, batch, Path(tmp))
         c = service_load(export_path, files, requests, levels, threads)
+        d = service_load(export_path, files, requests, (4,), threads, secure=True, tmp=Path(tmp))
     at4 = next((r for r in c["levels"] if r["clients"] == 4), None)
+    secure4 = d["levels"][0]
+    cost = 1 - secure4["images_per_s"] / at4["images_per_s"] if at4 else float("nan")
     meta = json.loads((export_path / "riskcl_export.json").read_text())
     return {
         "bench": "infer", "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
         "model": meta["run"].get("model"), "dataset": meta["run"].get("dataset"), "tta": meta["run"].get("tta"),
         "image_sizes": sorted({f"{im.shape[1]}x{im.shape[0]}" for im in decoded})[:5], "batch": batch,
         "a_ceiling": a, "b_predict": b, "b_over_a": round(b["images_per_s"] / a["images_per_s"], 3), "c_service": c,
+        "d_tokens_and_log_at_4_clients": {**secure4, "throughput_cost": round(cost, 3)},
         "targets": {"b_over_a_at_least_0.8": b["images_per_s"] >= 0.8 * a["images_per_s"],
                     "no_errors": all(r["errors"] == 0 for r in c["levels"]),
                     "p99_within_3x_p50_at_4_clients": bool(at4 and at4["p99_ms"] <= 3 * at4["p50_ms"]),
-                    "memory_growth_under_5pct": c["rss_growth"] < 0.05},
+                    "memory_growth_under_5pct": c["rss_growth"] < 0.05,
+                    "record_costs_under_10pct_at_4_clients": cost < 0.10},
     }
 
 

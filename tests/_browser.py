@@ -43,7 +43,8 @@ def screenshot_page(run: Path, image: Path, shot: Path, bad: Path | None = None)
 
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    proc = subprocess.Popen([sys.executable, "-m", "riskcl", "serve", str(run), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "riskcl", "serve", str(run), "--port", str(port), "--log",
+                             str(shot.with_suffix(".decisions.jsonl"))],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_up(url, proc)

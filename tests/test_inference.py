@@ -336,4 +336,6 @@ def test_the_inference_benchmark_runs_in_small_form(exported):
     assert [level["clients"] for level in r["c_service"]["levels"]] == [1, 4]
     assert all(level["requests"] == 12 and level["errors"] == 0 for level in r["c_service"]["levels"])
     assert set(r["targets"]) == {"b_over_a_at_least_0.8", "no_errors", "p99_within_3x_p50_at_4_clients",
-                                 "memory_growth_under_5pct"}
+                                 "record_costs_under_10pct_at_4_clients", "memory_growth_under_5pct"}
+    secure = r["d_tokens_and_log_at_4_clients"]
+    assert secure["requests"] == 12 and secure["errors"] == 0  # authenticated and recorded, every one

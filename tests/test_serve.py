@@ -178,9 +178,10 @@ def live_server(tiny_run, tmp_path_factory):
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     env = {**os.environ, "TMPDIR": str(tmpdir)}
+    log = tmp_path_factory.mktemp("log") / "decisions.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "riskcl", "serve", str(tiny_run[0]), "--port", str(port),
-                             "--max-upload-mb", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)
+                             "--max-upload-mb", "1", "--log", str(log)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
     try:
         wait_up(url, proc)
         yield port, proc, tmpdir

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..defaults import BORDERLINE, MAX_BATCH, MAX_WAIT_MS, MIN_SENSITIVITY, MIN_SPECIFICITY, N_BOOT, SALIENCY
+from ..deploy.decision_log import DEFAULT_LOG, DEFAULT_MAX_MB
 from .command import Command
 
 
@@ -55,6 +56,8 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-unfinished", action="store_true", help="use an unfinished run's best weights so far")
     p.add_argument("--batch-size", type=int, default=64, help="images decoded and scored at a time (bounds memory)")
     p.add_argument("--threads", type=int, default=None, help="threads of the model (default: the runtime's)")
+    p.add_argument("--log", default=None, metavar="FILE", help="append one chained line per decision to this decision "
+                   "log (the format riskcl serve writes; riskcl log verify FILE checks it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -73,7 +76,7 @@ def _predict(a: argparse.Namespace) -> int:
                            metadata=a.metadata, rule="argmax" if a.argmax else "superclass",
                            allow_unfinished=a.allow_unfinished, allow_uncertified=a.allow_uncertified,
                            force=a.force, batch_size=a.batch_size, threads=a.threads, progress=not a.quiet,
-                           collect=False, mask_dir=a.masks)
+                           collect=False, mask_dir=a.masks, log=a.log)
     s = result.summary
     print(_point_line(result.op), file=log)
     what = "referred: no lesion found or an uncertain outline" if result.op.segmentation else "referred"
@@ -203,14 +206,84 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-wait-ms", type=float, default=MAX_WAIT_MS,
                    help="how long the first image of a batch waits for others")
     _add_point(p, manual=False)
+    g = p.add_argument_group("who may ask, what is recorded (see README: Security, Deploy)")
+    g.add_argument("--tokens", default=None, metavar="FILE", help="bearer tokens of named clients (riskcl serve-token "
+                   "add NAME --tokens FILE); required to listen beyond loopback")
+    g.add_argument("--no-auth", action="store_true", help="listen beyond loopback without tokens (said on the page "
+                   "and in /model)")
+    g.add_argument("--log", default=DEFAULT_LOG, metavar="FILE", help="the decision log: one chained JSON line per "
+                   "decision (default: %(default)s in the working folder; --log '' for none); `riskcl log verify "
+                   "FILE` checks it")
+    g.add_argument("--log-max-mb", type=float, default=DEFAULT_MAX_MB, help="rotate the log at this size")
+    g.add_argument("--log-key", default=None, metavar="FILE", help="the key of the images' keyed hashes (default: "
+                   "<log>.key, created on first use)")
+    g.add_argument("--rate-limit", type=int, default=None, metavar="N", help="requests per minute per client (429)")
+    g.add_argument("--max-concurrent", type=int, default=None, metavar="N",
+                   help="concurrent requests per client (429)")
+    g.add_argument("--allow-origin", nargs="+", default=[], metavar="ORIGIN", help="CORS origins allowed (none: no "
+                   "CORS)")
+    g.add_argument("--metrics-public", action="store_true", help="/metrics without a token")
+    g.add_argument("--ssl-certfile", default=None, help="HTTPS: the certificate (PEM), with --ssl-keyfile")
+    g.add_argument("--ssl-keyfile", default=None, help="HTTPS: the certificate's private key (PEM)")
 
 
 def _serve(a: argparse.Namespace) -> int:
-    from ..deploy.serve import serve
+    from ..deploy.serve import ServiceOptions, serve
 
+    options = ServiceOptions(tokens=a.tokens, no_auth=a.no_auth, log=a.log, log_max_mb=a.log_max_mb,
+                             log_key=a.log_key, rate_per_minute=a.rate_limit, max_concurrent=a.max_concurrent,
+                             allow_origin=tuple(a.allow_origin), metrics_public=a.metrics_public)
     serve(a.run_dir, a.host, a.port, a.max_upload_mb, a.method, a.allow_uncertified, a.borderline, a.threads,
-          a.max_batch, a.max_wait_ms)
+          a.max_batch, a.max_wait_ms, options, a.ssl_certfile, a.ssl_keyfile)
     return 0
+
+
+def _add_serve_token(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["add", "revoke", "list"])
+    p.add_argument("name", nargs="?", default=None, help="the client (add, revoke)")
+    p.add_argument("--tokens", required=True, metavar="FILE", help="the token file (created by the first add)")
+
+
+def _serve_token(a: argparse.Namespace) -> int:
+    from ..deploy.access import add_token, list_tokens, revoke_token
+
+    if a.action in ("add", "revoke") and not a.name:
+        raise ValueError(f"serve-token {a.action} needs the client's NAME")
+    if a.action == "add":
+        token = add_token(a.tokens, a.name)
+        print(f"token of client '{a.name}' (shown once; {a.tokens} keeps only a salted hash of it):\n{token}")
+    elif a.action == "revoke":
+        revoke_token(a.tokens, a.name)
+        print(f"revoked client '{a.name}' (a running service refuses it from its next request)")
+    else:
+        for row in list_tokens(a.tokens):
+            print(f"{row['client']:<24} created {row['created']}" + (f"  REVOKED {row['revoked']}" if row["revoked"]
+                                                                     else ""))
+    return 0
+
+
+SERVE_TOKEN = Command("serve-token", "issue, revoke and list the bearer tokens of the service's clients",
+                      _add_serve_token, _serve_token)
+
+
+def _add_log(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["verify"])
+    p.add_argument("files", nargs="+", metavar="FILE", help="a decision log (its rotated files are found by name)")
+
+
+def _log(a: argparse.Namespace) -> int:
+    from ..deploy.decision_log import verify_log
+
+    v = verify_log(a.files)
+    if not v.ok:
+        print(f"NOT INTACT after {v.lines} good line(s): {v.problem}")
+        return 1
+    print(f"intact: {v.lines} line(s) in {len(v.files)} file(s), chained from the first; last line seq {v.last_seq}, "
+          f"hash {v.last_hash} (keep it elsewhere: lines cut from the end can only be found against it)")
+    return 0
+
+
+LOG = Command("log", "verify a decision log's chain (riskcl serve --log, riskcl predict --log)", _add_log, _log)
 
 
 SERVE = Command("serve", "a triage web page and JSON API for a run or an export (FastAPI + uvicorn)", _add_serve,

@@ -24,10 +24,11 @@ class MicroBatcher:
     ``score``: a list of items -> a sequence of results of the same length, in order."""
 
     def __init__(self, score: Callable[[list[Any]], Sequence[Any]], max_batch: int = MAX_BATCH,
-                 max_wait_ms: float = MAX_WAIT_MS) -> None:
+                 max_wait_ms: float = MAX_WAIT_MS, on_batch: Callable[[int], None] | None = None) -> None:
         check_int("max_batch", max_batch, minimum=1)
         check_number("max_wait_ms", max_wait_ms, 0, None)
         self.score, self.max_batch, self.max_wait = score, int(max_batch), float(max_wait_ms) / 1000.0
+        self.on_batch = on_batch  # told each batch's size (the service's metrics)
         self.queue: queue.Queue[tuple[Any, Future]] = queue.Queue()
         self.batches = 0  # calls made, and images scored: batches < images means batching happened
         self.items = 0
@@ -63,5 +64,7 @@ class MicroBatcher:
                 continue
             self.batches += 1
             self.items += len(batch)
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
             for (_, future), result in zip(batch, results):
                 future.set_result(result)

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Iterator, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
-from ..data.decoding import IMAGE_EXTENSIONS, BadImageError, decode_rgb
+from ..data.decoding import IMAGE_EXTENSIONS, BadImageError, decode_bytes, decode_rgb
 from ..data.encode_metadata import MetadataValueError
 from ..decision import OperatingPoint
 from ..io import IntegrityError, verify_sha256
@@ -314,24 +314,45 @@ class StreamSummary:
     errors: list[str] = field(default_factory=list)  # rows riskcl refused to decide (decision "error")
 
 
-def _decode_or_reason(path: str) -> np.ndarray | str:
+def _decode_or_reason(path: str, hasher=None) -> tuple[np.ndarray | str, str | None]:
+    """The decoded image (or why not), and with ``hasher`` (the decision log's keyed hash) that of its bytes."""
+    if hasher is None:
+        try:
+            return decode_rgb(path), None
+        except BadImageError as exc:
+            return exc.reason, None
     try:
-        return decode_rgb(path)
+        data = Path(path).read_bytes()
+    except OSError:
+        return decode_or_reason_of(path), None
+    try:
+        return decode_bytes(data, path), hasher(data)
+    except BadImageError as exc:
+        return exc.reason, None
+
+
+def decode_or_reason_of(path: str) -> str:
+    try:
+        decode_rgb(path)
     except BadImageError as exc:
         return exc.reason
+    return "cannot read the file"
 
 
-def _decoded_batches(paths: Sequence[str], batch_size: int, workers: int) -> Iterator[tuple[list[str], list]]:
-    """``(paths, decoded or reason)`` per batch, the next batch decoding in threads while the caller scores."""
+def _decoded_batches(paths: Sequence[str], batch_size: int, workers: int,
+                     hasher=None) -> Iterator[tuple[list[str], list, list]]:
+    """``(paths, decoded or reason, keyed hashes)`` per batch, the next batch decoding in threads while the caller
+    scores."""
     batches = [list(paths[i:i + batch_size]) for i in range(0, len(paths), batch_size)]
     if not batches:
         return
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending = [[pool.submit(_decode_or_reason, p) for p in batches[0]]]
+        pending = [[pool.submit(_decode_or_reason, p, hasher) for p in batches[0]]]
         for k, batch in enumerate(batches):
             if k + 1 < len(batches):
-                pending.append([pool.submit(_decode_or_reason, p) for p in batches[k + 1]])
-            yield batch, [f.result() for f in pending.pop(0)]
+                pending.append([pool.submit(_decode_or_reason, p, hasher) for p in batches[k + 1]])
+            results = [f.result() for f in pending.pop(0)]
+            yield batch, [r[0] for r in results], [r[1] for r in results]
 
 
 def _checked_metadata(scorer: Scorer, rows: Sequence[dict]) -> tuple[list[str | None], list[str | None]]:
@@ -389,13 +410,32 @@ def score_rows(scorer: Scorer, images: Sequence[np.ndarray], names: Sequence[str
     return rows, probs_out
 
 
+def _record(log, scorer: Scorer, rows: Sequence[dict], images: Sequence[np.ndarray], hashes: Sequence[str | None],
+            metadata: Sequence[dict] | None) -> None:
+    """Each decided row into the decision log (before the rows are written: no decision without its record)."""
+    import getpass
+
+    from .decision_log import decision_fields, new_request_id
+
+    client = f"predict:{getpass.getuser()}"
+    for k, row in enumerate(rows):
+        if row["decision"] in (ERROR, UNREADABLE):
+            continue
+        point = scorer.op.for_inputs(row["inputs"]) if row.get("inputs") else scorer.op
+        log.record(decision_fields(request_id=new_request_id(), client=client, source="predict",
+                                   model_sha256=scorer.identity, point=point, row=row,
+                                   metadata=None if metadata is None else metadata[k],
+                                   width=images[k].shape[1], height=images[k].shape[0], image_hmac=hashes[k]))
+
+
 def stream_predictions(scorer: Scorer, paths: Sequence[str], sink, strata: Sequence[str] | None = None,
                        batch_size: int = 64, progress: bool = False, decode_workers: int = 2,
                        collect: list | None = None, mask_dir: str | os.PathLike | None = None,
-                       metadata: Sequence[dict] | None = None) -> StreamSummary:
+                       metadata: Sequence[dict] | None = None, log=None) -> StreamSummary:
     """Score ``paths`` a batch at a time into ``sink`` (:class:`PredictionCSV` or :class:`StdoutCSV`), skipping
     the images ``sink.done`` holds; ``collect`` (a list) also receives every row written. A segmentation model's
-    masks and outline overlays go to ``mask_dir`` (:mod:`riskcl.deploy.segmentation`)."""
+    masks and outline overlays go to ``mask_dir`` (:mod:`riskcl.deploy.segmentation`). ``log``: a
+    :class:`riskcl.deploy.decision_log.DecisionLog` that records each decision before its row is written."""
     from tqdm.auto import tqdm
 
     group = dict(zip(paths, strata)) if strata is not None else None
@@ -404,11 +444,15 @@ def stream_predictions(scorer: Scorer, paths: Sequence[str], sink, strata: Seque
     summary = StreamSummary(images=len(paths), skipped=len(paths) - len(todo))
     bar = tqdm(total=len(todo), desc="predicting", unit="img", disable=not progress, mininterval=1.0)
     try:
-        for batch, decoded in _decoded_batches(todo, batch_size, decode_workers):
+        for batch, decoded, hashes in _decoded_batches(todo, batch_size, decode_workers,
+                                                       None if log is None else log.image_hash):
             good = [k for k, d in enumerate(decoded) if not isinstance(d, str)]
             scored, _ = score_rows(scorer, [decoded[k] for k in good], [batch[k] for k in good],
                                    [group[batch[k]] for k in good] if group is not None else None,
                                    [row_of[batch[k]] for k in good] if row_of is not None else None, mask_dir)
+            if log is not None:
+                _record(log, scorer, scored, [decoded[k] for k in good], [hashes[k] for k in good],
+                        [row_of[batch[k]] for k in good] if row_of is not None else None)
             rows, it = [], iter(scored)
             for k, d in enumerate(decoded):
                 rows.append(unreadable_row(batch[k], d, scorer.taxonomy, scorer.op) if isinstance(d, str)
@@ -438,14 +482,16 @@ def predict_files(model_dir: str | os.PathLike, inputs: Sequence[str | os.PathLi
                   threshold: float | None = None, rule: str = "superclass", allow_unfinished: bool | None = False,
                   metadata: str | os.PathLike | None = None, batch_size: int = 64, allow_uncertified: bool = False,
                   force: bool = False, progress: bool = False, threads: int | None = None,
-                  collect: bool = True, mask_dir: str | os.PathLike | None = None) -> PredictResult:
+                  collect: bool = True, mask_dir: str | os.PathLike | None = None,
+                  log: str | os.PathLike | None = None) -> PredictResult:
     """Score image files, folders and globs with a run folder or an export folder at its operating point.
 
     ``out_csv``: a CSV written incrementally and resumed by a rerun (see :class:`PredictionCSV`); ``"-"``: the
     CSV to standard output; None: no CSV (the rows are returned). ``calibrated``: None uses ``calibration.json``
     when it exists, True requires it, False ignores it (the 0.5 default rule); ``threshold``: a manual threshold.
     ``collect=False`` keeps no rows in memory (for archives). A segmentation model writes each image's mask and
-    outline overlay to ``mask_dir`` (default: beside ``out_csv``, ``<csv name>_masks/``; none without either)."""
+    outline overlay to ``mask_dir`` (default: beside ``out_csv``, ``<csv name>_masks/``; none without either).
+    ``log``: a decision log file the service's lines are appended to (one per decision)."""
     from .._checks import check_int
 
     check_int("batch_size", batch_size, minimum=1)
@@ -466,8 +512,11 @@ def predict_files(model_dir: str | os.PathLike, inputs: Sequence[str | os.PathLi
     else:
         sink = PredictionCSV(out_csv, columns, scorer.op, force, identity=scorer.identity)
     rows: list[dict[str, Any]] = []
+    from .decision_log import DecisionLog
+
     summary = stream_predictions(scorer, paths, sink, strata, batch_size, progress,
-                                 collect=rows if collect else None, mask_dir=mask_dir, metadata=rows_in)
+                                 collect=rows if collect else None, mask_dir=mask_dir, metadata=rows_in,
+                                 log=DecisionLog(log) if log is not None else None)
     return PredictResult(rows, scorer.op, summary)
 
 

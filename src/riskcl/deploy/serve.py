@@ -24,9 +24,8 @@ refused unless ``allow_uncertified`` (then the page says so on every answer).
 """
 from __future__ import annotations
 
-import contextlib
-import json
-import threading
+import sys
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -37,57 +36,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from .._checks import check_int, check_method, check_number
-from ..data.decoding import BadImageError, decode_bytes
-from ..data.encoding import METADATA_ONLY
-from ..decision import OperatingPoint
+from ..data.decoding import BadImageError
 from ..defaults import BORDERLINE, MAX_BATCH, MAX_WAIT_MS, SALIENCY
-from .batching import MicroBatcher
-from ..data.encode_metadata import MetadataValueError
-from .prediction_csv import ERROR
-from .scoring import decision_rows, open_scorer
+from .access import AccessControl, ClientLimits, TokenFile, UploadLimit
+from .decision_log import DEFAULT_LOG, DEFAULT_MAX_MB, DecisionLog, LogUnavailable, point_id
+from .service import NOTICE, SEGMENTATION_NOTICE, Refused, TriageService, operating_point_text  # noqa: F401
+from .service_metrics import MetricsMiddleware
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
-FRAMING = 64 * 1024  # multipart headers and boundaries around the image: allowed beyond the upload limit
-NOTICE = ("Research use only; not a medical device. A CLEAR result does not rule out disease: the model misses "
-          "some malignant lesions (see the operating point).")
-SEGMENTATION_NOTICE = ("Research use only; not a medical device. The outline can miss part of the lesion (see the "
-                       "operating point): OUTLINED does not mean that all of the lesion lies inside it, and REVIEW "
-                       "means that no lesion was found or much of the outline is uncertain, so a person should look.")
-
-
-class Refused(ValueError):
-    """A request riskcl will not decide (metadata it cannot read, a non-finite score): answered 422."""
-
-
-def operating_point_text(op: OperatingPoint) -> str:
-    """The operating point in plain sentences, for the page."""
-    if op.segmentation:
-        if not op.calibrated:
-            return (f"Outlines the lesion where p(lesion) >= {op.threshold:g}. Not calibrated: no guarantee on the "
-                    f"share of the lesion it misses.")
-        return (f"Outlines the lesion where p(lesion) >= {op.threshold:.4f}: {op.guarantee}. REVIEW means no lesion "
-                f"was found or much of the outline is uncertain.")
-    if op.per_group:
-        return (f"Refers a case when p(malignant) >= {op.threshold:.4f}, the pooled threshold of a per-'{op.by}' "
-                f"calibration ({op.method}, alpha {op.alpha}); the page does not know the case's group, so the "
-                f"groups' own thresholds are not applied here.")
-    if not op.calibrated:
-        return (f"Refers a case when p(malignant) >= {op.threshold:g}. Not calibrated: no guarantee on the share of "
-                f"malignant cases it misses.")
-    if not op.certified:
-        return (f"NOT CERTIFIED: refers a case when p(malignant) >= {op.threshold:.4f}, but calibration could not "
-                f"certify alpha = {op.alpha}; no guarantee on the share of malignant cases it misses.")
-    how = f"with probability {1 - float(op.delta):g}" if op.method == "ltt" else "on average"
-    text = (f"Flags a malignant lesion with at least {100 * (1 - float(op.alpha)):g}% sensitivity on data like the "
-            f"calibration set ({how}; threshold p(malignant) >= {op.threshold:.4f}, {op.method} on the {op.split} "
-            f"split)")
-    if op.inputs is None:
-        return text + "."
-    none = op.for_inputs("none")
-    return (text + " for requests with every clinical field. Requests without clinical data are decided at "
-            + (f"their own certified threshold {none.threshold:.4f}" if none.certified else
-               "the lowest calibrated threshold, NOT CERTIFIED (no point could be certified without them)")
-            + "; requests with some fields missing carry no guarantee (each answer says which point decided it).")
 
 
 def check_serve_options(host: str, port: int, max_upload_mb: float, method: str, borderline: float) -> None:
@@ -102,232 +58,86 @@ def check_serve_options(host: str, port: int, max_upload_mb: float, method: str,
         raise ValueError("Expected `--host` to be a host name or address, but got an empty string")
 
 
-class UploadTooLarge(Exception):
-    """The request body grew past the upload limit while it was received."""
+@dataclass
+class ServiceOptions:
+    """Who may ask, what is recorded, what is measured (``riskcl serve`` options; the defaults suit a laptop)."""
+
+    tokens: str | None = None          # token file (riskcl serve-token); None: no authentication
+    no_auth: bool = False              # serve a non-loopback address without tokens, knowingly
+    log: str | None = None             # decision log file (None: no log; the CLI always names one)
+    log_max_mb: float = DEFAULT_MAX_MB  # rotate the log at this size
+    log_key: str | None = None         # the keyed-hash key (default: <log>.key)
+    rate_per_minute: int | None = None  # requests per minute per client (None: no limit)
+    max_concurrent: int | None = None  # concurrent requests per client (None: no limit)
+    allow_origin: tuple[str, ...] = ()  # CORS origins allowed (none: no CORS headers)
+    metrics_public: bool = False       # /metrics without a token
 
 
-class UploadLimit:
-    """ASGI middleware that enforces the upload limit while the body streams in: a declared Content-Length over
-    the limit is answered 413 before any byte is read, and a body without one (chunked) is cut off at the limit,
-    so no more than the limit is ever received or spooled to disk."""
-
-    def __init__(self, app, limit: int, limit_mb: float) -> None:
-        self.app, self.limit, self.limit_mb = app, limit, limit_mb
-
-    async def _reject(self, send, message: str) -> None:
-        body = json.dumps({"error": message}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit + FRAMING:
-            return await self._reject(send, f"upload of {int(declared) / 2**20:.1f} MB exceeds the limit of "
-                                            f"{self.limit_mb:g} MB")
-        state = {"received": 0, "over": False, "started": False}
-
-        async def limited_receive():
-            message = await receive()
-            if message["type"] == "http.request":
-                state["received"] += len(message.get("body", b""))
-                if state["received"] > self.limit + FRAMING:
-                    state["over"] = True
-                    raise UploadTooLarge()
-            return message
-
-        async def guarded_send(message):
-            if state["over"]:  # the app's answer to the cut body is replaced by the 413
-                return
-            state["started"] |= message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, guarded_send)
-        except UploadTooLarge:
-            pass
-        if state["over"] and not state["started"]:
-            await self._reject(send, f"upload exceeds the limit of {self.limit_mb:g} MB")
+PUBLIC = frozenset({"/health", "/ready", "/"})  # the probes, and the page (static; it asks for the token)
 
 
-class TriageService:
-    """A served model: a run folder (PyTorch: probabilities, the input check, saliency) or an export folder (ONNX
-    Runtime alone: probabilities; no input check or saliency, said so in ``/model`` and on the page).
+def is_loopback(host: str) -> bool:
+    import ipaddress
 
-    Concurrent predictions are batched (:class:`riskcl.deploy.batching.MicroBatcher`); the run folder's model is
-    used by one call at a time (saliency hooks into it), an ONNX Runtime session by several."""
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
-    def __init__(self, target: str | Path, method: str = SALIENCY, allow_uncertified: bool = False,
-                 borderline: float = BORDERLINE, threads: int | None = None, max_batch: int = MAX_BATCH,
-                 max_wait_ms: float = MAX_WAIT_MS) -> None:
-        check_method(method)
-        self.target = Path(target)
-        # A service never ships an unfinished run (None: the error does not offer --allow-unfinished).
-        self.scorer = open_scorer(target, allow_uncertified=allow_uncertified, allow_unfinished=None,
-                                  threads=threads)
-        self.taxonomy, self.op = self.scorer.taxonomy, self.scorer.op
-        if self.op.segmentation:  # the outline is the explanation, from a run or an export alike
-            self.input_check = None
-            check_text = "not available for segmentation models yet"
-            if self.scorer.kind == "run":
-                from .export import describe_run
 
-                description = {**describe_run(self.scorer.folder, self.op), "format": "served by riskcl (PyTorch)"}
-            else:
-                description = {**self.scorer.meta, "format": f"served from an ONNX export by {self.scorer.runtime}"}
-            saliency_note = ""
-        elif self.scorer.kind == "run":
-            from .export import describe_run  # PyTorch: only a run folder's service gets here
+def check_access(host: str, options: ServiceOptions) -> None:
+    """Refuse to answer anyone on the network without tokens, unless told (--no-auth)."""
+    if options.tokens is None and not options.no_auth and not is_loopback(host):
+        raise ValueError(f"--host {host} is reachable from the network, and without --tokens anyone who can reach it "
+                         f"could use the service; create tokens (riskcl serve-token add NAME --tokens FILE) and pass "
+                         f"--tokens FILE, or pass --no-auth to serve without them knowingly")
+    for name, value in (("--rate-limit", options.rate_per_minute), ("--max-concurrent", options.max_concurrent)):
+        if value is not None:
+            check_int(name, value, minimum=1)
 
-            self.input_check, check_text = self.scorer.load_input_check()
-            description = {**describe_run(self.scorer.folder, self.op), "format": "served by riskcl (PyTorch)"}
-            from .explain import ADOPTED_NOTE, NO_IMAGE_NOTE
 
-            saliency_note = f"{NO_IMAGE_NOTE}." if self.scorer.folder.read_config().model.name == METADATA_ONLY else \
-                f"{ADOPTED_NOTE}." if self.scorer.folder.adopted() is not None else ""
-        else:
-            self.input_check = None
-            check_text = "not in an export (serve the run folder to flag unusual images)"
-            description = {**self.scorer.meta, "format": f"served from an ONNX export by {self.scorer.runtime}"}
-            saliency_note = ("Saliency is not served from an exported model: serve the run folder (riskcl serve RUN) "
-                             "to see where the model looked.")
-        self.method, self.borderline = method, float(borderline)
-        encoding = getattr(self.scorer, "encoding", None)
-        self.metadata_columns = [] if encoding is None else encoding.column_names
-        self.lock = threading.Lock() if self.scorer.kind == "run" else contextlib.nullcontext()
-        self.batcher = MicroBatcher(self._score, max_batch, max_wait_ms)
-        self.encoding = encoding
-        self.metadata = {**description, "operating_point_text": operating_point_text(self.op),
-                         "notice": SEGMENTATION_NOTICE if self.op.segmentation else NOTICE,
-                         "borderline": self.borderline, "certified": self.op.certified or not self.op.calibrated,
-                         "input_check": check_text, "input_check_available": self.input_check is not None,
-                         "saliency": not saliency_note, "saliency_note": saliency_note,
-                         "batching": {"max_batch": self.batcher.max_batch,
-                                      "max_wait_ms": 1000 * self.batcher.max_wait}}
-
-    def image(self, data: bytes, name: str) -> np.ndarray:
-        return decode_bytes(data, name)  # the pixel limits (too large, too small) are the decoder's
-
-    def _score(self, items: list[tuple[np.ndarray, dict | None]]) -> list[tuple[np.ndarray, float | None]]:
-        images = [image for image, _ in items]
-        with self.lock:
-            if getattr(self.scorer, "encoding", None) is not None:  # a fusion model: each image's metadata too
-                probs = self.scorer.probabilities(images, [row or {} for _, row in items])
-            else:
-                probs = self.scorer.probabilities(images)
-            distances = [None] * len(images) if self.input_check is None else \
-                [float(d) for d in self.scorer.distances(self.input_check, images)]
-        return list(zip(probs, distances))
-
-    def predict(self, arr: np.ndarray, name: str, metadata: dict | None = None) -> dict[str, Any]:
-        """The answer for one image; ``metadata``: a fusion model's ``{column: value}`` (missing: none sent)."""
-        if self.op.segmentation:
-            return self._outline(arr, name)
-        pattern = None if self.encoding is None else self.encoding.pattern(metadata)
-        probs, distance = self.batcher((arr, metadata))
-        row = decision_rows(probs[None], self.taxonomy, self.op, patterns=None if pattern is None else [pattern])[0]
-        if row["decision"] == ERROR:
-            raise Refused(row["error"])
-        point = self.op if pattern is None else self.op.for_inputs(pattern)
-        return {"image": name, "decision": row["decision"], "predicted": row["predicted"],
-                "superclass": row["superclass"], "p_malignant": row["p_malignant"], "threshold": row["threshold"],
-                "borderline": abs(row["p_malignant"] - row["threshold"]) <= self.borderline,
-                "unusual": None if distance is None else distance > self.input_check.threshold,
-                "input_distance": distance,
-                "input_threshold": None if self.input_check is None else self.input_check.threshold,
-                "probabilities": {c: row[f"p_{c}"] for c in self.taxonomy.classes},
-                "operating_point": {"method": point.method, "alpha": point.alpha, "delta": point.delta,
-                                    "certified": point.certified or not point.calibrated, "how": point.describe()},
-                "image_size": [int(arr.shape[1]), int(arr.shape[0])],
-                **({"metadata_used": {c: (metadata or {}).get(c) for c in self.metadata_columns},
-                    "metadata_inputs": pattern} if self.metadata_columns else {})}
-
-    def parse_metadata(self, text: str | None) -> dict | None:
-        """The ``metadata`` form field: a JSON object ``{column: value}`` of the model's metadata columns."""
-        if text is None or not text.strip():
-            return None
-        if not self.metadata_columns:
-            raise ValueError("this model reads no metadata; send the image alone")
-        try:
-            row = json.loads(text)
-        except ValueError:
-            row = None
-        if not isinstance(row, dict):
-            raise ValueError(f"the field 'metadata' must be a JSON object like {{\"{self.metadata_columns[0]}\": "
-                             f"...}} with some of {self.metadata_columns}")
-        unknown = sorted(set(row) - set(self.metadata_columns))
-        if unknown:
-            raise ValueError(f"the field 'metadata' names {unknown}, which this model does not read (it reads "
-                             f"{self.metadata_columns})")
-        row = {k: None if v is None else str(v) for k, v in row.items()}
-        try:
-            self.encoding.encode_row(row)  # a value the model cannot read is refused here, never scored
-        except MetadataValueError as exc:
-            raise ValueError(str(exc)) from None
-        return row
-
-    def _outline(self, arr: np.ndarray, name: str) -> dict[str, Any]:
-        """A segmentation model's answer: the row ``riskcl predict`` writes (:mod:`riskcl.deploy.segmentation`)
-        and the outline's pixels."""
-        from .segmentation import segmentation_rows
-
-        probs, _ = self.batcher((arr, None))
-        row = segmentation_rows([probs], self.op, [name], [arr])[0]
-        if row["decision"] == ERROR:
-            raise Refused(row["error"])
-        row.pop("mask")
-        row.pop("error", None)
-        return {**row, "task": "segmentation",
-                "operating_point": {"method": self.op.method, "alpha": self.op.alpha, "delta": self.op.delta,
-                                    "certified": self.op.certified, "how": self.op.describe()},
-                "image_size": [int(arr.shape[1]), int(arr.shape[0])]}
-
-    def outline_png(self, arr: np.ndarray) -> tuple[bytes, str]:
-        """The image beside itself with the lesion's outline at the operating point, as PNG."""
-        import io
-
-        from PIL import Image
-
-        from .segmentation import overlay, to_image_grid
-
-        probs, _ = self.batcher((arr, None))
-        mask = to_image_grid(np.asarray(probs, dtype=np.float32), *arr.shape[:2]) >= self.op.threshold
-        buf = io.BytesIO()
-        Image.fromarray(np.concatenate([arr, overlay(arr, mask)], axis=1)).save(buf, format="PNG")
-        return buf.getvalue(), f"the lesion's outline where p(lesion) >= {self.op.threshold:.4f}"
-
-    def explain_png(self, arr: np.ndarray) -> tuple[bytes, str] | None:
-        """The saliency panel as PNG and a note (:func:`riskcl.deploy.explain.saliency_png`); None from an export.
-        A segmentation model answers with its outline (:meth:`outline_png`)."""
-        if self.op.segmentation:
-            return self.outline_png(arr)
-        if not self.metadata["saliency"]:
-            return None
-        from .explain import saliency_png  # PyTorch: only a run folder's service gets here
-
-        with self.lock:
-            try:
-                png, note = saliency_png(self.scorer.model, arr, self.op.image_size, self.taxonomy, self.method)
-            except ValueError as exc:  # no layer to explain: said, never a 500
-                raise Refused(f"no saliency for this model: {exc}") from None
-        if self.metadata_columns:  # a fusion model's map explains the image alone
-            note = "saliency of the image with the clinical data treated as missing" + (f"; {note}" if note else "")
-        return png, note
+def _access_text(options: ServiceOptions, tokens) -> str:
+    if tokens is not None:
+        return f"bearer tokens ({tokens.active} active client(s))"
+    return "NONE: started with --no-auth, so anyone who can reach it may ask" if options.no_auth else \
+        "none (loopback only: reachable from this machine alone)"
 
 
 def create_app(target: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, method: str = SALIENCY,
                allow_uncertified: bool = False, borderline: float = BORDERLINE, threads: int | None = None,
-               max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS) -> FastAPI:
-    """The FastAPI app serving one run folder or export folder."""
-    check_serve_options("127.0.0.1", 8000, max_upload_mb, method, borderline)
-    service = TriageService(target, method, allow_uncertified, borderline, threads, max_batch, max_wait_ms)
+               max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS, options: ServiceOptions | None = None,
+               host: str = "127.0.0.1") -> FastAPI:
+    """The FastAPI app serving one run folder or export folder (``options``: tokens, limits, the decision log,
+    CORS and metrics; ``host``: where it will listen, for the access check)."""
+    options = options or ServiceOptions()
+    check_serve_options(host, 8000, max_upload_mb, method, borderline)
+    check_access(host, options)
+    tokens = TokenFile(options.tokens) if options.tokens else None
+    metrics = None
+    service = TriageService(target, method, allow_uncertified, borderline, threads, max_batch, max_wait_ms,
+                            on_batch=lambda n: metrics.batches.observe(n) if metrics is not None else None)
+    # the log (and its key) only once the model has loaded: a refused start leaves no file behind
+    log = service.log = DecisionLog(options.log, options.log_max_mb, options.log_key) if options.log else None
+    service.metadata["access"] = _access_text(options, tokens)
+    service.metadata["decision_log"] = "recorded (one chained line per decision)" if log else "not recorded"
+    metrics = _metrics(service)
     limit = int(max_upload_mb * 1024 * 1024)
     page = files("riskcl.deploy").joinpath("page.html").read_text(encoding="utf-8")
-    app = FastAPI(title="riskcl triage", version=service.metadata["riskcl_version"])
+    app = FastAPI(title="riskcl triage", version=service.metadata["riskcl_version"], docs_url=None, redoc_url=None,
+                  openapi_url=None)
     app.add_middleware(UploadLimit, limit=limit, limit_mb=max_upload_mb)
+    public = PUBLIC | ({"/metrics"} if options.metrics_public else set())
+    app.add_middleware(AccessControl, tokens=tokens, limits=ClientLimits(options.rate_per_minute,
+                                                                          options.max_concurrent), public=public)
+    if options.allow_origin:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(options.allow_origin), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"], expose_headers=["X-Request-ID"])
+    if metrics is not None:
+        app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     class HTTPError(Exception):
         def __init__(self, status: int, message: str) -> None:
@@ -339,16 +149,20 @@ def create_app(target: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
 
     @app.exception_handler(RequestValidationError)
     def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": "expected a multipart/form-data upload with the image in the field 'file'",
-                             "detail": [e.get("msg") for e in exc.errors()]}, status_code=422)
+        return JSONResponse({"error": "expected a multipart/form-data upload with the image in the field 'file'"},
+                            status_code=422)
 
-    def read_upload(file: UploadFile) -> np.ndarray:
+    @app.exception_handler(Exception)
+    def _internal(request: Request, exc: Exception) -> JSONResponse:  # no path, no trace: said plainly
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}); the service goes on"},
+                            status_code=500)
+
+    def read_upload(file: UploadFile) -> tuple[np.ndarray, bytes]:
         data = file.file.read(limit + 1)
         if len(data) > limit:
             raise HTTPError(413, f"upload exceeds the limit of {max_upload_mb:g} MB")
-        name = file.filename or "upload"
-        try:
-            return service.image(data, name)
+        try:  # errors name the file as the client named it (never a path of this machine)
+            return service.image(data, file.filename or "upload"), data
         except BadImageError as exc:
             status = 400 if not data else 413 if exc.reason.startswith("refused") else \
                 415 if "cannot decode" in exc.reason else 422
@@ -362,24 +176,49 @@ def create_app(target: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     def health() -> dict[str, str]:
         return {"status": "ok"}  # nothing internal (no path): anyone who can reach the port may ask
 
+    @app.get("/ready")
+    def ready() -> JSONResponse:
+        writable = log is None or log.writable()
+        return JSONResponse({"ready": writable, "model": "loaded", "decision_log": "writable" if writable else
+                             "NOT writable: decisions are refused (503) until it is"}, status_code=200 if writable
+                            else 503)
+
     @app.get("/model")
     def model() -> dict[str, Any]:
         return service.metadata
 
+    @app.get("/metrics")
+    def metrics_endpoint() -> Response:
+        if metrics is None:
+            raise HTTPError(501, "metrics need the prometheus-client package (pip install 'riskcl[serve]')")
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
     @app.post("/predict")
-    def predict(file: UploadFile, metadata: str | None = Form(None)) -> dict[str, Any]:
+    def predict(request: Request, response: Response, file: UploadFile,
+                metadata: str | None = Form(None)) -> dict[str, Any]:
         try:
             row = service.parse_metadata(metadata)
         except ValueError as exc:
             raise HTTPError(422, str(exc)) from None
+        arr, data = read_upload(file)
+        source = "page" if request.headers.get("x-riskcl-source") == "page" else "api"
         try:
-            return service.predict(read_upload(file), file.filename or "upload", row)
+            answer = service.predict(arr, file.filename or "upload", row, request.state.client, source, data)
         except Refused as exc:
             raise HTTPError(422, str(exc)) from None
+        except LogUnavailable as exc:  # no answer without its record; the operator's stderr names the file
+            print(f"riskcl serve: {exc}", file=sys.stderr, flush=True)
+            raise HTTPError(503, f"the decision log cannot be written on the server ({exc.reason}): the decision "
+                                 f"was not given; retry later") from None
+        response.headers["X-Request-ID"] = answer["request_id"]
+        if metrics is not None:
+            metrics.decided(answer)
+        return answer
 
     @app.post("/explain")
     def explain(file: UploadFile) -> Response:
-        arr = read_upload(file)
+        arr, _ = read_upload(file)
         try:
             answer = service.explain_png(arr)
         except Refused as exc:
@@ -393,32 +232,63 @@ def create_app(target: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     return app
 
 
+def _metrics(service: TriageService):
+    """The service's metrics (None without prometheus-client: /metrics then says so)."""
+    try:
+        from .service_metrics import ServiceMetrics
+    except ImportError:
+        return None
+    op = service.op
+    try:
+        metrics = ServiceMetrics({"model_sha256": service.scorer.identity, "operating_point": point_id(op),
+                                  "threshold": f"{op.threshold:.6g}", "method": op.method,
+                                  "certified": str(bool(op.certified)).lower(),
+                                  "riskcl": str(service.metadata.get("riskcl_version"))},
+                                 lambda: service.batcher.queue.qsize())
+    except ImportError:
+        return None
+    metrics.load.set(service.load_seconds)
+    return metrics
+
+
 def app_from_env() -> FastAPI:
     """The app for ``uvicorn --workers N --factory riskcl.deploy.serve:app_from_env`` (one model per worker
     process, for machines with more cores): the model folder in ``RISKCL_SERVE_MODEL``, the upload limit in
-    ``RISKCL_SERVE_MAX_UPLOAD_MB`` and ONNX Runtime / PyTorch threads per worker in ``RISKCL_SERVE_THREADS``."""
+    ``RISKCL_SERVE_MAX_UPLOAD_MB``, ONNX Runtime / PyTorch threads per worker in ``RISKCL_SERVE_THREADS``, the
+    token file in ``RISKCL_SERVE_TOKENS`` and the decision log in ``RISKCL_SERVE_LOG`` (one per worker: the
+    worker's process id is added to its name, so that each file keeps its own chain)."""
     import os
 
     target = os.environ.get("RISKCL_SERVE_MODEL")
     if not target:
         raise ValueError("RISKCL_SERVE_MODEL is not set: name the run folder or export folder to serve")
     threads = os.environ.get("RISKCL_SERVE_THREADS")
+    log = os.environ.get("RISKCL_SERVE_LOG")
+    options = ServiceOptions(tokens=os.environ.get("RISKCL_SERVE_TOKENS") or None,
+                             log=f"{log}.{os.getpid()}" if log else None)
     return create_app(target, float(os.environ.get("RISKCL_SERVE_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB)),
-                      threads=int(threads) if threads else None)
+                      threads=int(threads) if threads else None, options=options)
 
 
 def serve(target: str | Path, host: str = "127.0.0.1", port: int = 8000,
           max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, method: str = SALIENCY, allow_uncertified: bool = False,
           borderline: float = BORDERLINE, threads: int | None = None, max_batch: int = MAX_BATCH,
-          max_wait_ms: float = MAX_WAIT_MS) -> None:
-    """Run the app with uvicorn until interrupted; the address is bound (or the error names it) before the
-    "serving on" line is printed."""
+          max_wait_ms: float = MAX_WAIT_MS, options: ServiceOptions | None = None,
+          ssl_certfile: str | None = None, ssl_keyfile: str | None = None) -> None:
+    """Run the app with uvicorn until interrupted; the address is bound (or the error names it) before the model
+    loads, and the "serving on" line names the decision log. ``ssl_certfile`` / ``ssl_keyfile``: HTTPS."""
     import socket
 
     import uvicorn
 
+    options = options or ServiceOptions(log=DEFAULT_LOG)
     check_serve_options(host, port, max_upload_mb, method, borderline)
-    app = create_app(target, max_upload_mb, method, allow_uncertified, borderline, threads, max_batch, max_wait_ms)
+    check_access(host, options)
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise ValueError("--ssl-certfile and --ssl-keyfile go together (the certificate and its private key)")
+    for name, value in (("--ssl-certfile", ssl_certfile), ("--ssl-keyfile", ssl_keyfile)):
+        if value is not None and not Path(value).is_file():
+            raise FileNotFoundError(f"{name} {value}: no such file")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -430,5 +300,14 @@ def serve(target: str | Path, host: str = "127.0.0.1", port: int = 8000,
     except OSError as exc:
         sock.close()
         raise OSError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
-    print(f"riskcl serve: {target} on http://{host}:{port}/  ({app.title}; Ctrl-C stops)", flush=True)
-    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    try:
+        app = create_app(target, max_upload_mb, method, allow_uncertified, borderline, threads, max_batch,
+                         max_wait_ms, options, host)
+    except BaseException:
+        sock.close()
+        raise
+    scheme = "https" if ssl_certfile else "http"
+    print(f"riskcl serve: {target} on {scheme}://{host}:{port}/  ({app.title}; access: "
+          f"{app.state.service.metadata['access']}; decision log: {options.log or 'none'}; Ctrl-C stops)", flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
+                   ).run(sockets=[sock])
