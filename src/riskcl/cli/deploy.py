@@ -288,3 +288,48 @@ LOG = Command("log", "verify a decision log's chain (riskcl serve --log, riskcl 
 
 SERVE = Command("serve", "a triage web page and JSON API for a run or an export (FastAPI + uvicorn)", _add_serve,
                 _serve)
+
+
+def _add_monitor(p: argparse.ArgumentParser) -> None:
+    p.add_argument("log", nargs="+", metavar="LOG", help="the decision log (riskcl serve --log / predict --log); its "
+                   "rotated files are found by name")
+    p.add_argument("--reference", required=True, metavar="RUN_OR_EXPORT", help="the deployed model's run folder or "
+                   "export folder (what it looked like on its calibration split)")
+    p.add_argument("--outcomes", default=None, metavar="CSV", help="confirmed outcomes: request_id (or hmac_sha256) "
+                   "and malignant 1 / 0 (or label), optional date")
+    p.add_argument("--alpha", type=float, default=None, help="the miss rate the guarantee bounds (default: the "
+                   "calibration's alpha)")
+    p.add_argument("--by", default=None, metavar="COLUMN", help="the miss rate per group (a metadata column of the "
+                   "log, or a column of the outcomes)")
+    p.add_argument("--level", type=float, default=0.05, help="the overall false-alarm level (shared out among the "
+                   "detectors), valid over any number of looks")
+    p.add_argument("--out", default=None, help="folder for monitor.json, monitor.html and the curves (default: "
+                   "<log>_monitor)")
+    p.add_argument("--fail-on-alarm", action="store_true", help="exit 1 on any alarm (for a scheduler)")
+
+
+def _monitor(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .._checks import check_number
+    from ..deploy.monitor import load_reference, monitor, state_file_of, write_outputs
+
+    check_number("--level", a.level, 0, 1, min_inclusive=False, max_inclusive=False)
+    if a.alpha is not None:
+        check_number("--alpha", a.alpha, 0, 1, min_inclusive=False, max_inclusive=False)
+    result = monitor(a.log, load_reference(a.reference), a.outcomes, a.alpha, a.by, a.level)
+    out = Path(a.out) if a.out else Path(f"{a.log[0]}_monitor")
+    write_outputs(result, out, state_file_of(a.log[0]))
+    for name, d in result["detectors"].items():
+        bounds = "-" if not d["bounds"] else f"[{d['bounds'][0]:.3f}, {d['bounds'][1]:.3f}]"
+        print(f"{name:<36} {d['cases']:>6} cases  rate {d['rate']:.3f}  bounds {bounds:<16} "
+              f"{'ALARM since case ' + str(d['since']['case']) if d['alarm'] else '-'}")
+    for note in result["notes"]:
+        print(f"note: {note}")
+    print(f"{result['state']}\nwrote {out}/monitor.json and monitor.html")
+    alarmed = any(d["alarm"] for d in result["detectors"].values())
+    return 1 if alarmed and a.fail_on_alarm else 0
+
+
+MONITOR = Command("monitor", "whether a deployed model's certified operating point still holds, from its decision "
+                  "log (anytime-valid alarms)", _add_monitor, _monitor)

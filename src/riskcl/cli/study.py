@@ -215,11 +215,29 @@ def _add_calibrate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--objective", choices=OBJECTIVES, default="guarantee",
                    help="among the certified thresholds: the largest (guarantee), or the lowest expected cost / "
                    "worst-case regret under the run's cost.uncertain")
+    p.add_argument("--from-log", default=None, metavar="LOG", help="recalibrate on the newest confirmed cases of a "
+                   "deployment's decision log (with --outcomes); the previous calibration.json is kept")
+    p.add_argument("--outcomes", default=None, metavar="CSV", help="with --from-log: the confirmed outcomes")
+    p.add_argument("--window", type=int, default=None, metavar="N", help="with --from-log: the newest N confirmed "
+                   "cases (default: all)")
 
 
 def _calibrate(a: argparse.Namespace) -> int:
     from ..experiment.calibrate import SELECTION_WARNING, calibrate_run
 
+    if a.from_log or a.outcomes:
+        from ..deploy.monitor import recalibrate_from_log
+
+        if not (a.from_log and a.outcomes):
+            raise ValueError("--from-log and --outcomes go together (the deployment's log and its confirmed outcomes)")
+        r = recalibrate_from_log(a.run_dir, a.from_log, a.outcomes, a.alpha, a.delta, a.method, a.window,
+                                 a.allow_uncertified)
+        w = r["window"]
+        print(f"threshold p(malignant) >= {r['threshold']:.4f} ({r['method']} on {w['n']} confirmed cases of the "
+              f"log, seq {w['first_seq']}-{w['last_seq']}, {w['n_malignant']} malignant)\n  guarantee: "
+              f"{r['guarantee']}\n  the previous calibration is kept as {w['previous']}\nwrote "
+              f"{a.run_dir}/calibration.json")
+        return 0
     if a.split == "val":
         print(f"WARNING: calibrating on the validation split: {SELECTION_WARNING}")
     if a.by:

@@ -427,6 +427,10 @@ def _build_lesion_export(folder: RunFolder, out: Path, fmt: str, op: OperatingPo
 def _finish_export(folder: RunFolder, out: Path, fmt: str, op: OperatingPoint, path: Path,
                    parity: dict[str, Any]) -> dict[str, Any]:
     meta = {**describe_run(folder, op), "format": fmt, "file": FORMATS[fmt], "parity": parity}
+    if not op.segmentation:  # what riskcl monitor compares the deployment with (the calibration split's figures)
+        from .monitor import run_reference
+
+        meta["monitoring_reference"] = run_reference(folder.path).to_dict()
     if fmt == "onnx":
         _write_onnx_metadata(path, meta)
     atomic_write_text(out / DECODER_FILE, Path(rgb_module.__file__).read_text(encoding="utf-8"))

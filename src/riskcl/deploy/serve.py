@@ -41,6 +41,7 @@ from ..defaults import BORDERLINE, MAX_BATCH, MAX_WAIT_MS, SALIENCY
 from .access import AccessControl, ClientLimits, TokenFile, UploadLimit
 from .decision_log import DEFAULT_LOG, DEFAULT_MAX_MB, DecisionLog, LogUnavailable, point_id
 from .service import NOTICE, SEGMENTATION_NOTICE, Refused, TriageService, operating_point_text  # noqa: F401
+from .monitor import read_state
 from .service_metrics import MetricsMiddleware
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
@@ -185,7 +186,7 @@ def create_app(target: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
 
     @app.get("/model")
     def model() -> dict[str, Any]:
-        return service.metadata
+        return {**service.metadata, "monitor": read_state(options.log)}  # the last `riskcl monitor` of the log
 
     @app.get("/metrics")
     def metrics_endpoint() -> Response:

@@ -567,6 +567,18 @@ class RunFolder:
     def write_calibration(self, result: dict[str, Any]) -> None:
         atomic_write_json(self.file("calibration"), result)
 
+    def archive_calibration(self) -> Path | None:
+        """Keep the current ``calibration.json`` as ``calibration_<time>.json`` (before a recalibration replaces
+        it); None when there is none."""
+        import shutil
+        import time
+
+        if not self.file("calibration").is_file():
+            return None
+        path = self.file("calibration").with_name(f"calibration_{time.strftime('%Y%m%d-%H%M%S')}.json")
+        shutil.copyfile(self.file("calibration"), path)
+        return path
+
     def calibration(self) -> dict[str, Any]:
         """``calibration.json``, its fields checked (``threshold`` in [0, 1], ...)."""
         path = self.file("calibration")
