@@ -137,3 +137,48 @@ def make_seg_folder(root: Path, n: int = 40, suffix: str = "") -> Path:
         write_image(root / "images" / f"case{i:03d}.png", i)
         write_mask(root / "masks" / f"case{i:03d}{suffix}.png", i)
     return root
+
+
+PHI = {"PatientName": "Doe^Janet^Q", "PatientID": "PID-7731-XQ", "PatientBirthDate": "19611203",
+       "AccessionNumber": "ACC-99812", "InstitutionName": "St Elsewhere Hospital",
+       "ReferringPhysicianName": "Strangelove^Merkwurdig", "OtherPatientIDs": "ALT-5512",
+       "PatientAddress": "12 Nowhere Lane", "StudyID": "STUDY-4471"}
+
+
+def write_dicom(path: Path, pixels: np.ndarray, modality: str = "MR", frames: int = 1, photometric: str | None = None,
+                **elements) -> Path:
+    """A DICOM file of ``pixels`` (``(H, W)`` greyscale or ``(H, W, 3)`` RGB; ``frames`` copies), explicit VR little
+    endian, carrying the made-up identifying values of :data:`PHI` (and any other ``elements``)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, SecondaryCaptureImageStorage, generate_uid
+
+    pixels = np.asarray(pixels)
+    colour = pixels.ndim == 3
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage if colour else MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality = "OT" if colour else modality
+    ds.StudyDate, ds.SeriesNumber, ds.InstanceNumber = "20261201", 1, 1
+    for k, v in {**PHI, **elements}.items():
+        setattr(ds, k, v)
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    ds.SamplesPerPixel = 3 if colour else 1
+    ds.PhotometricInterpretation = photometric or ("RGB" if colour else "MONOCHROME2")
+    if colour:
+        ds.PlanarConfiguration = 0
+    ds.BitsAllocated = 8 if pixels.dtype == np.uint8 else 16
+    ds.BitsStored = ds.BitsAllocated
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 1 if pixels.dtype == np.int16 else 0
+    data = np.stack([pixels] * frames) if frames > 1 else pixels
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.PixelData = np.ascontiguousarray(data).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path

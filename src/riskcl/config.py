@@ -46,6 +46,8 @@ class DataConfig:
     cache_dir: str | None = None       # decoded-image cache (default ~/.cache/riskcl or $RISKCL_CACHE_DIR)
     num_workers: int = 2               # batches a background thread gathers ahead (0: gather in the training loop)
     limit_train: int | None = None     # at most this many training images (class-stratified, seeded): quick trials
+    dicom: dict = field(default_factory=dict)  # DICOM files: {window: auto | none | [centre, width], frames: middle
+                                       # | refuse} (riskcl.data.dicom; {}: auto window, the middle frame)
     options: dict = field(default_factory=dict)  # adapter options, e.g. magnifications for breakhis
 
 
@@ -396,10 +398,21 @@ def _check_data(d: DataConfig) -> None:
     _check(d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0")
     if d.cache_dir is not None:
         _check(not Path(d.cache_dir).expanduser().is_file(), "data.cache_dir", d.cache_dir, "a folder, not a file")
+    try:
+        dicom_policy(d)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     allowed = dataset_options(d.name)
     for key in d.options:
         _check(key in allowed, f"data.options.{key}", d.options[key],
                f"a known option of '{d.name}' {sorted(allowed)}{did_you_mean(key, allowed)}")
+
+
+def dicom_policy(data: DataConfig):
+    """How the run reads DICOM files (:class:`riskcl.data.dicom.DicomPolicy`), from ``data.dicom``."""
+    from .data.dicom import DicomPolicy
+
+    return DicomPolicy.from_config(data.dicom)
 
 
 def validate_config(cfg: ExperimentConfig) -> None:

@@ -312,7 +312,8 @@ def _monitor(a: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .._checks import check_number
-    from ..deploy.monitor import load_reference, monitor, state_file_of, write_outputs
+    from ..deploy.decision_log import state_file_of
+    from ..deploy.monitor import load_reference, monitor, write_outputs
 
     check_number("--level", a.level, 0, 1, min_inclusive=False, max_inclusive=False)
     if a.alpha is not None:

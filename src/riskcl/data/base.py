@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..taxonomy import Taxonomy
-from .decoding import IMAGE_EXTENSIONS
+from .decoding import IMAGE_EXTENSIONS, is_image_file
 
 # train: fitting; val: model selection (best epoch); calib: risk control only; test: the final report.
 SPLITS = ("train", "val", "calib", "test")
@@ -96,7 +96,7 @@ def list_images(folder: Path, root: Path | None = None,
         why = check_member(p, root, allow_outside_root)
         if why:
             problems.append(why)
-        elif p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+        elif p.is_file() and is_image_file(p):
             images.append(p)
         elif p.is_file():
             problems.append(f"{p}: not an image file (expected one of {IMAGE_EXTENSIONS}); ignored")

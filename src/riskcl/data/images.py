@@ -88,20 +88,21 @@ def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
     return resize_images(x, size)[0].to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
 
 
-def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    """Decode ``path`` to an RGB ``uint8`` array of shape ``(size, size, 3)``; ``BadImageError`` if unreadable."""
-    return resize_uint8(decode_rgb(path), size)
+def load_image(path: str | os.PathLike, size: int, dicom=None) -> np.ndarray:
+    """Decode ``path`` to an RGB ``uint8`` array of shape ``(size, size, 3)``; ``BadImageError`` if unreadable
+    (``dicom``: the :class:`riskcl.data.dicom.DicomPolicy` of DICOM files)."""
+    return resize_uint8(decode_rgb(path, dicom), size)
 
 
-def _load_or_reason(args: tuple[str, int]) -> tuple[str, np.ndarray | str]:
+def _load_or_reason(args: tuple) -> tuple[str, np.ndarray | str]:
     """``(md5 of the file, decoded array or the reason it failed)``; a missing file gets ``"missing:<path>"``."""
-    path, size = args
+    path, size, dicom = args
     try:
         digest = file_md5(path)
     except OSError:
         digest = f"missing:{path}"
     try:
-        return digest, load_image(path, size)
+        return digest, load_image(path, size, dicom)
     except BadImageError as exc:
         return digest, exc.reason
 
@@ -128,12 +129,12 @@ def _die_with_parent(parent: int) -> None:
 
 
 def decode_all(paths: Sequence[str], size: int, workers: int | None = None,
-               progress: bool = True) -> Iterable[tuple[int, tuple[str, np.ndarray | str]]]:
+               progress: bool = True, dicom=None) -> Iterable[tuple[int, tuple[str, np.ndarray | str]]]:
     """Yield ``(index, (md5, array or failure reason))`` for every path, decoding in parallel processes."""
     from tqdm.auto import tqdm
 
     workers = workers or min(8, os.cpu_count() or 1)
-    jobs = [(p, size) for p in paths]
+    jobs = [(p, size, dicom) for p in paths]
     bar = tqdm(total=len(jobs), desc=f"decoding {len(jobs)} images @{size}px", disable=not progress,
                unit="img", leave=False, mininterval=2.0)
     if workers <= 1 or len(jobs) < 64:
@@ -223,13 +224,14 @@ def _exclusive(path: Path) -> Iterator[None]:
 
 
 def cached_images(name: str, paths: Sequence[str], size: int, cache_dir: Path,
-                  progress: bool = True) -> tuple[np.ndarray, dict[str, str], list[str]]:
+                  progress: bool = True, dicom=None) -> tuple[np.ndarray, dict[str, str], list[str]]:
     """The memory-mapped ``(N, size, size, 3)`` array for ``paths``, the ``{path: reason}`` of bad files and
-    every file's MD5 (in ``paths`` order); built on a miss (:func:`cached_array`)."""
+    every file's MD5 (in ``paths`` order); built on a miss (:func:`cached_array`). ``dicom``: how DICOM files are
+    read (part of the cache's key)."""
     def build(arr: np.ndarray) -> dict:
         bad: dict[str, str] = {}
         hashes = [""] * len(paths)
-        for i, (digest, res) in decode_all(paths, size, progress=progress):
+        for i, (digest, res) in decode_all(paths, size, progress=progress, dicom=dicom):
             hashes[i] = digest
             if isinstance(res, str):
                 bad[paths[i]] = res
@@ -237,7 +239,9 @@ def cached_images(name: str, paths: Sequence[str], size: int, cache_dir: Path,
                 arr[i] = res
         return {"name": name, "size": size, "n": len(paths), "bad": bad, "hashes": hashes}
 
-    key = fingerprint(paths, f"{name}|{size}")
+    policy = "" if dicom is None or dicom.to_dict() == {"window": "auto", "frames": "middle"} else \
+        f"|dicom={json.dumps(dicom.to_dict(), sort_keys=True)}"
+    key = fingerprint(paths, f"{name}|{size}{policy}")
     arr, meta = cached_array(cache_dir, f"{name}-{size}px-{key}", (len(paths), size, size, 3), build)
     return arr, meta["bad"], meta["hashes"]
 

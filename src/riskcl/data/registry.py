@@ -169,7 +169,7 @@ def _apply_duplicate_policy(table: pd.DataFrame, policy: str, info: dict[str, An
 
 
 def _images_and_hashes(name: str, index: DataIndex, table: pd.DataFrame, image_size: int, on_bad_image: str,
-                       cache_dir: str | Path | None, progress: bool, info: dict[str, Any]):
+                       cache_dir: str | Path | None, progress: bool, info: dict[str, Any], dicom=None):
     """The image array (cached memory map, or resized in-memory images) and the table with a content hash per
     row; unreadable files raise (``error``) or are dropped and recorded in ``info["skipped"]`` (``skip``)."""
     if index.images is not None:
@@ -177,7 +177,8 @@ def _images_and_hashes(name: str, index: DataIndex, table: pd.DataFrame, image_s
         table["hash"] = [hashlib.md5(index.images[r].tobytes()).hexdigest() for r in table["row"]]
         return images, table
     paths = table["path"].tolist()
-    images, bad, hashes = cached_images(name, paths, image_size, cache_root(cache_dir), progress=progress)
+    images, bad, hashes = cached_images(name, paths, image_size, cache_root(cache_dir), progress=progress,
+                                        dicom=dicom)
     if bad and on_bad_image == "error":
         lines = "\n".join(f"  {p}: {r}" for p, r in sorted(bad.items()))
         raise ValueError(f"{len(bad)} unreadable image(s) (on_bad_image: error; set data.on_bad_image: skip to "
@@ -218,7 +219,7 @@ def _index(name: str, root: str | Path | None, options: dict[str, Any]) -> DataI
 
 
 def _prepare(name: str, root: str | Path | None, image_size: int, on_bad_image: str, cache_dir: Any,
-             progress: bool, options: dict[str, Any]):
+             progress: bool, options: dict[str, Any], dicom=None):
     if on_bad_image not in BAD_IMAGE_POLICIES:
         raise ValueError(f"Expected `on_bad_image` in {BAD_IMAGE_POLICIES}, but got {on_bad_image!r}")
     index = _index(name, root, options)
@@ -230,7 +231,7 @@ def _prepare(name: str, root: str | Path | None, image_size: int, on_bad_image: 
                             "problems": list(index.problems), "skipped": {}, "metadata": list(index.metadata),
                             "label_derived": list(index.label_derived),
                             "group_unit": index.group_unit}
-    images, table = _images_and_hashes(name, index, table, image_size, on_bad_image, cache_dir, progress, info)
+    images, table = _images_and_hashes(name, index, table, image_size, on_bad_image, cache_dir, progress, info, dicom)
     masks, table = _masks(name, index, table, image_size, on_bad_image, cache_dir, progress, info)
     # Without a patient / lesion id, the content hash is the group: copies of one image stay together.
     table["real_group"] = table["group"].notna()
@@ -316,7 +317,7 @@ def create_datasets(name: str, root: str | Path | None = None, image_size: int =
                     fold: int | None = None, num_folds: int | None = None, on_bad_image: str = "error",
                     duplicates: str = DEFAULT_DUPLICATES, cache_dir: str | Path | None = None, progress: bool = True,
                     fixed_splits: Mapping[str, str] | None = None, limit_train: int | None = None,
-                    **options: Any) -> SplitData:
+                    dicom: Any = None, **options: Any) -> SplitData:
     """Index, decode (cached), split and wrap a data set.
 
     Args:
@@ -330,12 +331,13 @@ def create_datasets(name: str, root: str | Path | None = None, image_size: int =
         fixed_splits: ``{path: split}`` to reproduce a run's ``splits.csv`` instead of assigning splits.
         limit_train: keep at most this many training images (a seeded, class-stratified subset, for quick trials;
             the held-out splits stay whole).
+        dicom: how DICOM files are read (a :class:`riskcl.data.dicom.DicomPolicy`; None: the default).
         **options: the adapter's own options (``dataset_options(name)``).
     """
     if duplicates not in DUPLICATE_POLICIES:
         raise ValueError(f"Expected `duplicates` in {DUPLICATE_POLICIES}, but got {duplicates!r}")
     index, table, (images, masks), info = _prepare(name, root, image_size, on_bad_image, cache_dir, progress,
-                                                   options)
+                                                   options, dicom)
     if fixed_splits is not None:
         table["split"] = _fixed(table, fixed_splits).to_numpy()
         table = table.loc[table["split"] != ""]
@@ -363,13 +365,13 @@ def create_datasets(name: str, root: str | Path | None = None, image_size: int =
 
 def create_eval_dataset(name: str, root: str | Path, split: str = "test", image_size: int = 224,
                         on_bad_image: str = "error", cache_dir: str | Path | None = None, progress: bool = True,
-                        **options: Any) -> tuple[ImageDataset, str]:
+                        dicom: Any = None, **options: Any) -> tuple[ImageDataset, str]:
     """Another copy of a data set as one evaluation set: its official ``split`` when it has one, else all of it.
 
     Returns the dataset and a sentence saying which was used.
     """
     index, table, (images, masks), info = _prepare(name, root, image_size, on_bad_image, cache_dir, progress,
-                                                   options)
+                                                   options, dicom)
     official = table["split"].fillna("").astype(str)
     if (official == split).any():
         part, note = table.loc[official == split], f"the official '{split}' split of {root}"
@@ -381,14 +383,15 @@ def create_eval_dataset(name: str, root: str | Path, split: str = "test", image_
     return ImageDataset(images, part["row"].to_numpy(), part, index.taxonomy, split, index.metadata, masks), note
 
 
-def load_source_images(name: str, root: str | Path | None, paths: list[str], **options: Any) -> list[np.ndarray]:
+def load_source_images(name: str, root: str | Path | None, paths: list[str], dicom: Any = None,
+                       **options: Any) -> list[np.ndarray]:
     """The images behind ``paths`` (a split's ``paths``) as the data holds them: decoded files at their own
     size, or the in-memory arrays of generated / ``.npz`` data; ``uint8`` ``(H, W, 3)`` each."""
     from .images import decode_rgb
 
     index = _index(name, root, options)
     if index.images is None:
-        return [decode_rgb(p) for p in paths]
+        return [decode_rgb(p, dicom) for p in paths]
     row_of = {str(p): k for k, p in enumerate(index.table["path"].astype(str))}
     missing = [p for p in paths if p not in row_of]
     if missing:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..config import dicom_policy
 from ..data.registry import load_source_images
 from ..metrics.segmentation import per_image_metrics, summarize
 from ..report.render import Document
@@ -114,7 +115,8 @@ def _worst(doc: Document, c: Any) -> None:
                             for i in order]))
     try:  # the source images, for the outlines (the data folder may have moved: the card says so)
         paths = [str(c.test["paths"][i]) for i in order[:WORST_FIGURES]]
-        images = load_source_images(c.cfg.data.name, c.cfg.data.root, paths, **c.cfg.data.options)
+        images = load_source_images(c.cfg.data.name, c.cfg.data.root, paths, dicom_policy(c.cfg.data),
+                                    **c.cfg.data.options)
     except (OSError, ValueError) as exc:
         doc.para(f"Outlines unavailable: {exc}.")
         return

@@ -316,3 +316,18 @@ def read_records(paths: Iterable[str | os.PathLike]) -> tuple[list[dict[str, Any
                 records.append(record)
     records.sort(key=lambda r: r["seq"])
     return records, notes
+
+
+def state_file_of(log: str | os.PathLike) -> Path:
+    """Where the monitor leaves the state line the service shows (beside the log)."""
+    return Path(f"{log}.monitor.json")
+
+
+def read_state(log: str | os.PathLike | None) -> str | None:
+    """The last monitor's state line for the served page, or None."""
+    if not log:
+        return None
+    try:
+        return json.loads(state_file_of(log).read_text(encoding="utf-8")).get("state")
+    except (OSError, ValueError, AttributeError):
+        return None

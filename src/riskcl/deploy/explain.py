@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from .._checks import check_method
+from ..config import dicom_policy
 from ..data import decode_rgb, load_source_images
 from ..data.augment import to_model_input
 from ..data.images import resize_uint8
@@ -240,7 +241,7 @@ def explain_type_ii(run_dir: str | Path, cap: int = 16, method: str = "gradcam")
         if paths is None:
             raise ValueError(f"{folder.prediction_file('test')}: no `paths` array (a run from an older riskcl); "
                              f"the gallery needs the images")
-        images = load_source_images(cfg.data.name, cfg.data.root, paths, **cfg.data.options)
+        images = load_source_images(cfg.data.name, cfg.data.root, paths, dicom_policy(cfg.data), **cfg.data.options)
         maps = saliency(folder.load_model(), images, op.image_size, tax, "malignant", method)
         for i, img, cam in zip(missed, images, maps):
             path = folder.gallery_image(len(items))

@@ -38,6 +38,7 @@ from ..data.augment import IMAGENET_MEAN, IMAGENET_STD
 from ..data.images import resize_images
 from ..decision import OperatingPoint, decide
 from ..engine.loop import tta_logits
+from ..config import dicom_policy
 from ..experiment.calibrate import operating_point
 from ..experiment.folder import RunFolder
 from ..io import atomic_write_json, atomic_write_text, atomic_write_with, build_folder_atomically, file_sha256
@@ -268,7 +269,8 @@ def _check_images(folder: RunFolder, check_images: Sequence[str] | None,
     cfg = folder.read_config()
     test = folder.splits()
     test = test.loc[test["split"] == "test"].head(limit)
-    images = load_source_images(cfg.data.name, cfg.data.root, test["path"].tolist(), **cfg.data.options)
+    images = load_source_images(cfg.data.name, cfg.data.root, test["path"].tolist(), dicom_policy(cfg.data),
+                                **cfg.data.options)
     rows = None
     if encoding is not None:
         from ..data.registry import normalise_missing
@@ -307,10 +309,13 @@ def describe_run(folder: RunFolder, op: OperatingPoint) -> dict[str, Any]:
     return {
         "riskcl_version": __version__, "torch_version": torch.__version__,
         "input": {"name": "images", "dtype": "uint8", "shape": "(N, H, W, 3)", "channels": "RGB",
+                  "dicom": dicom_policy(cfg.data).to_dict(),
                   "range": "0..255", "sizes": "any H and W, one size per call; dynamic batch",
-                  "decoding": "decode each file with decode.py's decode_image (riskcl's own decoder: 16-bit and "
-                              "float greyscale images are scaled by their own range; Pillow's convert('RGB') "
-                              "clips them and changes the result)"},
+                  "decoding": "DICOM files: riskcl's DICOM reader under `dicom` (modality LUT, the window, MONOCHROME1 "
+                              "inverted, scaled by its own range; riskcl predict / serve on this folder apply it); "
+                              "other files: decode each file with decode.py's decode_image (riskcl's own decoder: "
+                              "16-bit and float greyscale images are scaled by their own range; Pillow's "
+                              "convert('RGB') clips them and changes the result)"},
         "preprocessing": f"inside the model: antialiased bilinear resize to {cfg.data.image_size} x "
                          f"{cfg.data.image_size} rounded to whole pixel values, /255, ImageNet mean and std"
                          + ((", the mean p(lesion) over 4 flips" if op.segmentation else

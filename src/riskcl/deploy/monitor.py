@@ -22,7 +22,6 @@ Two kinds of alarm, told apart because they mean different things:
 from __future__ import annotations
 
 import csv
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -330,21 +329,6 @@ def _plot(result: dict[str, Any], path: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def state_file_of(log: str | os.PathLike) -> Path:
-    """Where the monitor leaves the state line the service shows (beside the log)."""
-    return Path(f"{log}.monitor.json")
-
-
-def read_state(log: str | os.PathLike | None) -> str | None:
-    """The last monitor's state line for the served page, or None."""
-    if not log:
-        return None
-    try:
-        return json.loads(state_file_of(log).read_text(encoding="utf-8")).get("state")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def recalibrate_from_log(run_dir: str | os.PathLike, log: str | os.PathLike, outcomes: str | os.PathLike,

@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..config import dicom_policy
 from ..data.augment import to_model_input
 from ..data.images import resize_uint8
 from ..decision import OperatingPoint
@@ -80,6 +81,7 @@ class RunModel:
         self.taxonomy = self.folder.taxonomy()
         self.model = self.folder.load_model()
         self.identity = self.folder.weights_sha256()  # what a prediction CSV records (and a resume checks)
+        self.dicom = dicom_policy(self.folder.read_config().data)  # how the run reads DICOM files
         self.encoding = self.folder.metadata_encoding()  # a fusion model's; None: images only
         if threads:
             torch.set_num_threads(int(threads))

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Iterator, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
-from ..data.decoding import IMAGE_EXTENSIONS, BadImageError, decode_bytes, decode_rgb
+from ..data.decoding import IMAGE_EXTENSIONS, BadImageError, decode_bytes, decode_rgb, is_image_file
 from ..data.encode_metadata import MetadataValueError
 from ..decision import OperatingPoint
 from ..io import IntegrityError, verify_sha256
@@ -182,6 +182,9 @@ class ExportedModel:
         self.op = OperatingPoint.from_dict(self.meta["operating_point"])
         self.outputs = [o["name"] for o in self.meta["outputs"]]
         self.batch_size = 32
+        from ..data.dicom import DicomPolicy
+
+        self.dicom = DicomPolicy.from_config((self.meta.get("input") or {}).get("dicom"))  # as the run read DICOM
         self.encoding = None  # a fusion model's metadata encoding (its graph's second input)
         if self.meta.get("metadata_input"):
             from ..data.encoding import MetadataEncoding
@@ -289,7 +292,7 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
     for item in map(os.fspath, inputs):
         if os.path.isdir(item):
             found = sorted(str(p) for p in Path(item).rglob("*")
-                           if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+                           if p.is_file() and is_image_file(p))
             if not found:
                 raise FileNotFoundError(f"{item}: a folder with no image files ({', '.join(IMAGE_EXTENSIONS)})")
             out.extend(found)
@@ -314,43 +317,35 @@ class StreamSummary:
     errors: list[str] = field(default_factory=list)  # rows riskcl refused to decide (decision "error")
 
 
-def _decode_or_reason(path: str, hasher=None) -> tuple[np.ndarray | str, str | None]:
+def _decode_or_reason(path: str, hasher=None, dicom=None) -> tuple[np.ndarray | str, str | None]:
     """The decoded image (or why not), and with ``hasher`` (the decision log's keyed hash) that of its bytes."""
     if hasher is None:
         try:
-            return decode_rgb(path), None
+            return decode_rgb(path, dicom), None
         except BadImageError as exc:
             return exc.reason, None
     try:
         data = Path(path).read_bytes()
     except OSError:
-        return decode_or_reason_of(path), None
+        return _decode_or_reason(path, None, dicom)[0], None
     try:
-        return decode_bytes(data, path), hasher(data)
+        return decode_bytes(data, path, dicom), hasher(data)
     except BadImageError as exc:
         return exc.reason, None
 
 
-def decode_or_reason_of(path: str) -> str:
-    try:
-        decode_rgb(path)
-    except BadImageError as exc:
-        return exc.reason
-    return "cannot read the file"
-
-
 def _decoded_batches(paths: Sequence[str], batch_size: int, workers: int,
-                     hasher=None) -> Iterator[tuple[list[str], list, list]]:
+                     hasher=None, dicom=None) -> Iterator[tuple[list[str], list, list]]:
     """``(paths, decoded or reason, keyed hashes)`` per batch, the next batch decoding in threads while the caller
     scores."""
     batches = [list(paths[i:i + batch_size]) for i in range(0, len(paths), batch_size)]
     if not batches:
         return
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending = [[pool.submit(_decode_or_reason, p, hasher) for p in batches[0]]]
+        pending = [[pool.submit(_decode_or_reason, p, hasher, dicom) for p in batches[0]]]
         for k, batch in enumerate(batches):
             if k + 1 < len(batches):
-                pending.append([pool.submit(_decode_or_reason, p, hasher) for p in batches[k + 1]])
+                pending.append([pool.submit(_decode_or_reason, p, hasher, dicom) for p in batches[k + 1]])
             results = [f.result() for f in pending.pop(0)]
             yield batch, [r[0] for r in results], [r[1] for r in results]
 
@@ -445,7 +440,8 @@ def stream_predictions(scorer: Scorer, paths: Sequence[str], sink, strata: Seque
     bar = tqdm(total=len(todo), desc="predicting", unit="img", disable=not progress, mininterval=1.0)
     try:
         for batch, decoded, hashes in _decoded_batches(todo, batch_size, decode_workers,
-                                                       None if log is None else log.image_hash):
+                                                       None if log is None else log.image_hash,
+                                                       getattr(scorer, "dicom", None)):
             good = [k for k, d in enumerate(decoded) if not isinstance(d, str)]
             scored, _ = score_rows(scorer, [decoded[k] for k in good], [batch[k] for k in good],
                                    [group[batch[k]] for k in good] if group is not None else None,

@@ -39,9 +39,8 @@ from .._checks import check_int, check_method, check_number
 from ..data.decoding import BadImageError
 from ..defaults import BORDERLINE, MAX_BATCH, MAX_WAIT_MS, SALIENCY
 from .access import AccessControl, ClientLimits, TokenFile, UploadLimit
-from .decision_log import DEFAULT_LOG, DEFAULT_MAX_MB, DecisionLog, LogUnavailable, point_id
+from .decision_log import DEFAULT_LOG, DEFAULT_MAX_MB, DecisionLog, LogUnavailable, point_id, read_state
 from .service import NOTICE, SEGMENTATION_NOTICE, Refused, TriageService, operating_point_text  # noqa: F401
-from .monitor import read_state
 from .service_metrics import MetricsMiddleware
 
 DEFAULT_MAX_UPLOAD_MB = 20.0

@@ -124,7 +124,9 @@ class TriageService:
                                       "max_wait_ms": 1000 * self.batcher.max_wait}}
 
     def image(self, data: bytes, name: str) -> np.ndarray:
-        return decode_bytes(data, name)  # the pixel limits (too large, too small) are the decoder's
+        """An upload decoded as the model's run decoded its images (a DICOM instance under the run's policy); the
+        pixel limits (too large, too small) are the decoder's."""
+        return decode_bytes(data, name, getattr(self.scorer, "dicom", None))
 
     def _score(self, items: list[tuple[np.ndarray, dict | None]]) -> list[tuple[np.ndarray, float | None]]:
         images = [image for image, _ in items]

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..config import ExperimentConfig, config_taxonomy, run_cost_matrix
+from ..config import ExperimentConfig, config_taxonomy, dicom_policy, run_cost_matrix
 from ..data.adopted import DeclaredPreprocess, class_order, read_table, to_logits
 from ..data.registry import index_dataset, load_source_images
 from ..data.splits import check_no_group_leak
@@ -237,7 +237,8 @@ def adopt_model(model_path: str | Path, cfg: ExperimentConfig, out: str | Path,
         if table is not None:
             raw = _table_outputs(cfg, table, ds, split, every)
         else:
-            images = load_source_images(cfg.data.name, cfg.data.root, list(ds.paths), **cfg.data.options)
+            images = load_source_images(cfg.data.name, cfg.data.root, list(ds.paths), dicom_policy(cfg.data),
+                                        **cfg.data.options)
             raw = network_outputs(run, preprocess, images)
         logits[split] = to_logits(raw, cfg.adopt.output, f"{path} on the {split} split")[:, perm].astype(np.float32)
     return _write(folder, cfg, data, taxonomy, logits, path, kind, preprocess)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import dicom_policy
 from ..data import create_eval_dataset
 from ..engine import BatchFeeder, predict_logits, resolve_device
 from ..tasks import task_of
@@ -60,7 +61,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data_root: str | Path
         d = cfg.data
         ds, source = create_eval_dataset(d.name, data_root, split, image_size=d.image_size,
                                          on_bad_image=d.on_bad_image, cache_dir=d.cache_dir, progress=progress,
-                                         **d.options)
+                                         dicom=dicom_policy(d), **d.options)
     if data_root is not None:
         overlap = training_overlap(folder, ds)
         if overlap:
@@ -79,7 +80,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data_root: str | Path
     if getattr(model, "raw_input", False):  # a model trained elsewhere reads the images at their own size
         from ..data.registry import load_source_images
 
-        images = load_source_images(cfg.data.name, data_root or cfg.data.root, list(ds.paths), **cfg.data.options)
+        images = load_source_images(cfg.data.name, data_root or cfg.data.root, list(ds.paths), dicom_policy(cfg.data),
+                                    **cfg.data.options)
         logits, target = torch.from_numpy(model.logits_of(images)), torch.as_tensor(np.asarray(ds.targets))
     else:
         feeder = BatchFeeder(ds, cfg.optim.eval_batch_size, device, prefetch=cfg.data.num_workers)

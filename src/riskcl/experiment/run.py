@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..config import ConfigError, ExperimentConfig
+from ..config import ConfigError, ExperimentConfig, dicom_policy
 from ..data import SplitData, check_root, create_datasets
 from ..distributed import DistInfo, barrier, device_for, init_distributed
 from ..engine import NonFiniteError, TrainingSlot, resolve_device
@@ -70,7 +70,7 @@ def build_data(cfg: ExperimentConfig, progress: bool, fixed_splits: Mapping[str,
                            test_fraction=d.test_fraction, calib_fraction=d.calib_fraction, seed=d.split_seed,
                            fold=d.fold, num_folds=d.num_folds, on_bad_image=d.on_bad_image,
                            duplicates=d.duplicates, cache_dir=d.cache_dir, progress=progress,
-                           fixed_splits=fixed_splits, limit_train=d.limit_train, **d.options)
+                           fixed_splits=fixed_splits, limit_train=d.limit_train, dicom=dicom_policy(d), **d.options)
 
 
 def _check_before_start(cfg: ExperimentConfig) -> None:
