@@ -145,24 +145,28 @@ PHI = {"PatientName": "Doe^Janet^Q", "PatientID": "PID-7731-XQ", "PatientBirthDa
        "PatientAddress": "12 Nowhere Lane", "StudyID": "STUDY-4471"}
 
 
+VL_PHOTOGRAPHIC = "1.2.840.10008.5.1.4.1.1.77.1.4"  # VL Photographic Image Storage (dermoscopy, modality XC)
+
+
 def write_dicom(path: Path, pixels: np.ndarray, modality: str = "MR", frames: int = 1, photometric: str | None = None,
-                **elements) -> Path:
+                sop_class: str | None = None, **elements) -> Path:
     """A DICOM file of ``pixels`` (``(H, W)`` greyscale or ``(H, W, 3)`` RGB; ``frames`` copies), explicit VR little
-    endian, carrying the made-up identifying values of :data:`PHI` (and any other ``elements``)."""
+    endian, carrying the made-up identifying values of :data:`PHI` (and any other ``elements``); ``sop_class``:
+    e.g. :data:`VL_PHOTOGRAPHIC` (default: MR Image Storage, Secondary Capture for colour)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, SecondaryCaptureImageStorage, generate_uid
 
     pixels = np.asarray(pixels)
     colour = pixels.ndim == 3
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage if colour else MRImageStorage
+    meta.MediaStorageSOPClassUID = sop_class or (SecondaryCaptureImageStorage if colour else MRImageStorage)
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality = "OT" if colour else modality
+    ds.Modality = "XC" if sop_class == VL_PHOTOGRAPHIC else "OT" if colour else modality
     ds.StudyDate, ds.SeriesNumber, ds.InstanceNumber = "20261201", 1, 1
     for k, v in {**PHI, **elements}.items():
         setattr(ds, k, v)

@@ -58,6 +58,10 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="threads of the model (default: the runtime's)")
     p.add_argument("--log", default=None, metavar="FILE", help="append one chained line per decision to this decision "
                    "log (the format riskcl serve writes; riskcl log verify FILE checks it)")
+    p.add_argument("--dicom-out", default=None, metavar="DIR", help="for each decided DICOM input, its DICOM "
+                   "results in DIR: a Structured Report (decision, p(malignant), the operating point, the model's "
+                   "SHA-256), a Segmentation for a segmentation model, a Secondary Capture of the outline or "
+                   "saliency (see README: DICOM and PACS)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -76,7 +80,7 @@ def _predict(a: argparse.Namespace) -> int:
                            metadata=a.metadata, rule="argmax" if a.argmax else "superclass",
                            allow_unfinished=a.allow_unfinished, allow_uncertified=a.allow_uncertified,
                            force=a.force, batch_size=a.batch_size, threads=a.threads, progress=not a.quiet,
-                           collect=False, mask_dir=a.masks, log=a.log)
+                           collect=False, mask_dir=a.masks, log=a.log, dicom_out=a.dicom_out)
     s = result.summary
     print(_point_line(result.op), file=log)
     what = "referred: no lesion found or an uncertain outline" if result.op.segmentation else "referred"
@@ -87,6 +91,12 @@ def _predict(a: argparse.Namespace) -> int:
           + (f", {len(s.errors)} refused (rows with decision 'error' say why): "
              + ", ".join(s.errors[:5]) + (" ..." if len(s.errors) > 5 else "") if s.errors else ""),
           file=log)
+    if s.dicom is not None:
+        d = s.dicom
+        print(f"wrote {len(d.written)} DICOM object(s) to {a.dicom_out}"
+              + (f"; {d.not_dicom} input(s) not DICOM (no DICOM result)" if d.not_dicom else "")
+              + (f"; {len(d.unreferenced)} DICOM input(s) without the UIDs a result references: "
+                 + ", ".join(d.unreferenced[:3]) if d.unreferenced else ""), file=log)
     if a.out:
         print(f"wrote {a.out}")
     return UNREADABLE_EXIT if s.unreadable or s.errors else 0
@@ -288,6 +298,60 @@ LOG = Command("log", "verify a decision log's chain (riskcl serve --log, riskcl 
 
 SERVE = Command("serve", "a triage web page and JSON API for a run or an export (FastAPI + uvicorn)", _add_serve,
                 _serve)
+
+
+def _add_dicom_node(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_OR_EXPORT", help="the model, as riskcl serve takes it")
+    p.add_argument("--ae-title", default="RISKCL", help="the node's AE title (default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    p.add_argument("--port", type=int, default=11112)
+    p.add_argument("--accept", nargs="+", default=[], metavar="AET", help="the calling AE titles accepted (others "
+                   "are rejected at association); required to listen beyond loopback")
+    p.add_argument("--send-to", default=None, metavar="AET@HOST:PORT", help="where the results (SR, Segmentation, "
+                   "Secondary Capture) are sent by C-STORE; without it the node decides and logs only")
+    p.add_argument("--spool", default="riskcl_spool", metavar="DIR", help="results waiting for the destination "
+                   "(kept until it has stored them; sent again after a restart)")
+    p.add_argument("--log", default=DEFAULT_LOG, metavar="FILE", help="the decision log (as riskcl serve; '' for "
+                   "none)")
+    p.add_argument("--log-key", default=None, metavar="FILE", help="the key of the images' keyed hashes")
+    p.add_argument("--max-associations", type=int, default=4, help="associations at once (more are rejected, "
+                   "transiently)")
+    p.add_argument("--no-pictures", action="store_true", help="no Secondary Capture of the outline / saliency")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads of ONNX Runtime / PyTorch")
+    _add_point(p, manual=False)
+
+
+def _dicom_node(a: argparse.Namespace) -> int:
+    import time
+
+    from .._checks import check_int
+    from ..deploy.decision_log import DecisionLog
+    from ..deploy.dicom_node import DicomNode
+
+    check_int("--max-associations", a.max_associations, minimum=1)
+    node = DicomNode(a.run_dir, a.ae_title, a.host, a.port, a.accept, a.send_to, a.spool,
+                     DecisionLog(a.log, key_path=a.log_key) if a.log else None, a.allow_uncertified, a.threads,
+                     a.max_associations, pictures=not a.no_pictures).start()
+    print(f"DICOM node {a.ae_title} listening on {a.host}:{a.port}"
+          + (f", accepting {', '.join(a.accept)}" if a.accept else ", accepting any calling AE title (loopback)")
+          + (f"; results to {a.send_to} (spool {a.spool}, {len(node.pending())} waiting)" if a.send_to else
+             "; no --send-to: decisions are logged only")
+          + (f"; decision log {a.log}" if a.log else "; no decision log") + ". Ctrl-C stops it.", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        node.stop()
+        s = node.state
+        print(f"received {s.received}, decided {s.decided}, sent {s.sent} result(s), {len(node.pending())} waiting"
+              + (f"; failures {s.failed}" if s.failed else ""))
+    return 0
+
+
+DICOM_NODE = Command("dicom-node", "a DICOM Storage SCP that triages each image it receives and sends the results "
+                     "(SR, Segmentation) back to the PACS (pynetdicom)", _add_dicom_node, _dicom_node)
 
 
 def _add_monitor(p: argparse.ArgumentParser) -> None:

@@ -8,13 +8,13 @@ import warnings
 
 from .. import __version__
 from .command import Command
-from .deploy import CARD, EXPLAIN, EXPORT, LOG, MONITOR, PREDICT, SERVE, SERVE_TOKEN
+from .deploy import CARD, DICOM_NODE, EXPLAIN, EXPORT, LOG, MONITOR, PREDICT, SERVE, SERVE_TOKEN
 from .run import DEMO, EVALUATE, TRAIN
 from .study import ADOPT, CALIBRATE, DATA, ENSEMBLE, REPORT, SWEEP, TUNE
 
 COMMANDS: tuple[Command, ...] = (DEMO, TRAIN, EVALUATE, PREDICT, EXPLAIN, EXPORT, CARD, SERVE, SWEEP, REPORT,
                                  CALIBRATE, ENSEMBLE, ADOPT, TUNE, DATA, SERVE_TOKEN, LOG,
-                                 MONITOR)
+                                 MONITOR, DICOM_NODE)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -84,7 +84,7 @@ def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
     """One ``(H, W, 3)`` ``uint8`` image resized to ``(size, size, 3)`` by :func:`resize_images`."""
     if image.shape[:2] == (size, size):
         return np.ascontiguousarray(image)
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    x = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)[None].float()  # read-only: copied
     return resize_images(x, size)[0].to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
 
 

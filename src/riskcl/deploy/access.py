@@ -27,6 +27,17 @@ TOKEN_PREFIX = "rk_"
 ANONYMOUS = "anonymous"  # the client name when the service runs without tokens (loopback, or --no-auth)
 
 
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _digest(salt: str, token: str) -> str:
     return hmac.new(bytes.fromhex(salt), token.encode("utf-8"), hashlib.sha256).hexdigest()
 

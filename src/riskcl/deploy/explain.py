@@ -257,13 +257,20 @@ def explain_type_ii(run_dir: str | Path, cap: int = 16, method: str = "gradcam")
     return gallery
 
 
+def saliency_panel(model: torch.nn.Module, image: np.ndarray, image_size: int, taxonomy: Taxonomy,
+                   method: str) -> tuple[np.ndarray, str]:
+    """The p(malignant) saliency panel of one decoded image (image | overlay with a colour bar), ``uint8`` RGB, and
+    a note: empty, or why the map says nothing."""
+    cam = saliency(model, [image], image_size, taxonomy, "malignant", method)[0]
+    return panel(image, [overlay(image, cam)]), blank_map_note(cam)
+
+
 def saliency_png(model: torch.nn.Module, image: np.ndarray, image_size: int, taxonomy: Taxonomy,
                  method: str) -> tuple[bytes, str]:
-    """The p(malignant) saliency panel of one decoded image (image | overlay with a colour bar) as PNG, and a note:
-    empty, or why the map says nothing (the service's ``/explain``)."""
+    """:func:`saliency_panel` as PNG (the service's ``/explain``)."""
     import io
 
-    cam = saliency(model, [image], image_size, taxonomy, "malignant", method)[0]
+    picture, note = saliency_panel(model, image, image_size, taxonomy, method)
     buf = io.BytesIO()
-    Image.fromarray(panel(image, [overlay(image, cam)])).save(buf, format="PNG")
-    return buf.getvalue(), blank_map_note(cam)
+    Image.fromarray(picture).save(buf, format="PNG")
+    return buf.getvalue(), note

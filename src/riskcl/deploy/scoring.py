@@ -315,6 +315,7 @@ class StreamSummary:
     referred: int = 0
     unreadable: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # rows riskcl refused to decide (decision "error")
+    dicom: Any = None  # predict --dicom-out: the ResultsSink (what it wrote, what it could not)
 
 
 def _decode_or_reason(path: str, hasher=None, dicom=None) -> tuple[np.ndarray | str, str | None]:
@@ -479,7 +480,8 @@ def predict_files(model_dir: str | os.PathLike, inputs: Sequence[str | os.PathLi
                   metadata: str | os.PathLike | None = None, batch_size: int = 64, allow_uncertified: bool = False,
                   force: bool = False, progress: bool = False, threads: int | None = None,
                   collect: bool = True, mask_dir: str | os.PathLike | None = None,
-                  log: str | os.PathLike | None = None) -> PredictResult:
+                  log: str | os.PathLike | None = None,
+                  dicom_out: str | os.PathLike | None = None) -> PredictResult:
     """Score image files, folders and globs with a run folder or an export folder at its operating point.
 
     ``out_csv``: a CSV written incrementally and resumed by a rerun (see :class:`PredictionCSV`); ``"-"``: the
@@ -487,7 +489,9 @@ def predict_files(model_dir: str | os.PathLike, inputs: Sequence[str | os.PathLi
     when it exists, True requires it, False ignores it (the 0.5 default rule); ``threshold``: a manual threshold.
     ``collect=False`` keeps no rows in memory (for archives). A segmentation model writes each image's mask and
     outline overlay to ``mask_dir`` (default: beside ``out_csv``, ``<csv name>_masks/``; none without either).
-    ``log``: a decision log file the service's lines are appended to (one per decision)."""
+    ``log``: a decision log file the service's lines are appended to (one per decision). ``dicom_out``: a folder
+    for the DICOM results (SR, Segmentation, Secondary Capture) of each decided DICOM input
+    (:mod:`riskcl.deploy.dicom_results`)."""
     from .._checks import check_int
 
     check_int("batch_size", batch_size, minimum=1)
@@ -501,18 +505,25 @@ def predict_files(model_dir: str | os.PathLike, inputs: Sequence[str | os.PathLi
     columns = csv_columns(scorer.taxonomy, scorer.op)
     if scorer.op.segmentation and mask_dir is None and out_csv not in (None, "-"):
         mask_dir = Path(out_csv).with_name(Path(out_csv).stem + "_masks")
+    if scorer.op.segmentation and mask_dir is None and dicom_out is not None:
+        mask_dir = Path(dicom_out) / "masks"  # the Segmentation objects are made from the masks
     if out_csv is None:
         sink: Any = _Discard()
     elif out_csv == "-":
         sink = StdoutCSV(columns)
     else:
         sink = PredictionCSV(out_csv, columns, scorer.op, force, identity=scorer.identity)
+    if dicom_out is not None:
+        from .dicom_results import DicomResults, ResultsSink, pictures
+
+        sink = ResultsSink(sink, DicomResults.of_scorer(scorer, dicom_out), pictures(scorer, mask_dir))
     rows: list[dict[str, Any]] = []
     from .decision_log import DecisionLog
 
     summary = stream_predictions(scorer, paths, sink, strata, batch_size, progress,
                                  collect=rows if collect else None, mask_dir=mask_dir, metadata=rows_in,
                                  log=DecisionLog(log) if log is not None else None)
+    summary.dicom = sink if dicom_out is not None else None
     return PredictResult(rows, scorer.op, summary)
 
 

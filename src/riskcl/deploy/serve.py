@@ -38,7 +38,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from .._checks import check_int, check_method, check_number
 from ..data.decoding import BadImageError
 from ..defaults import BORDERLINE, MAX_BATCH, MAX_WAIT_MS, SALIENCY
-from .access import AccessControl, ClientLimits, TokenFile, UploadLimit
+from .access import AccessControl, ClientLimits, TokenFile, UploadLimit, is_loopback
 from .decision_log import DEFAULT_LOG, DEFAULT_MAX_MB, DecisionLog, LogUnavailable, point_id, read_state
 from .service import NOTICE, SEGMENTATION_NOTICE, Refused, TriageService, operating_point_text  # noqa: F401
 from .service_metrics import MetricsMiddleware
@@ -74,17 +74,6 @@ class ServiceOptions:
 
 
 PUBLIC = frozenset({"/health", "/ready", "/"})  # the probes, and the page (static; it asks for the token)
-
-
-def is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_access(host: str, options: ServiceOptions) -> None:
