@@ -68,19 +68,58 @@ def test_feeder_shards_an_epoch_across_ranks(demo_train):
     assert len(shards[0]) == -(-len(orders[0]) // 16)  # the length is that of the rank's shard
 
 
-def test_thread_count_shares_the_cores(tmp_path, monkeypatch):
+def test_thread_count_is_fixed_unless_auto_shares_the_cores(tmp_path, monkeypatch):
     from riskcl.engine.threads import usable_cores
 
     assert thread_count(3) == 3
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # `make test` sets it (two test workers share the cores)
-    monkeypatch.setattr("riskcl.engine.threads.busy_cores", lambda: 0)  # nor may another test's load count here
+    monkeypatch.setattr("riskcl.engine.threads.busy_cores", lambda: usable_cores())  # a fully busy machine ...
     with TrainingSlot(tmp_path) as slot:
-        assert thread_count(None, slot) == max(1, usable_cores())
         (tmp_path / f"{slot.path.name.rsplit('-', 1)[0]}-1").write_text("1")  # pid 1 is alive: a second training
-        assert slot.live() == 2 and thread_count(None, slot) == max(1, usable_cores() // 2)
+        assert thread_count(None, slot) == usable_cores()  # ... changes nothing by default
+        monkeypatch.setattr("riskcl.engine.threads.busy_cores", lambda: 0)
+        assert slot.live() == 2 and thread_count("auto", slot) == max(1, usable_cores() // 2)  # auto shares
         (tmp_path / f"{slot.path.name.rsplit('-', 1)[0]}-999999999").write_text("x")  # a dead one is ignored
         assert slot.live() == 2
     assert not slot.path.exists()
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")
-    assert thread_count(None) == max(1, usable_cores() // 64)
+    assert thread_count("auto") == max(1, usable_cores() // 64) and thread_count(None) == usable_cores()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert thread_count(None) == 1
+
+
+def test_the_same_seed_gives_the_same_predictions_beside_a_busy_process(tmp_path, monkeypatch):
+    """A short training run twice with the default thread count, the second time while another process keeps a
+    core busy: the thread count recorded and every prediction are identical."""
+    import json
+    import subprocess
+    import sys
+
+    import numpy as np
+    import torch
+
+    from riskcl.config import config_from_dict
+    from riskcl.experiment import run_experiment
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cfg = config_from_dict({"name": "repro", "epochs": 1, "progress": False, "seed": 3,
+                            "data": {"name": "demo", "image_size": 16, "limit_train": 64},
+                            "model": {"name": "resnet10t", "pretrained": False}})
+    before = torch.get_num_threads()
+    busy = None
+    try:
+        run_experiment(cfg, tmp_path / "quiet")
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        run_experiment(cfg, tmp_path / "busy")
+    finally:
+        if busy is not None:
+            busy.kill()
+        torch.set_num_threads(before)
+    threads = [json.loads((tmp_path / r / "metrics.json").read_text())["run"]["threads"] for r in ("quiet", "busy")]
+    from riskcl.engine.threads import usable_cores
+
+    assert threads[0] == threads[1] == usable_cores()  # the load chose nothing
+    for name in ("predictions.npz", "calib_predictions.npz"):
+        a, b = (np.load(tmp_path / r / name) for r in ("quiet", "busy"))
+        np.testing.assert_array_equal(a["logits"], b["logits"])

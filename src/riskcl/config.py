@@ -140,8 +140,10 @@ class ExperimentConfig:
     amp: bool = True                   # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True         # on CUDA
     deterministic: bool = True         # deterministic algorithms (bit-identical reruns on CPU)
-    threads: int | None = None         # CPU threads; None: OMP_NUM_THREADS, else the free cores shared among riskcl
-                                       # trainings; chosen at start, recorded, kept on resume
+    threads: int | str | None = None   # CPU threads; None: OMP_NUM_THREADS, else the usable cores (the same numbers
+                                       # whatever else runs); "auto": the cores other processes leave free, shared
+                                       # among riskcl trainings (faster on a busy machine; its numbers can move);
+                                       # chosen at start, recorded, kept on resume
     select_metric: str = "mean_cost"   # best epoch on validation: "mean_cost", "cer" (lower) or "f1_macro", "accuracy";
                                        # segmentation: "mean_cost" (per pixel), "fnr" (lower) or "dice"
     decision: str = "superclass"       # "superclass": malignant iff p(malignant) >= 0.5, then the best class
@@ -349,7 +351,8 @@ def _check_top(cfg: ExperimentConfig) -> None:
     _check(cfg.tta in TTA_CHOICES, "tta", cfg.tta, f"one of {list(TTA_CHOICES)}")
     _check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"), "device", cfg.device,
            "'auto', 'cpu' or 'cuda[:N]'")
-    _check(cfg.threads is None or cfg.threads >= 1, "threads", cfg.threads, "None or an integer >= 1")
+    _check(cfg.threads is None or cfg.threads == "auto" or (isinstance(cfg.threads, int) and not isinstance(
+        cfg.threads, bool) and cfg.threads >= 1), "threads", cfg.threads, "None, 'auto' or an integer >= 1")
     _check(cfg.max_steps_per_epoch is None or cfg.max_steps_per_epoch >= 1, "max_steps_per_epoch",
            cfg.max_steps_per_epoch, "None or >= 1")
     o = cfg.optim

@@ -1,13 +1,17 @@
-"""CPU threads per training process: every process on a machine gets its share of the cores.
+"""CPU threads per training process: a count that does not depend on what else runs, unless asked.
 
-Two trainings that each take every core slow each other several times over (the CPU then spends its time
-switching threads, and a thread that waits for a busy core holds up every other one at the next barrier). Each
-training registers itself in ``<cache>/processes/`` while it runs. The default thread count follows, in order:
-``threads: N`` in the config; ``OMP_NUM_THREADS`` (the convention users and SLURM set); else the usable cores (the
-CPU affinity, which SLURM and taskset restrict) divided by the number of live registered trainings (or by
-``LOCAL_WORLD_SIZE`` under ``torchrun``), and no more than the cores that other busy processes leave free (the
-runnable tasks of ``/proc/loadavg``, sampled). The count is chosen when a run starts, recorded per epoch in
-``history.csv`` and in ``metrics.json``, and kept by a resumed run: float results move with the thread count.
+Float results move with the thread count (reductions are split differently), so the same seed gives the same
+numbers only at the same count. The count follows, in order: ``threads: N`` in the config; ``OMP_NUM_THREADS``
+(the convention users and SLURM set; ``riskcl sweep --launcher local --jobs N`` sets it to the cores / N for its
+runs); else the usable cores (the CPU affinity, which SLURM and taskset restrict). None of these depends on the
+machine's load.
+
+``threads: auto`` trades that for speed on a shared machine: two trainings that each take every core slow each
+other several times over, so each training registers itself in ``<cache>/processes/`` while it runs and takes the
+usable cores divided by the number of live registered trainings (or by ``LOCAL_WORLD_SIZE`` under ``torchrun``),
+and no more than the cores that other busy processes leave free (the runnable tasks of ``/proc/loadavg``,
+sampled): the same seed can then give other numbers on a busier machine. The count is chosen when a run starts,
+recorded per epoch in ``history.csv`` and in ``metrics.json``, and kept by a resumed run.
 """
 from __future__ import annotations
 
@@ -100,21 +104,26 @@ def _omp_threads() -> int | None:
     return int(raw) if raw.isdigit() and int(raw) >= 1 else None
 
 
-def thread_count(setting: int | None, slot: TrainingSlot | None = None) -> int:
-    """``setting`` when given; else ``OMP_NUM_THREADS``; else usable cores / max(live trainings,
-    LOCAL_WORLD_SIZE), capped by the cores other busy processes leave free; at least 1."""
-    if setting is not None:
+AUTO = "auto"
+
+
+def thread_count(setting: int | str | None, slot: TrainingSlot | None = None) -> int:
+    """``setting`` when a number; None: ``OMP_NUM_THREADS``, else the usable cores; ``"auto"``: usable cores /
+    max(live trainings, LOCAL_WORLD_SIZE), capped by the cores other busy processes leave free; at least 1."""
+    if setting is not None and setting != AUTO:
         return int(setting)
     omp = _omp_threads()
-    if omp is not None:
+    if omp is not None and setting is None:
         return omp
     cores = usable_cores()
+    if setting is None:
+        return cores
     sharing = max(slot.live() if slot is not None else 1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     free = cores - busy_cores()
     return max(1, min(cores // sharing, free))
 
 
-def apply_threads(setting: int | None, slot: TrainingSlot | None = None) -> int:
+def apply_threads(setting: int | str | None, slot: TrainingSlot | None = None) -> int:
     """Set torch's intra-op thread count (see :func:`thread_count`); returns it."""
     n = thread_count(setting, slot)
     if torch.get_num_threads() != n:

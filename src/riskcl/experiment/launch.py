@@ -13,7 +13,9 @@ from any login node at any time. A run that asks for several GPUs (``--gpus-per-
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -194,7 +196,7 @@ def launch(sweep: str | Path, out: str | Path, launcher: str = "slurm", options:
            extra: Mapping[str, Any] | None = None, runs: Sequence[PlannedRun] | None = None) -> list[dict[str, Any]]:
     """Submit the sweep's runs that are neither done nor already queued or running; returns one row per submitted
     run (its job id and log folder). ``--launcher local`` runs ``options.jobs`` at a time and returns when all
-    are done (the cores are shared by riskcl's thread count); ``slurm`` returns at once."""
+    are done (each with the usable cores / ``jobs`` threads); ``slurm`` returns at once."""
     if launcher not in LAUNCHERS:
         raise ValueError(f"Expected --launcher in {list(LAUNCHERS)}, but got {launcher!r}")
     if launcher == "slurm" and not shutil.which("sbatch"):
@@ -216,7 +218,26 @@ def launch(sweep: str | Path, out: str | Path, launcher: str = "slurm", options:
     if launcher == "slurm":
         jobs = executor.map_array(task, *args)
         return _record(out, launcher, todo, jobs)
-    return _run_local(executor, task, out, todo, args, max(1, int(options.jobs)))
+    jobs = max(1, int(options.jobs))
+    with _runs_threads(jobs):
+        return _run_local(executor, task, out, todo, args, jobs)
+
+
+@contextlib.contextmanager
+def _runs_threads(jobs: int):
+    """``OMP_NUM_THREADS`` = the usable cores / ``jobs`` for the local runs (unless the user set it): each run's
+    thread count, and so its numbers, then depend on ``--jobs`` only, never on the load (see
+    :mod:`riskcl.engine.threads`)."""
+    from ..engine.threads import usable_cores
+
+    if os.environ.get("OMP_NUM_THREADS"):
+        yield
+        return
+    os.environ["OMP_NUM_THREADS"] = str(max(1, usable_cores() // jobs))
+    try:
+        yield
+    finally:
+        os.environ.pop("OMP_NUM_THREADS", None)
 
 
 def _record(out: Path, launcher: str, run_ids: Sequence[str], jobs: Sequence[Any]) -> list[dict[str, Any]]:
