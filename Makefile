@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # the package itself only declares ranges.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv demo test reproduce-cpu frontier study-seg study-fusion study-budget bench docs clean
+.PHONY: venv demo test reproduce-cpu frontier study-seg study-fusion study-budget study-monitor bench docs clean
 
 $(BIN)/riskcl: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -74,6 +74,16 @@ study-budget: venv
 	  $(BIN)/riskcl ensemble runs/budget/$$ds/recipe-ce-tta__data.split_seed-$${s}__seed-* \
 	    --out runs/budget/$$ds/ensemble-ce-tta__data.split_seed-$$s || exit 1; done; done
 	$(BIN)/riskcl report runs/budget --out results/budget --reference ce+tta --targets 0.95 0.98 0.99
+
+# The simulated deployment of results/monitoring/ (after `make study-budget`: its first ISIC CE + TTA run,
+# calibrated at alpha 0.1, streamed through the monitor 1,000 times per shift; then longer streams).
+study-monitor: venv
+	rm -rf runs/monitoring/isic-ce && mkdir -p runs/monitoring
+	cp -r runs/budget/isic2018/recipe-ce-tta__data.split_seed-0__seed-0 runs/monitoring/isic-ce
+	$(BIN)/riskcl calibrate runs/monitoring/isic-ce --alpha 0.1
+	$(BIN)/python benchmarks/bench_monitor.py --run runs/monitoring/isic-ce --streams 1000 --out results/monitoring
+	$(BIN)/python benchmarks/bench_monitor.py --run runs/monitoring/isic-ce --streams 200 --length 2400 \
+	  --shifts none "hard cases" --out results/monitoring/long
 
 bench: venv
 	$(BIN)/python benchmarks/bench_core.py

@@ -13,12 +13,13 @@ the confirmed outcome of a case arrives ``--delay`` cases after its decision. St
 * ``blur`` / ``colour``: the same images blurred (Gaussian, radius 1.5 px) or colour shifted (red up 30%, blue down);
 * ``prevalence``: malignant cases drawn three times as often (the miss rate among them does not move);
 * ``subgroup``: the cases of one metadata group only (the most common value of the first metadata column);
-* ``hard cases``: malignant cases drawn from those the model scores lowest (its miss rate among them over alpha):
-  the shift that breaks the guarantee.
+* ``hard cases``: malignant cases drawn only from the ones the model scores lowest, as many as make their miss rate
+  at the operating point twice alpha (all the missed ones and the lowest-scored caught ones): a class-conditional
+  shift that breaks the guarantee while the benign cases stay as they were.
 
 For each shift and detector: the share of streams that alarmed, the median delay (cases decided until the first
-alarm) and the median number of malignant cases missed before it. One JSON object is printed (and written with a
-README under ``--out``), with the machine.
+alarm) and the median number of malignant cases missed before it. One JSON object is printed (and written to
+``--out``/result.json), with the machine.
 """
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def stream_indices(cases: dict, shift: str, length: int, rng) -> tuple[np.ndarra
         pool = np.flatnonzero(cases["metadata"][column] == values[counts.argmax()])
         return rng.choice(pool, length), "none"
     if shift == "hard cases":
-        hard = hard_pool(cases)
+        hard = cases["hard"]
         benign = np.flatnonzero(~cases["malignant"])
         picks = np.where(rng.random(length) < len(mal) / n, rng.choice(hard, length), rng.choice(benign, length))
         return picks, "none"
@@ -122,16 +123,21 @@ def run_stream(cases: dict, reference, idx: np.ndarray, scoring: str, alpha: flo
 SHIFTS = ("none", "blur", "colour", "prevalence", "subgroup", "hard cases")
 
 
-def hard_pool(cases: dict) -> np.ndarray:
-    """The malignant test cases the model scores lowest (a quarter of them): the hard-case shift draws from these."""
+def hard_pool(cases: dict, alpha: float) -> np.ndarray:
+    """The malignant test cases the model scores lowest, as many as make their miss rate 2 alpha: the m missed ones
+    and the lowest-scored caught ones up to m / (2 alpha) in all (at least m + 1). With none missed, the three
+    lowest-scored (their miss rate 0: the shift cannot break the guarantee; the result says so)."""
     mal = np.flatnonzero(cases["malignant"])
-    return mal[np.argsort(cases["none"]["p"][mal])[:max(3, len(mal) // 4)]]
+    missed = int((~cases["none"]["refer"][mal]).sum())
+    k = max(missed + 1, int(missed / (2 * alpha))) if missed else 3
+    return mal[np.argsort(cases["none"]["p"][mal], kind="stable")[:min(k, len(mal))]]
 
 
 def simulate(cases: dict, reference, alpha: float, streams: int, delay: int, seed: int = 0,
              shifts=SHIFTS, length: int | None = None) -> dict:
     rng = np.random.default_rng(seed)
     length = length or len(cases["malignant"])
+    cases = {**cases, "hard": hard_pool(cases, alpha)}
     out = {}
     for shift in shifts:
         found = {d: [] for d in DETECTORS}
@@ -159,13 +165,14 @@ def run(run_dir: str, streams: int = 1000, delay: int = 50, level: float = 0.05,
     alpha = alpha if alpha is not None else (reference.alpha or 0.1)
     cases = scored_cases(run_dir)
     result = simulate(cases, reference, alpha, streams, delay, shifts=shifts, length=length)
-    hard = hard_pool(cases)
+    hard = hard_pool(cases, alpha)
     out = {"bench": "monitor", "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
             "run": str(run_dir), "test_cases": int(len(cases["malignant"])),
             "malignant": int(cases["malignant"].sum()), "threshold": cases["threshold"], "alpha": alpha,
             "level": level, "delay": delay, "stream_length": length or int(len(cases["malignant"])),
             "miss_rate": {"test split": float(1 - cases["none"]["refer"][cases["malignant"]].mean()),
-                          "hard-case pool": float(1 - cases["none"]["refer"][hard].mean())},
+                          "hard-case pool": float(1 - cases["none"]["refer"][hard].mean()),
+                          "hard-case pool size": int(len(hard))},
             "shifts": result, "seconds": round(time.time() - start, 1), "targets": {}}
     if "none" in result:
         out["targets"]["false_alarm_under_level_without_shift"] = result["none"]["any_alarm"] <= level

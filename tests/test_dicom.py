@@ -317,14 +317,13 @@ def pacs(dicom_run, tmp_path_factory):
     """Orthanc and riskcl's node (accepting ORTHANC only, sending results back to it), started once."""
     if shutil.which("Orthanc") is None:
         pytest.skip("Orthanc (Debian orthanc) is not installed; .ci/run installs it")
-    from riskcl.deploy.decision_log import DecisionLog
     from riskcl.deploy.dicom_node import DicomNode
 
     base = tmp_path_factory.mktemp("pacs")
     port = _free_port()
     orthanc = Orthanc(base / "orthanc", port).start()
     node = DicomNode(dicom_run[0], port=port, accept=["ORTHANC"], send_to=f"ORTHANC@127.0.0.1:{orthanc.dicom}",
-                     spool=base / "spool", log=DecisionLog(base / "node.jsonl"), allow_uncertified=True,
+                     spool=base / "spool", log=base / "node.jsonl", allow_uncertified=True,
                      retry_max=1.0).start()
     yield orthanc, node
     node.stop()
@@ -414,7 +413,7 @@ def test_results_wait_in_the_spool_while_the_pacs_is_down(pacs, dicom_run):
     assert any(_sr_decision(orthanc.file(i))[2] == source.SOPInstanceUID for i in reports)
 
 
-def test_the_dicom_node_command(dicom_run, tmp_path, capsys):
+def test_the_dicom_node_command(dicom_run, tmp_path, capsys, monkeypatch):
     """`riskcl dicom-node`: refuses to listen beyond loopback without --accept (exit 2, the reason); started, it
     answers a C-ECHO and, on Ctrl-C, says what it did."""
     import signal
@@ -425,8 +424,10 @@ def test_the_dicom_node_command(dicom_run, tmp_path, capsys):
     from pynetdicom.sop_class import Verification
 
     run, _ = dicom_run
+    monkeypatch.chdir(tmp_path)
     assert main(["dicom-node", str(run), "--host", "0.0.0.0", "--allow-uncertified"]) == 2
     assert "without --accept any modality could send images" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # a refused start leaves no log, key or spool behind
     port = _free_port()
     node = subprocess.Popen([sys.executable, "-m", "riskcl", "dicom-node", str(run), "--port", str(port),
                              "--allow-uncertified", "--log", str(tmp_path / "d.jsonl"), "--spool",

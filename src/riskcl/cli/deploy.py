@@ -325,13 +325,11 @@ def _dicom_node(a: argparse.Namespace) -> int:
     import time
 
     from .._checks import check_int
-    from ..deploy.decision_log import DecisionLog
     from ..deploy.dicom_node import DicomNode
 
     check_int("--max-associations", a.max_associations, minimum=1)
-    node = DicomNode(a.run_dir, a.ae_title, a.host, a.port, a.accept, a.send_to, a.spool,
-                     DecisionLog(a.log, key_path=a.log_key) if a.log else None, a.allow_uncertified, a.threads,
-                     a.max_associations, pictures=not a.no_pictures).start()
+    node = DicomNode(a.run_dir, a.ae_title, a.host, a.port, a.accept, a.send_to, a.spool, a.log or None, a.log_key,
+                     a.allow_uncertified, a.threads, a.max_associations, pictures=not a.no_pictures).start()
     print(f"DICOM node {a.ae_title} listening on {a.host}:{a.port}"
           + (f", accepting {', '.join(a.accept)}" if a.accept else ", accepting any calling AE title (loopback)")
           + (f"; results to {a.send_to} (spool {a.spool}, {len(node.pending())} waiting)" if a.send_to else

@@ -71,13 +71,15 @@ class NodeState:
 
 
 class DicomNode:
-    """The node: ``start()`` listens (non-blocking), ``stop()`` shuts the server and the sender down."""
+    """The node: ``start()`` listens (non-blocking), ``stop()`` shuts the server and the sender down. ``log``: the
+    decision log's file (None: no log), ``log_key``: its key's file (default: ``<log>.key``)."""
 
     def __init__(self, target: str | os.PathLike, ae_title: str = "RISKCL", host: str = "127.0.0.1",
                  port: int = 11112, accept: list[str] | None = None, send_to: str | None = None,
-                 spool: str | os.PathLike = "riskcl_spool", log: DecisionLog | None = None,
-                 allow_uncertified: bool = False, threads: int | None = None, max_associations: int = 4,
-                 retry_max: float = 60.0, pictures: bool = True) -> None:
+                 spool: str | os.PathLike = "riskcl_spool", log: str | os.PathLike | None = None,
+                 log_key: str | os.PathLike | None = None, allow_uncertified: bool = False,
+                 threads: int | None = None, max_associations: int = 4, retry_max: float = 60.0,
+                 pictures: bool = True) -> None:
         if not ae_title or len(ae_title) > 16:
             raise ValueError(f"--ae-title {ae_title!r}: expected 1-16 characters")
         self.ae_title, self.host, self.port = ae_title, host, int(port)
@@ -88,7 +90,9 @@ class DicomNode:
         if not 0 < self.port < 65536:
             raise ValueError(f"--port {port}: expected 1-65535")
         self.destination = Destination.parse(send_to) if send_to else None
-        self.service = TriageService(target, allow_uncertified=allow_uncertified, threads=threads, log=log)
+        self.service = TriageService(target, allow_uncertified=allow_uncertified, threads=threads)
+        # the log (and its key) only once the model has loaded: a refused start leaves no file behind
+        self.service.log = DecisionLog(log, key_path=log_key) if log else None
         self.results = DicomResults.of_scorer(self.service.scorer)
         self.pictures = pictures and (self.service.op.segmentation or bool(self.service.metadata["saliency"]))
         self.spool = Path(spool)
