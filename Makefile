@@ -89,9 +89,10 @@ bench: venv
 	$(BIN)/python benchmarks/bench_core.py
 	$(BIN)/python benchmarks/bench_cli.py
 
-# docs/CONFIG.md from the config dataclasses (a test fails when it is stale).
+# docs/CONFIG.md from the config dataclasses (a test fails when it is stale), then the site (build/site/).
 docs: venv
 	$(BIN)/python -m riskcl.config > docs/CONFIG.md
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict    # the site in build/site/ (open index.html)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

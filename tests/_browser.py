@@ -1,6 +1,7 @@
 """Driving `riskcl serve`'s page in Debian's headless Chromium (no browser download at run time)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -11,6 +12,25 @@ import time
 from pathlib import Path
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]
+
+
+@contextlib.contextmanager
+def chromium_page(width: int = 1100, height: int = 760):
+    """A page of Debian's headless Chromium (the test skips, with the reason, where there is none)."""
+    import pytest
+
+    if CHROMIUM is None:
+        pytest.skip("no Chromium installed (apt-get install chromium); .ci/run installs it")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={"width": width, "height": height})
+        finally:
+            browser.close()
 
 
 def free_port() -> int:
@@ -49,9 +69,7 @@ def screenshot_page(run: Path, image: Path, shot: Path, bad: Path | None = None)
     try:
         wait_up(url, proc)
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                "--disable-background-networking", "--disable-component-update"])
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1100, "height": 760})
             page.goto(url)
             page.wait_for_function("document.getElementById('op').textContent.length > 0")

@@ -1,4 +1,4 @@
-"""The layers of ARCHITECTURE.md, checked on the source: no import cycle, no lower layer importing a higher one.
+"""The layers of docs/architecture.md, checked on the source: no import cycle, no lower layer importing a higher one.
 
 Every import is counted, module level or inside a function."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "riskcl"
-# ARCHITECTURE.md, "Layers": a module may import its own layer (without cycles) and the layers below.
+# docs/architecture.md, "Layers": a module may import its own layer (without cycles) and the layers below.
 LAYERS = [
     ("util", ["riskcl._names", "riskcl._lazy", "riskcl.requirements", "riskcl._checks", "riskcl.defaults",
               "riskcl.io"]),
@@ -35,7 +35,7 @@ def layer_of(module: str) -> int:
         for prefix in prefixes:
             if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
                 best, level = len(prefix), k
-    assert level is not None, f"{module} belongs to no layer of ARCHITECTURE.md"
+    assert level is not None, f"{module} belongs to no layer of docs/architecture.md"
     return level
 
 

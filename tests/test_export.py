@@ -90,21 +90,23 @@ def test_parity_failure_and_corrupt_runs_are_clear(calibrated, tmp_path, capsys,
     assert "parity against riskcl predict" in capsys.readouterr().out
 
 
-def test_the_readme_onnx_snippet_classifies_a_jpeg(calibrated, tmp_path, capsys):
-    """The README's ten lines, run as written (only the two paths replaced), with nothing but onnxruntime,
-    numpy and Pillow."""
+def test_the_docs_onnx_snippet_classifies_a_jpeg(calibrated, tmp_path, capsys):
+    """docs/deploy.md's dozen lines, run as written (only the export folder and the image replaced), with nothing
+    but onnxruntime, numpy and Pillow, decide as riskcl predict does."""
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = re.search(r"```python\n(import json, sys, numpy as np, onnxruntime as ort\n.*?)```", readme,
+    page = (Path(__file__).resolve().parents[1] / "docs" / "deploy.md").read_text()
+    block = re.search(r"```python\n(import json, sys, numpy as np, onnxruntime as ort\n.*?)```", page,
                       re.S).group(1)
-    assert len(block.strip().splitlines()) <= 10 and "riskcl" not in block.replace('"riskcl"', "")
+    assert len(block.strip().splitlines()) <= 12 and "riskcl" not in block.replace('"riskcl"', "")
     export_run(calibrated, tmp_path / "export", "onnx", check_limit=8)
     jpeg = tmp_path / "lesion.jpg"
     Image.open(demo_png(tmp_path)).save(jpeg, quality=95)
-    code = block.replace("runs/isic/export", str(tmp_path / "export")).replace("lesion.jpg", str(jpeg))
-    exec(compile(code, "README.md", "exec"), {})
+    image_line = 'sorted(Path("demo_images/melanoma").glob("*.png"))[0]'
+    assert image_line in block
+    code = block.replace("runs/first/export", str(tmp_path / "export")).replace(image_line, repr(str(jpeg)))
+    exec(compile(code, "docs/deploy.md", "exec"), {})
     out = capsys.readouterr().out
     (row,), *_ = predict_files(calibrated, [str(jpeg)], calibrated=True)
     assert out.startswith(row["decision"].upper()) and row["predicted"] in out

@@ -61,7 +61,7 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dicom-out", default=None, metavar="DIR", help="for each decided DICOM input, its DICOM "
                    "results in DIR: a Structured Report (decision, p(malignant), the operating point, the model's "
                    "SHA-256), a Segmentation for a segmentation model, a Secondary Capture of the outline or "
-                   "saliency (see README: DICOM and PACS)")
+                   "saliency (see docs/dicom.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -216,7 +216,7 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-wait-ms", type=float, default=MAX_WAIT_MS,
                    help="how long the first image of a batch waits for others")
     _add_point(p, manual=False)
-    g = p.add_argument_group("who may ask, what is recorded (see README: Security, Deploy)")
+    g = p.add_argument_group("who may ask, what is recorded (see docs/deploy.md: Security)")
     g.add_argument("--tokens", default=None, metavar="FILE", help="bearer tokens of named clients (riskcl serve-token "
                    "add NAME --tokens FILE); required to listen beyond loopback")
     g.add_argument("--no-auth", action="store_true", help="listen beyond loopback without tokens (said on the page "

@@ -141,6 +141,13 @@ def _add_data(p: argparse.ArgumentParser) -> None:
                         "data.image_size and the check fills the cache they will read")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     sub.add_parser("list", help="list the registered datasets and their options")
+    d = sub.add_parser("demo", help="write generated demo lesions as image files in class folders (a folder the "
+                       "`folder` adapter reads with taxonomy: demo)")
+    d.add_argument("--out", required=True, help="the folder (one subfolder per class)")
+    d.add_argument("--n", type=int, default=400, help="images (default %(default)s)")
+    d.add_argument("--size", type=int, default=32, help="pixels per side (default %(default)s)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--format", choices=["png", "dcm"], default="png", help="dcm: DICOM Secondary Capture objects")
 
 
 def _data(a: argparse.Namespace) -> int:
@@ -152,6 +159,16 @@ def _data(a: argparse.Namespace) -> int:
     if a.data_command == "list":
         for name in list_datasets():
             print(f"{name}: options {dataset_options(name)}")
+        return 0
+    if a.data_command == "demo":
+        from ..data.demo import write_demo_files
+
+        written = write_demo_files(a.out, a.n, a.seed, a.size, a.format)
+        counts = {}
+        for p in written:
+            counts[p.parent.name] = counts.get(p.parent.name, 0) + 1
+        print(f"wrote {len(written)} {a.format} image(s) to {a.out}: "
+              + ", ".join(f"{c} {k}" for c, k in sorted(counts.items())))
         return 0
     check_int("--image-size", a.image_size, minimum=8)
     report = check_dataset(a.name, a.root, image_size=a.image_size, **parse_overrides(a.option))

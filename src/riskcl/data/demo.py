@@ -13,6 +13,9 @@ Everything is generated with ``numpy.random.default_rng(seed)``; the same seed g
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 
 from ..taxonomy import get_taxonomy
@@ -81,3 +84,58 @@ def index_demo(root: object = None, size: int = 32, seed: int = 0, scale: float 
                   "id": f"{split}_{i:05d}", "split": split} for i, c in enumerate(lab)]
     images = generate_lesions(np.concatenate(labels), size, rng)
     return DataIndex(make_table(rows), taxonomy, images=images, group_unit="generated image")
+
+
+def write_demo_files(out: str | os.PathLike, n: int = 400, seed: int = 0, size: int = 32,
+                     fmt: str = "png") -> list[Path]:
+    """``n`` demo lesions (the class shares above) as image files ``out/<class>/demo_<i>.<png|dcm>``: a folder the
+    ``folder`` adapter reads with ``taxonomy: demo``, for tutorials and trials. ``fmt="dcm"``: DICOM Secondary
+    Capture objects (RGB, one study per image; no patient data, as riskcl writes none) made with pydicom."""
+    if fmt not in ("png", "dcm"):
+        raise ValueError(f"Expected the format png or dcm, but got {fmt!r}")
+    if not 8 <= n <= 100_000 or not 16 <= size <= 512:
+        raise ValueError(f"Expected 8 <= n <= 100000 and 16 <= size <= 512, but got n={n}, size={size}")
+    from PIL import Image
+
+    from ..io import make_folder
+
+    root = make_folder(out, "--out")
+    taxonomy = get_taxonomy("demo")
+    rng = np.random.default_rng(seed)
+    shares = np.array([CLASS_SHARES[c] for c in taxonomy.classes])
+    labels = rng.choice(len(shares), size=n, p=shares)
+    images = generate_lesions(labels, size, rng)
+    written = []
+    for i, (label, image) in enumerate(zip(labels, images)):
+        path = root / taxonomy.classes[label] / f"demo_{i:05d}.{fmt}"
+        path.parent.mkdir(exist_ok=True)
+        if fmt == "png":
+            Image.fromarray(image).save(path)
+        else:
+            _save_secondary_capture(path, image)
+        written.append(path)
+    return written
+
+
+def _save_secondary_capture(path: Path, rgb: np.ndarray) -> None:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.ConversionType = "OT", "SYN"  # synthetic images
+    ds.PatientName = ds.PatientID = ds.PatientBirthDate = ds.PatientSex = ""
+    ds.StudyDate = ds.StudyTime = ds.ReferringPhysicianName = ds.StudyID = ds.AccessionNumber = ""
+    ds.SeriesNumber = ds.InstanceNumber = 1
+    ds.Laterality = ds.PatientOrientation = ""  # type 2C, unknown
+    ds.Rows, ds.Columns = rgb.shape[:2]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = np.ascontiguousarray(rgb).tobytes()
+    ds.save_as(path, enforce_file_format=True)

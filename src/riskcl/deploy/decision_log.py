@@ -104,6 +104,15 @@ def load_key(path: Path) -> bytes:
     return key
 
 
+def image_hmac(data: bytes, key_path: str | os.PathLike) -> str:
+    """The keyed hash a decision log records for an image's bytes (``hmac_sha256``), with the key file beside the
+    log (``<log>.key``): how a site keys its confirmed outcomes to the decisions without sending the images."""
+    path = Path(key_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such key file (the log's key is <log>.key, written by the service)")
+    return hmac.new(load_key(path), data, hashlib.sha256).hexdigest()
+
+
 class DecisionLog:
     """Appends chained decision lines to ``path`` (see the module docstring); thread-safe."""
 
@@ -133,7 +142,7 @@ class DecisionLog:
                 break
 
     def image_hash(self, data: bytes) -> str:
-        """The keyed hash of an image's bytes (HMAC-SHA256 with the log's key)."""
+        """The keyed hash of an image's bytes (HMAC-SHA256 with the log's key; :func:`image_hmac`)."""
         return hmac.new(self.key, data, hashlib.sha256).hexdigest()
 
     def writable(self) -> bool:
