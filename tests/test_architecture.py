@@ -10,7 +10,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "riskcl"
 # docs/architecture.md, "Layers": a module may import its own layer (without cycles) and the layers below.
 LAYERS = [
     ("util", ["riskcl._names", "riskcl._lazy", "riskcl.requirements", "riskcl._checks", "riskcl.defaults",
-              "riskcl.io"]),
+              "riskcl.io", "riskcl.machine"]),
     ("core", ["riskcl", "riskcl.taxonomy", "riskcl.losses", "riskcl.metrics", "riskcl.decision"]),
     ("components", ["riskcl.data", "riskcl.models", "riskcl.distributed", "riskcl.engine", "riskcl.tasks"]),
     ("config", ["riskcl.config"]),

@@ -20,16 +20,17 @@ def _logits(p_mal):
     return np.c_[np.zeros_like(p), np.log(p / (1 - p))].astype(np.float32)
 
 
-def _run(folder: RunFolder, split_scores: dict, method: str = "ce", seed: int = 0, split_seed: int = 0) -> None:
+def _run(folder: RunFolder, split_scores: dict, method: str = "ce", seed: int = 0, split_seed: int = 0,
+         dataset: str = "hand", **config) -> None:
     folder.prepare()
-    folder.write_config(tiny(seed=seed, **{"data.split_seed": split_seed, "name": method}))
+    folder.write_config(tiny(seed=seed, **{"data.split_seed": split_seed, "name": folder.path.name, **config}))
     folder.write_taxonomy(TAX)
     for split, (mal, ben) in split_scores.items():
         scores = np.r_[mal, ben]
         target = np.r_[np.ones(len(mal)), np.zeros(len(ben))].astype(np.int64)
         ids = np.array([f"{split}{i}" for i in range(len(scores))])
         atomic_write_npz(folder.prediction_file(split), logits=_logits(scores), target=target, ids=ids, groups=ids)
-    run = {"name": method, "dataset": "hand", "model": "m", "loss": method, "loss_params": {}, "seed": seed,
+    run = {"name": method, "dataset": dataset, "model": "m", "loss": method, "loss_params": {}, "seed": seed,
            "epochs": 1, "classes": list(TAX.classes), "levels": list(TAX.levels), "decision_rule": "superclass"}
     folder.write_metrics({**{k: 0.5 for k in REPORT_KEYS}, "n": 20, "run": run})
     folder.mark("finished")
@@ -144,3 +145,19 @@ def test_each_split_seed_is_a_replication_and_the_verdict_needs_both(tmp_path):
 
     (row,) = replication_table(table, "ref").to_dict("records")
     assert (row["split seeds"], row["beats"], row["not distinguishable"], row["replicates"]) == (2, 1, 1, False)
+
+
+def test_a_recipe_names_its_rows_in_every_data_set_once_it_must_in_one(tmp_path):
+    """Data set a ran the `ce` recipe and a `ce-long` one (same loss, more epochs): their rows are named by recipe.
+    Data set b ran `ce` only: its row is named `ce [ce]` too, so that one reference means one recipe in both."""
+    split = (np.linspace(0.6, 0.99, 20), np.linspace(0.0, 0.5, 20))
+    scores = {"calib": split, "val": split, "test": split}
+    _run(RunFolder(tmp_path / "runs" / "a" / "recipe-ce__seed-0"), scores, dataset="a")
+    _run(RunFolder(tmp_path / "runs" / "a" / "recipe-ce-long__seed-0"), scores, dataset="a", epochs=3)
+    _run(RunFolder(tmp_path / "runs" / "b" / "recipe-ce__seed-0"), scores, dataset="b")
+    records, _ = find_runs(tmp_path / "runs")
+    assert sorted((r.run["dataset"], r.method) for r in records) == \
+        [("a", "ce [ce-long]"), ("a", "ce [ce]"), ("b", "ce [ce]")]
+    table = fair_frontier_table(records, targets=[0.95], n_boot=20, reference="ce [ce]")
+    assert set(table.loc[table["method"] == "ce [ce-long]", "vs ce [ce]"]) == {
+        "not distinguishable at this scale (for these 1 seed(s) only)"}

@@ -23,13 +23,7 @@ import torch
 
 from ..data.paths import cache_root
 from ..io import pid_alive
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+from ..machine import usable_cores
 
 
 class TrainingSlot:

@@ -228,7 +228,7 @@ def _runs_threads(jobs: int):
     """``OMP_NUM_THREADS`` = the usable cores / ``jobs`` for the local runs (unless the user set it): each run's
     thread count, and so its numbers, then depend on ``--jobs`` only, never on the load (see
     :mod:`riskcl.engine.threads`)."""
-    from ..engine.threads import usable_cores
+    from ..machine import usable_cores
 
     if os.environ.get("OMP_NUM_THREADS"):
         yield

@@ -139,6 +139,7 @@ def settle_pools(records: list[RunRecord], root: Path) -> tuple[list[RunRecord],
     from ..experiment.run import config_difference
 
     kept, notes = [], []
+    named, unnamed = set(), []  # methods whose sweep recipes name their rows; pools of recipe runs not yet named
     configs = {id(r): r.folder.read_config() for r in records}  # read once, compared many times
     by_method: dict[tuple, list[RunRecord]] = {}
     for r in records:
@@ -172,6 +173,7 @@ def settle_pools(records: list[RunRecord], root: Path) -> tuple[list[RunRecord],
         for pool in pools:
             diff = config_difference(configs[id(base)], configs[id(pool[0])], ignore=POOL_IGNORES, limit=3)
             if differ and None not in recipes and len(recipes) > 1:  # a sweep's recipes name their own rows
+                named.add(pool[0].method)
                 for r in pool:
                     r.variant = f" [{recipe_name(configs[id(r)].name)}]"
             elif diff or (pool is not pools[0] and pool[0].split_seed == base.split_seed):
@@ -180,7 +182,13 @@ def settle_pools(records: list[RunRecord], root: Path) -> tuple[list[RunRecord],
                     r.variant = f" [{what}]"
                 notes.append(f"{pool[0].method}: runs of {base.method.split(' [')[0]} that differ in more than the "
                              f"seed ({what}) are reported as a separate row, not pooled as seeds")
+            elif len({recipe_name(configs[id(r)].name) for r in pool} - {None}) == 1:
+                unnamed.append(pool)
             kept.extend(pool)
+    for pool in unnamed:  # once a method's recipes name its rows in one data set, they name them in every one,
+        if pool[0].method in named:  # so that a reference (`ce+tta [ce-tta]`) means the same recipe throughout
+            for r in pool:
+                r.variant = f" [{recipe_name(configs[id(r)].name)}]"
     return kept, notes
 
 
