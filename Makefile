@@ -72,8 +72,8 @@ study-budget: venv
 	$(BIN)/riskcl sweep configs/sweeps/budget_brain_mri.yaml --out runs/budget/brain_mri --launcher local --jobs 2 --quiet
 	for ds in isic2018 brain_mri; do for s in 0 1; do \
 	  $(BIN)/riskcl ensemble runs/budget/$$ds/recipe-ce-tta__data.split_seed-$${s}__seed-* \
-	    --out runs/budget/$$ds/ensemble-ce-tta__data.split_seed-$$s || exit 1; done; done
-	$(BIN)/riskcl report runs/budget --out results/budget --reference ce+tta --targets 0.95 0.98 0.99
+	    --out runs/budget/$$ds/recipe-ensemble-ce-tta__data.split_seed-$$s || exit 1; done; done
+	$(BIN)/riskcl report runs/budget --out results/budget --reference 'ce+tta [ce-tta]' --targets 0.95 0.98 0.99
 
 # The simulated deployment of results/monitoring/ (after `make study-budget`: its first ISIC CE + TTA run,
 # calibrated at alpha 0.1, streamed through the monitor 1,000 times per shift; then longer streams).

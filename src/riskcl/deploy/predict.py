@@ -85,7 +85,6 @@ class RunModel:
         self.encoding = self.folder.metadata_encoding()  # a fusion model's; None: images only
         if threads:
             torch.set_num_threads(int(threads))
-        self.compute_threads = torch.get_num_threads()  # the cores a forward pass keeps busy
 
     def probabilities(self, images: Sequence[np.ndarray], metadata: Sequence[dict] | None = None) -> np.ndarray:
         """Probabilities of decoded images; ``metadata``: one ``{column: value}`` per image for a fusion model

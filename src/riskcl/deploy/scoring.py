@@ -35,7 +35,6 @@ from ..data.decoding import IMAGE_EXTENSIONS, BadImageError, decode_bytes, decod
 from ..data.encode_metadata import MetadataValueError
 from ..decision import OperatingPoint
 from ..io import IntegrityError, verify_sha256
-from ..machine import usable_cores
 from ..metrics.functional import malignant_probability
 from ..taxonomy import Taxonomy
 from .prediction_csv import (CSV_HEAD, ERROR, ERROR_COLUMN, NONFINITE, UNREADABLE, PredictionCSV,  # noqa: F401
@@ -168,7 +167,6 @@ class ExportedModel:
         options = ort.SessionOptions()
         if intra_op_threads:
             options.intra_op_num_threads = int(intra_op_threads)
-        self.compute_threads = int(intra_op_threads) if intra_op_threads else usable_cores()  # ORT: a thread a core
         if inter_op_threads:
             options.inter_op_num_threads = int(inter_op_threads)
         model = self.folder / self.meta["file"]
@@ -337,34 +335,20 @@ def _decode_or_reason(path: str, hasher=None, dicom=None) -> tuple[np.ndarray | 
         return exc.reason, None
 
 
-def decode_plan(scorer, workers: int) -> tuple[int, bool]:
-    """``(decode threads, ahead)``: decode the next batch while the model scores this one only when the model
-    leaves cores idle; when its threads take every core, overlapping makes the two fight for them (on 2 cores
-    predict ran at 0.67-0.72 of the bare session), so each batch is decoded with every core, then scored."""
-    cores = usable_cores()
-    spare = cores - int(getattr(scorer, "compute_threads", cores))
-    return (min(workers, spare), True) if spare >= 1 else (cores, False)
-
-
 def _decoded_batches(paths: Sequence[str], batch_size: int, workers: int,
-                     hasher=None, dicom=None, ahead: bool = True) -> Iterator[tuple[list[str], list, list]]:
-    """``(paths, decoded or reason, keyed hashes)`` per batch, decoded by ``workers`` threads; with ``ahead`` the
-    next batch decodes while the caller scores (see :func:`decode_plan`)."""
+                     hasher=None, dicom=None) -> Iterator[tuple[list[str], list, list]]:
+    """``(paths, decoded or reason, keyed hashes)`` per batch, the next batch decoding in threads while the caller
+    scores."""
     batches = [list(paths[i:i + batch_size]) for i in range(0, len(paths), batch_size)]
     if not batches:
         return
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        def submit(batch):
-            return [pool.submit(_decode_or_reason, p, hasher, dicom) for p in batch]
-
-        pending = [submit(batches[0])]
+        pending = [[pool.submit(_decode_or_reason, p, hasher, dicom) for p in batches[0]]]
         for k, batch in enumerate(batches):
-            if ahead and k + 1 < len(batches):
-                pending.append(submit(batches[k + 1]))
+            if k + 1 < len(batches):
+                pending.append([pool.submit(_decode_or_reason, p, hasher, dicom) for p in batches[k + 1]])
             results = [f.result() for f in pending.pop(0)]
             yield batch, [r[0] for r in results], [r[1] for r in results]
-            if not ahead and k + 1 < len(batches):
-                pending.append(submit(batches[k + 1]))  # once the caller has scored this batch
 
 
 def _checked_metadata(scorer: Scorer, rows: Sequence[dict]) -> tuple[list[str | None], list[str | None]]:
@@ -456,10 +440,9 @@ def stream_predictions(scorer: Scorer, paths: Sequence[str], sink, strata: Seque
     summary = StreamSummary(images=len(paths), skipped=len(paths) - len(todo))
     bar = tqdm(total=len(todo), desc="predicting", unit="img", disable=not progress, mininterval=1.0)
     try:
-        workers, ahead = decode_plan(scorer, decode_workers)
-        for batch, decoded, hashes in _decoded_batches(todo, batch_size, workers,
+        for batch, decoded, hashes in _decoded_batches(todo, batch_size, decode_workers,
                                                        None if log is None else log.image_hash,
-                                                       getattr(scorer, "dicom", None), ahead):
+                                                       getattr(scorer, "dicom", None)):
             good = [k for k, d in enumerate(decoded) if not isinstance(d, str)]
             scored, _ = score_rows(scorer, [decoded[k] for k in good], [batch[k] for k in good],
                                    [group[batch[k]] for k in good] if group is not None else None,
