@@ -1,6 +1,7 @@
 """Generators of small stand-in data sets in the official layouts (for adapters whose real data is absent)."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,12 @@ import pandas as pd
 from PIL import Image
 
 ISIC_CLASSES = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+
+
+def seed_of(*parts) -> int:
+    """A seed for a made-up image from its name's parts, the same in every process (Python's ``hash`` of a string
+    changes from run to run, so two images could coincide in one run and not the next)."""
+    return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:8], 16)
 
 
 def write_image(path: Path, seed: int, size: int = 24, mode: str = "RGB", fmt: str | None = None) -> Path:

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from _standins import write_image
+from _standins import seed_of, write_image
 from _tiny import TINY
 from conftest import demo_png
 from riskcl.cli import main
@@ -42,7 +42,7 @@ def _tiny_yaml(tmp_path, **extra) -> Path:
 def _folder_data(root: Path, n: int = 10, size: int = 12) -> Path:
     for c in ("calm", "angry"):
         for i in range(n):
-            write_image(root / c / f"{c}{i}.png", hash((c, i)) % 997, size=size)
+            write_image(root / c / f"{c}{i}.png", seed_of(c, i), size=size)
     (root.parent / "tax.yaml").write_text("name: t\nbenign: [calm]\nmalignant: [angry]\n")
     return root
 

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from _standins import ISIC_CLASSES, make_isic, make_medmnist, make_sicapv2_images, make_sicapv2_small, write_image
+from _standins import (ISIC_CLASSES, make_isic, make_medmnist, make_sicapv2_images, make_sicapv2_small, seed_of,
+                       write_image)
 from conftest import (BRAIN_MRI, BREAKHIS, ISIC_SAMPLE, SICAPV2, needs_brain_mri, needs_breakhis, needs_isic,
                       needs_sicapv2)
 from riskcl.data import create_dataset, create_datasets, list_datasets
@@ -283,7 +284,7 @@ def test_folder_and_csv_datasets(tmp_path):
     for split in ("train", "test"):
         for c in ("calm", "angry"):
             for i in range(6):
-                write_image(tmp_path / "f" / split / c / f"{split}{c}{i}.png", hash((split, c, i)) % 1000)
+                write_image(tmp_path / "f" / split / c / f"{split}{c}{i}.png", seed_of(split, c, i))
     data = create_datasets("folder", tmp_path / "f", image_size=8, taxonomy=str(tax), progress=False)
     assert len(data.datasets["test"]) == 12 and data.datasets["train"].classes == ("calm", "angry")
     tr, va = set(data.datasets["train"].groups), set(data.datasets["val"].groups)

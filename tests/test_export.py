@@ -117,14 +117,14 @@ def test_export_and_card_on_a_users_csv_data(tmp_path, capsys):
     import pandas as pd
     import yaml
 
-    from _standins import write_image
+    from _standins import seed_of, write_image
     from _tiny import TINY
 
     root = tmp_path / "data"
     rows = []
     for c in ("calm", "angry"):
         for i in range(16):
-            write_image(root / f"{c}{i}.png", hash((c, i)) % 997, size=20 + i)  # many sizes
+            write_image(root / f"{c}{i}.png", seed_of(c, i), size=20 + i)  # many sizes
             rows.append({"path": f"{c}{i}.png", "label": c, "group": f"p{i // 2}{c}", "site": "ab"[i % 2]})
     pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
     cfg = {**TINY, "epochs": 1, "data": {"name": "csv", "root": str(root), "image_size": 12, "options": {

@@ -253,12 +253,12 @@ def test_calibration_split_never_selects_the_model(tmp_path, monkeypatch):
 
 
 def test_skipped_bad_images_are_listed_in_the_run_folder(tmp_path):
-    from _standins import write_image
+    from _standins import seed_of, write_image
 
     root = tmp_path / "data"
     for c in ("calm", "angry"):
         for i in range(12):
-            write_image(root / c / f"{c}{i}.png", hash((c, i)) % 997, size=12)
+            write_image(root / c / f"{c}{i}.png", seed_of(c, i), size=12)
     (root / "angry" / "angry3.png").write_bytes(b"")
     (tmp_path / "tax.yaml").write_text("name: t\nbenign: [calm]\nmalignant: [angry]\n")
     cfg = {**TINY, "epochs": 1, "data": {"name": "folder", "root": str(root), "image_size": 12,

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from _standins import make_isic, make_isic_seg, make_medmnist, make_seg_folder, make_sicapv2_small, write_image
+from _standins import make_isic, make_isic_seg, make_medmnist, make_seg_folder, make_sicapv2_small, seed_of, write_image
 from conftest import BRAIN_MRI, BREAKHIS, ISIC_SAMPLE
 from riskcl.data import SPLITS, create_datasets, list_datasets
 from riskcl.data.splits import carve_groups
@@ -18,7 +18,7 @@ def _brain_standin(root):
     for folder in ("Training", "Testing"):
         for c in ("glioma", "meningioma", "notumor", "pituitary"):
             for i in range(12 if folder == "Training" else 3):
-                write_image(root / folder / c / f"{folder[:2]}-{c[:2]}_{i:04d}.jpg", hash((folder, c, i)) % 9973)
+                write_image(root / folder / c / f"{folder[:2]}-{c[:2]}_{i:04d}.jpg", seed_of(folder, c, i))
     return root
 
 
@@ -26,7 +26,7 @@ def _folder(root, official):
     for split in (("train", "test") if official else ("",)):
         for c in ("calm", "angry"):
             for i in range(15):
-                write_image(root / split / c / f"{split}{c}{i}.png", hash((split, c, i)) % 9973, size=12)
+                write_image(root / split / c / f"{split}{c}{i}.png", seed_of(split, c, i), size=12)
     return root
 
 
@@ -34,7 +34,7 @@ def _csv(root, official):
     rows = []
     for c in ("calm", "angry"):
         for i in range(30):
-            write_image(root / "img" / f"{c}{i}.png", hash((c, i)) % 9973, size=12)
+            write_image(root / "img" / f"{c}{i}.png", seed_of(c, i), size=12)
             rows.append({"path": f"img/{c}{i}.png", "label": c, "group": f"patient{i // 2}-{c}",
                          **({"split": "test" if i >= 24 else ""} if official else {})})
     pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)

@@ -68,13 +68,13 @@ def test_sharded_sweeps_union_equals_unsharded(sweep_file, swept, tmp_path):
 
 
 def test_sweep_goes_on_after_a_failed_run(tmp_path):
-    from _standins import write_image
+    from _standins import seed_of, write_image
 
     good, bad = tmp_path / "good", tmp_path / "bad"
     for root in (good, bad):
         for c in ("calm", "angry"):
             for i in range(10):
-                write_image(root / c / f"{c}{i}.png", hash((c, i)) % 997, size=12)
+                write_image(root / c / f"{c}{i}.png", seed_of(c, i), size=12)
     (bad / "calm" / "calm0.png").write_bytes(b"broken")  # on_bad_image: error fails this run during set-up
     (tmp_path / "tax.yaml").write_text("name: t\nbenign: [calm]\nmalignant: [angry]\n")
     base = {**TINY, "epochs": 1, "data": {"name": "folder", "image_size": 12, "options":

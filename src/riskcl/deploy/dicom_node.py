@@ -258,6 +258,9 @@ class DicomNode:
 
         self._server = self._ae().start_server((self.host, self.port), block=False,
                                                evt_handlers=[(evt.EVT_C_STORE, self.handle_store)])
+        # An association's thread must not keep a stopped node alive (a peer that never closes its connection
+        # held the process until the network timeout: socketserver's request threads are joined at exit).
+        self._server.daemon_threads = True
         if self.destination is not None:
             self._sender = threading.Thread(target=self._send_loop, name="riskcl-dicom-sender", daemon=True)
             self._sender.start()
@@ -267,6 +270,8 @@ class DicomNode:
         self._stopping.set()
         self._wake.set()
         if self._server is not None:
+            for assoc in list(getattr(self._server, "active_associations", [])):
+                assoc.abort()  # nothing is lost: a store is acknowledged only once its image is decided
             self._server.shutdown()
         if self._sender is not None:
             self._sender.join(timeout=30)
