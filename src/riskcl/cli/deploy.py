@@ -322,6 +322,7 @@ def _add_dicom_node(p: argparse.ArgumentParser) -> None:
 
 
 def _dicom_node(a: argparse.Namespace) -> int:
+    import signal
     import time
 
     from .._checks import check_int
@@ -334,7 +335,13 @@ def _dicom_node(a: argparse.Namespace) -> int:
           + (f", accepting {', '.join(a.accept)}" if a.accept else ", accepting any calling AE title (loopback)")
           + (f"; results to {a.send_to} (spool {a.spool}, {len(node.pending())} waiting)" if a.send_to else
              "; no --send-to: decisions are logged only")
-          + (f"; decision log {a.log}" if a.log else "; no decision log") + ". Ctrl-C stops it.", flush=True)
+          + (f"; decision log {a.log}" if a.log else "; no decision log") + ". Ctrl-C or SIGTERM stops it.",
+          flush=True)
+
+    def stop(signum, frame):  # what a service manager sends; SIGINT may be ignored by a parent (a test runner)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         while True:
             time.sleep(3600)
