@@ -88,14 +88,13 @@ def _read(source, stop_before_pixels: bool):
 
 
 def _scaled(a: np.ndarray) -> np.ndarray:
-    """Greyscale values scaled by their own finite range to 0..255 (as riskcl scales 16-bit images)."""
-    a = np.asarray(a, dtype=np.float64)
-    finite = a[np.isfinite(a)]
-    if not finite.size:
-        raise DicomError("the image holds no finite pixel value")
-    lo, hi = float(finite.min()), float(finite.max())
-    a = np.clip(np.nan_to_num(a, nan=lo, posinf=hi, neginf=lo), lo, hi)
-    return np.zeros(a.shape, np.uint8) if hi <= lo else np.round((a - lo) / (hi - lo) * 255).astype(np.uint8)
+    """Greyscale values scaled by their own finite range to 0..255, as riskcl scales 16-bit images."""
+    from .rgb import scale_to_uint8
+
+    try:
+        return scale_to_uint8(a)
+    except ValueError as exc:
+        raise DicomError(str(exc)) from None
 
 
 def decode_dicom(source: str | os.PathLike | bytes, policy: DicomPolicy = DEFAULT,

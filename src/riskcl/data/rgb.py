@@ -49,18 +49,24 @@ def max_pixels() -> int:
     return value
 
 
+def scale_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Values scaled by their own finite range to ``uint8`` 0..255 (NaN to the minimum, infinities to the ends; a
+    constant image is 0); ValueError when no value is finite. The one rule for 16-bit, float and DICOM images."""
+    a = np.asarray(values, dtype=np.float64)
+    finite = a[np.isfinite(a)]
+    if not finite.size:
+        raise ValueError("the image holds no finite pixel value (all NaN or infinite)")
+    lo, hi = float(finite.min()), float(finite.max())
+    a = np.clip(np.nan_to_num(a, nan=lo, posinf=hi, neginf=lo), lo, hi)
+    scaled = np.zeros(a.shape) if hi <= lo else (a - lo) / (hi - lo) * 255.0
+    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+
+
 def to_rgb(im: Image.Image) -> np.ndarray:
     """``uint8`` ``(H, W, 3)``: 16-bit / 32-bit / float greyscale scaled by the image's own finite range (NaN to
     its minimum; an image with no finite value is refused), every other mode converted by Pillow."""
     if im.mode in WIDE_MODES:
-        a = np.asarray(im, dtype=np.float64)
-        finite = a[np.isfinite(a)]
-        if not finite.size:
-            raise ValueError("the image holds no finite pixel value (all NaN or infinite)")
-        lo, hi = float(finite.min()), float(finite.max())
-        a = np.clip(np.nan_to_num(a, nan=lo, posinf=hi, neginf=lo), lo, hi)
-        scaled = np.zeros(a.shape) if hi <= lo else (a - lo) / (hi - lo) * 255.0
-        grey = np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+        grey = scale_to_uint8(np.asarray(im, dtype=np.float64))
         return np.repeat(grey[..., None], 3, axis=2)
     return np.array(im.convert("RGB"), dtype=np.uint8)
 

@@ -179,8 +179,11 @@ class DecisionLog:
                     continue
                 self.writing, batch, self.pending = True, self.pending, []
                 self.cond.release()
+                outcome: list = [RuntimeError("the decision log's writer was interrupted")] * len(batch)
                 try:
                     outcome = self._write(batch)
+                except Exception as exc:  # e.g. fields that are not JSON: each request of the batch hears it
+                    outcome = [exc] * len(batch)
                 finally:
                     self.cond.acquire()
                     self.writing = False
