@@ -6,7 +6,8 @@
 (a) ceiling: the bare ONNX Runtime session on pre-decoded ``uint8`` images (the graph's own resize, TTA and
     temperature included), batches of ``--batch`` images of one size;
 (b) ``riskcl predict EXPORT FILES`` end to end from the image files (decoding, batching, CSV written and synced)
-    at the same batch size, through :func:`riskcl.deploy.scoring.predict_files`;
+    at the same batch size, through :func:`riskcl.deploy.scoring.predict_files` (one batch per usable core at
+    once, as predict scores), and whether it decides every image as the bare session does;
 (c) the service (``riskcl serve EXPORT`` in its own process on 127.0.0.1) under a closed-loop load of 1, 4 and
     16 clients, each sending the next image as soon as its answer came back, ``--requests`` requests per level:
     images/s, p50 / p95 / p99 latency, errors, and the server's resident memory before the load and after it;
@@ -14,7 +15,8 @@
     authenticated and recorded, flushed and synced before it leaves) against both off: two services loaded in
     turn, three rounds each, medians (this machine's throughput drifts by a third from minute to minute).
 
-Prints one JSON object (machine, figures, the targets and whether each holds): (b) >= 0.8 x (a); no error,
+Prints one JSON object (machine, figures, the targets and whether each holds): (b) >= 0.8 x (a) with the same
+decisions; no error,
 p99 <= 3 x p50 at 4 clients, memory growth under 5% across the run, and (d) costing under 10% of the throughput.
 The export is made with ``riskcl export`` when ``--export`` does not exist yet. Image files come from the run's
 split table; a data set generated in memory (the demo) is written to PNG files in a temp folder first.
@@ -61,7 +63,9 @@ def _test_files(run: Path, limit: int, tmp: Path) -> list[str]:
     return out
 
 
-def ceiling(export: Path, images: list[np.ndarray], batch: int, repeat: int) -> dict:
+def ceiling(export: Path, images: list[np.ndarray], batch: int, repeat: int) -> tuple[dict, np.ndarray]:
+    """The bare session (ONNX Runtime's default threads) on decoded images, and its probabilities (the reference
+    predict's rows are checked against)."""
     from riskcl.deploy.scoring import ExportedModel, group_by_shape
 
     model = ExportedModel(export)
@@ -74,27 +78,36 @@ def ceiling(export: Path, images: list[np.ndarray], batch: int, repeat: int) -> 
         for b in batches:
             model.session.run(["probabilities"], {"images": np.stack(b)})
     seconds = time.perf_counter() - start
-    return {"images": len(images) * repeat, "seconds": round(seconds, 3),
-            "images_per_s": round(len(images) * repeat / seconds, 1), "runtime": model.runtime}
+    return ({"images": len(images) * repeat, "seconds": round(seconds, 3),
+             "images_per_s": round(len(images) * repeat / seconds, 1), "runtime": model.runtime},
+            model.probabilities(images))
 
 
-def predict_end_to_end(export: Path, files: list[str], batch: int, tmp: Path) -> dict:
+def predict_end_to_end(export: Path, files: list[str], batch: int, tmp: Path, reference: np.ndarray) -> dict:
     """Steady-state throughput of riskcl predict's pipeline (decode, score, rows, CSV written and synced) with the
-    session already open, and the wall time of the whole call (session creation included) beside it."""
-    from riskcl.deploy.scoring import PredictionCSV, csv_columns, open_scorer, predict_files, stream_predictions
+    session already open as predict opens it, the wall time of the whole call (session creation included) beside
+    it, and its parity with the bare session's probabilities (``reference``, in ``files`` order)."""
+    from riskcl.deploy.scoring import (PredictionCSV, csv_columns, decision_rows, open_scorer, predict_files,
+                                       stream_predictions)
 
-    scorer = open_scorer(export)
+    scorer = open_scorer(export, batch_parallel=True)
     stream_predictions(scorer, files[:batch], PredictionCSV(tmp / "warm.csv", csv_columns(scorer.taxonomy),
                                                             scorer.op, force=True), batch_size=batch)
     sink = PredictionCSV(tmp / "bench_predict.csv", csv_columns(scorer.taxonomy), scorer.op, force=True)
+    rows: list[dict] = []
     start = time.perf_counter()
-    summary = stream_predictions(scorer, files, sink, batch_size=batch)
+    summary = stream_predictions(scorer, files, sink, batch_size=batch, collect=rows)
     seconds = time.perf_counter() - start
     start = time.perf_counter()
     predict_files(export, files, tmp / "bench_call.csv", batch_size=batch, collect=False, force=True)
     call = time.perf_counter() - start
+    expected = decision_rows(reference, scorer.taxonomy, scorer.op, names=files)
     return {"images": summary.scored, "seconds": round(seconds, 3), "images_per_s": round(summary.scored / seconds, 1),
-            "unreadable": len(summary.unreadable), "whole_call_seconds": round(call, 3)}
+            "batches_at_once": scorer.batch_workers, "unreadable": len(summary.unreadable),
+            "whole_call_seconds": round(call, 3),
+            "decisions_as_bare_session": [r["decision"] for r in rows] == [r["decision"] for r in expected],
+            "max_abs_p_malignant_difference": float(max(abs(r["p_malignant"] - e["p_malignant"])
+                                                        for r, e in zip(rows, expected)))}
 
 
 def _rss_mb(pid: int) -> float:
@@ -264,8 +277,8 @@ def run(run_dir: str, export: str | None = None, batch: int = 32, images: int = 
     with tempfile.TemporaryDirectory(prefix="riskcl-bench-") as tmp:
         files = _test_files(run_path, images, Path(tmp))
         decoded = [decode_rgb(f) for f in files]
-        a = ceiling(export_path, decoded, batch, repeat)
-        b = predict_end_to_end(export_path, files, batch, Path(tmp))
+        a, reference = ceiling(export_path, decoded, batch, repeat)
+        b = predict_end_to_end(export_path, files, batch, Path(tmp), reference)
         c = service_load(export_path, files, requests, levels, threads)
         d = trust_cost(export_path, files, requests, threads)
     at4 = next((r for r in c["levels"] if r["clients"] == 4), None)
@@ -278,6 +291,7 @@ def run(run_dir: str, export: str | None = None, batch: int = 32, images: int = 
         "a_ceiling": a, "b_predict": b, "b_over_a": round(b["images_per_s"] / a["images_per_s"], 3), "c_service": c,
         "d_tokens_and_log_at_4_clients": d,
         "targets": {"b_over_a_at_least_0.8": b["images_per_s"] >= 0.8 * a["images_per_s"],
+                    "predict_decides_as_the_bare_session": b["decisions_as_bare_session"],
                     "no_errors": all(r["errors"] == 0 for r in c["levels"]) and d["errors"] == 0,
                     "p99_within_3x_p50_at_4_clients": bool(at4 and at4["p99_ms"] <= 3 * at4["p50_ms"]),
                     "memory_growth_under_5pct": c["rss_growth"] < 0.05,

@@ -187,6 +187,42 @@ def test_predict_streams_a_folder_skips_what_is_scored_and_reports_unreadable_fi
     assert _read(out) == rows
 
 
+def test_predict_scores_batches_at_once_in_input_order_as_the_bare_session_does(exported, tmp_path):
+    """predict on an export scores several batches at once (one single-threaded model call each): the rows and the
+    decision log stay in input order, and every probability is the bare ONNX Runtime session's (its default
+    threads), image by image."""
+    import onnxruntime as ort
+
+    from riskcl.data import decode_rgb
+    from riskcl.deploy.decision_log import verify_log
+
+    _, export = exported
+    folder = tmp_path / "many"
+    files = _pngs(folder, 9) + _pngs(folder / "odd", 3, (30, 40))  # two image sizes: separate graph calls
+    corrupt = folder / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG not really")
+    paths = [str(p) for p in files[:5]] + [str(corrupt)] + [str(p) for p in files[5:]]
+    log = tmp_path / "decisions.jsonl"
+    result = predict_files(export, paths, tmp_path / "p.csv", batch_size=2, threads=3, log=log)
+    assert [r["image"] for r in result.rows] == paths
+    assert [r["image"] for r in _read(tmp_path / "p.csv")] == paths
+    assert result.rows[5]["decision"] == UNREADABLE
+
+    session = ort.InferenceSession(str(export / "model.onnx"), providers=["CPUExecutionProvider"])
+    meta = json.loads((export / "riskcl_export.json").read_text())
+    malignant = [c for c, level in zip(meta["classes"], meta["levels"]) if level > 0]
+    decided = [r for r in result.rows if r["decision"] != UNREADABLE]
+    for row in decided:
+        probs, = session.run(["probabilities"], {"images": decode_rgb(row["image"])[None]})
+        p_mal = float(sum(p for c, p in zip(meta["classes"], probs[0]) if c in malignant))
+        assert row["p_malignant"] == pytest.approx(p_mal, abs=1e-6)
+        assert row["decision"] == ("refer" if p_mal >= row["threshold"] else "clear")
+
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [line["p_malignant"] for line in lines] == [r["p_malignant"] for r in decided]
+    assert verify_log([log]).ok
+
+
 def test_a_prediction_csv_is_resumed_only_by_the_model_and_point_that_began_it(exported, tiny_run, tmp_path, capsys):
     """Two models at the same threshold, a swapped model, a lost record or an edited row: refused, never mixed."""
     run, export = exported
@@ -336,7 +372,9 @@ def test_the_inference_benchmark_runs_in_small_form(exported):
     assert [level["clients"] for level in r["c_service"]["levels"]] == [1, 4]
     assert all(level["requests"] == 12 and level["errors"] == 0 for level in r["c_service"]["levels"])
     assert set(r["targets"]) == {"b_over_a_at_least_0.8", "no_errors", "p99_within_3x_p50_at_4_clients",
-                                 "record_costs_under_10pct_at_4_clients", "memory_growth_under_5pct"}
+                                 "record_costs_under_10pct_at_4_clients", "memory_growth_under_5pct",
+                                 "predict_decides_as_the_bare_session"}
+    assert r["targets"]["predict_decides_as_the_bare_session"] and r["b_predict"]["batches_at_once"] >= 1
     secure = r["d_tokens_and_log_at_4_clients"]
     # authenticated and recorded, every one (the warm-up's 12 and three rounds of 12)
     assert secure["rounds"] == 3 and secure["errors"] == 0 and secure["decisions_logged"] == 12 + 3 * 12

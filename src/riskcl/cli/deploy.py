@@ -55,7 +55,9 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--argmax", action="store_true", help="decide by the fine-class argmax (the paper's rule)")
     p.add_argument("--allow-unfinished", action="store_true", help="use an unfinished run's best weights so far")
     p.add_argument("--batch-size", type=int, default=64, help="images decoded and scored at a time (bounds memory)")
-    p.add_argument("--threads", type=int, default=None, help="threads of the model (default: the runtime's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="cores used (default: the usable cores): an export scores this many batches at once, one "
+                        "thread each; a run folder: PyTorch's threads (default: PyTorch's)")
     p.add_argument("--log", default=None, metavar="FILE", help="append one chained line per decision to this decision "
                    "log (the format riskcl serve writes; riskcl log verify FILE checks it)")
     p.add_argument("--dicom-out", default=None, metavar="DIR", help="for each decided DICOM input, its DICOM "

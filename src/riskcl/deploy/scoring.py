@@ -13,11 +13,14 @@ export, the model is a plain file inside the folder, and ``riskcl_export.json`` 
 metadata say (operating point, classes, metadata encoding); an edited, swapped or damaged export is refused.
 
 Batch prediction streams (:func:`stream_predictions`): files are expanded from folders and globs, decoded in a
-small thread pool one batch ahead of the model, scored a batch at a time and written to the CSV as they come
-(each batch flushed and synced), so memory stays bounded whatever the number of images. A file that cannot be
-read gets a row with the decision ``unreadable`` and the reason, a row that cannot be decided (metadata the model
-cannot read, a non-finite probability) the decision ``error``, and the rest goes on. A rerun with the same
-``--out`` skips the images already scored (:class:`riskcl.deploy.prediction_csv.PredictionCSV`).
+small thread pool ahead of the model, scored a batch at a time and written to the CSV in input order as they come
+(each batch flushed and synced), so memory stays bounded whatever the number of images. ``riskcl predict`` on an
+export scores one batch per usable core at once, each in a single-threaded ONNX Runtime call: the decoding of a
+batch then shares its core with that batch's model call, not with a model that already fills every core (the same
+probabilities; the figures are in benchmarks/RESULTS.md). A file that cannot be read gets a row with the
+decision ``unreadable`` and the reason, a row that cannot be decided (metadata the model cannot read, a non-finite
+probability) the decision ``error``, and the rest goes on. A rerun with the same ``--out`` skips the images
+already scored (:class:`riskcl.deploy.prediction_csv.PredictionCSV`).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple, Protocol, Sequence
 
@@ -147,10 +151,12 @@ class ExportedModel:
 
     ``intra_op_threads`` / ``inter_op_threads``: ONNX Runtime's thread pools (None: its defaults, one intra-op
     thread per physical core). The session is created once; ONNX Runtime's ``run`` may be called from several
-    threads at once.
+    threads at once: :func:`stream_predictions` calls it from ``batch_workers`` threads (1 unless
+    :func:`open_scorer` was asked for ``batch_parallel`` scoring).
     """
 
     kind = "export"
+    batch_workers = 1  # batches scored at once by stream_predictions
 
     def __init__(self, folder: str | os.PathLike, intra_op_threads: int | None = None,
                  inter_op_threads: int | None = None) -> None:
@@ -220,13 +226,21 @@ class ExportedModel:
 
 def open_scorer(path: str | os.PathLike, calibrated: bool | None = None, threshold: float | None = None,
                 rule: str = "superclass", allow_uncertified: bool = False, allow_unfinished: bool | None = False,
-                threads: int | None = None) -> Scorer:
+                threads: int | None = None, batch_parallel: bool = False) -> Scorer:
     """A run folder (PyTorch) or an export folder (ONNX Runtime) ready to score, at its operating point.
 
     On an export the operating point is the one exported (its temperature and TTA are inside the graph):
-    ``threshold`` or ``rule="argmax"`` may still override the decision, ``calibrated=False`` cannot undo it."""
+    ``threshold`` or ``rule="argmax"`` may still override the decision, ``calibrated=False`` cannot undo it.
+    ``threads``: the model's threads (None: the runtime's default); with ``batch_parallel`` (batch prediction)
+    an export instead scores ``threads`` (None: the usable cores) batches at once, one thread each."""
     if is_export(path):
-        scorer = ExportedModel(path, intra_op_threads=threads)
+        if batch_parallel:
+            from ..machine import usable_cores
+
+            scorer = ExportedModel(path, intra_op_threads=1)
+            scorer.batch_workers = max(1, int(threads or usable_cores()))
+        else:
+            scorer = ExportedModel(path, intra_op_threads=threads)
         if calibrated is False:
             raise ValueError(f"{path} is an export: its operating point (temperature included) is inside the graph "
                              f"and --default-rule cannot undo it; pass --threshold 0.5, or predict with the run folder")
@@ -335,20 +349,34 @@ def _decode_or_reason(path: str, hasher=None, dicom=None) -> tuple[np.ndarray | 
         return exc.reason, None
 
 
-def _decoded_batches(paths: Sequence[str], batch_size: int, workers: int,
-                     hasher=None, dicom=None) -> Iterator[tuple[list[str], list, list]]:
-    """``(paths, decoded or reason, keyed hashes)`` per batch, the next batch decoding in threads while the caller
-    scores."""
+def _scored_batches(paths: Sequence[str], batch_size: int, decode_workers: int, score_workers: int, score,
+                    hasher=None, dicom=None) -> Iterator[tuple[list[str], list, list, Any]]:
+    """``(paths, decoded or reason, keyed hashes, score(paths, decoded))`` per batch, in input order: the images
+    decode in ``decode_workers`` threads while ``score_workers`` threads score the batches before them (at most
+    ``score_workers + 1`` batches in memory)."""
     batches = [list(paths[i:i + batch_size]) for i in range(0, len(paths), batch_size)]
     if not batches:
         return
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending = [[pool.submit(_decode_or_reason, p, hasher, dicom) for p in batches[0]]]
-        for k, batch in enumerate(batches):
-            if k + 1 < len(batches):
-                pending.append([pool.submit(_decode_or_reason, p, hasher, dicom) for p in batches[k + 1]])
-            results = [f.result() for f in pending.pop(0)]
-            yield batch, [r[0] for r in results], [r[1] for r in results]
+
+    def scored(batch: list[str], futures: list) -> tuple[list[str], list, list, Any]:
+        results = [f.result() for f in futures]
+        decoded = [r[0] for r in results]
+        return batch, decoded, [r[1] for r in results], score(batch, decoded)
+
+    with ThreadPoolExecutor(max_workers=max(1, decode_workers)) as decoders, \
+            ThreadPoolExecutor(max_workers=max(1, score_workers)) as scorers:
+        def submit(batch: list[str]):
+            return scorers.submit(scored, batch, [decoders.submit(_decode_or_reason, p, hasher, dicom)
+                                                  for p in batch])
+
+        ahead = iter(batches)
+        pending = [submit(b) for b in islice(ahead, max(1, score_workers) + 1)]
+        while pending:
+            result = pending.pop(0).result()
+            following = next(ahead, None)
+            if following is not None:
+                pending.append(submit(following))
+            yield result
 
 
 def _checked_metadata(scorer: Scorer, rows: Sequence[dict]) -> tuple[list[str | None], list[str | None]]:
@@ -431,7 +459,8 @@ def stream_predictions(scorer: Scorer, paths: Sequence[str], sink, strata: Seque
     """Score ``paths`` a batch at a time into ``sink`` (:class:`PredictionCSV` or :class:`StdoutCSV`), skipping
     the images ``sink.done`` holds; ``collect`` (a list) also receives every row written. A segmentation model's
     masks and outline overlays go to ``mask_dir`` (:mod:`riskcl.deploy.segmentation`). ``log``: a
-    :class:`riskcl.deploy.decision_log.DecisionLog` that records each decision before its row is written."""
+    :class:`riskcl.deploy.decision_log.DecisionLog` that records each decision before its row is written, in
+    input order. ``scorer.batch_workers`` batches are scored at once (see :func:`open_scorer`)."""
     from tqdm.auto import tqdm
 
     group = dict(zip(paths, strata)) if strata is not None else None
@@ -439,14 +468,18 @@ def stream_predictions(scorer: Scorer, paths: Sequence[str], sink, strata: Seque
     todo = [p for p in paths if p not in sink.done]
     summary = StreamSummary(images=len(paths), skipped=len(paths) - len(todo))
     bar = tqdm(total=len(todo), desc="predicting", unit="img", disable=not progress, mininterval=1.0)
+
+    def score(batch: list[str], decoded: list) -> list[dict[str, Any]]:
+        good = [k for k, d in enumerate(decoded) if not isinstance(d, str)]
+        return score_rows(scorer, [decoded[k] for k in good], [batch[k] for k in good],
+                          [group[batch[k]] for k in good] if group is not None else None,
+                          [row_of[batch[k]] for k in good] if row_of is not None else None, mask_dir)[0]
+
     try:
-        for batch, decoded, hashes in _decoded_batches(todo, batch_size, decode_workers,
-                                                       None if log is None else log.image_hash,
-                                                       getattr(scorer, "dicom", None)):
+        for batch, decoded, hashes, scored in _scored_batches(
+                todo, batch_size, decode_workers, getattr(scorer, "batch_workers", 1), score,
+                None if log is None else log.image_hash, getattr(scorer, "dicom", None)):
             good = [k for k, d in enumerate(decoded) if not isinstance(d, str)]
-            scored, _ = score_rows(scorer, [decoded[k] for k in good], [batch[k] for k in good],
-                                   [group[batch[k]] for k in good] if group is not None else None,
-                                   [row_of[batch[k]] for k in good] if row_of is not None else None, mask_dir)
             if log is not None:
                 _record(log, scorer, scored, [decoded[k] for k in good], [hashes[k] for k in good],
                         [row_of[batch[k]] for k in good] if row_of is not None else None)
@@ -498,7 +531,8 @@ def predict_files(model_dir: str | os.PathLike, inputs: Sequence[str | os.PathLi
     if out_csv is not None and out_csv != "-":
         check_prediction_target(out_csv, force)  # fail before any work
     paths = expand_inputs(inputs)
-    scorer = open_scorer(model_dir, calibrated, threshold, rule, allow_uncertified, allow_unfinished, threads)
+    scorer = open_scorer(model_dir, calibrated, threshold, rule, allow_uncertified, allow_unfinished, threads,
+                         batch_parallel=True)
     strata = image_groups(scorer.op, paths, metadata) if scorer.op.per_group else None
     encoding = getattr(scorer, "encoding", None)
     rows_in = metadata_rows(paths, metadata, encoding) if encoding is not None else None
