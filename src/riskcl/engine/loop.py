@@ -84,7 +84,8 @@ def train_one_epoch(model: nn.Module, batches: Iterable, loss_fn: Callable, opti
                     device: torch.device, epoch: int = 0, amp: bool = True, grad_clip: float | None = None,
                     max_steps: int | None = None, channels_last: bool = False, progress: bool = True) -> float:
     """One pass over ``batches`` (``(x, y)`` pairs, e.g. a :class:`BatchFeeder`'s or a DataLoader's); returns the
-    mean training loss. A loss with ``set_epoch`` (RCL's warm-up) is told the epoch first."""
+    mean training loss. A loss with ``set_epoch`` (RCL's warm-up) is told the epoch first, a loss with
+    ``set_inputs`` (distillation's teacher) each batch before it scores the batch's logits."""
     model.train()
     if hasattr(loss_fn, "set_epoch"):
         loss_fn.set_epoch(epoch)
@@ -104,6 +105,8 @@ def train_one_epoch(model: nn.Module, batches: Iterable, loss_fn: Callable, opti
         x, y = _to_device(x, y, device, channels_last)
         with autocast_context(device, amp):
             logits = forward(model, x)
+        if hasattr(loss_fn, "set_inputs"):
+            loss_fn.set_inputs(x)
         loss = loss_fn(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

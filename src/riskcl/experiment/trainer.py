@@ -59,6 +59,12 @@ class Trainer:
         if cfg.channels_last and device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         self.loss_fn = run_loss(cfg, taxonomy, self.train_ds.class_counts, self.cost).to(device)
+        self.teacher: dict | None = None  # a distillation run's teacher: its folder and weights' SHA-256
+        if hasattr(self.loss_fn, "attach_teacher"):
+            from .distill import load_teacher
+
+            net, self.teacher = load_teacher(cfg, folder, taxonomy)
+            self.loss_fn.attach_teacher(net.to(device))
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.raw_model, self.model = model, wrap_model(model, info, device)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
@@ -214,6 +220,8 @@ class Trainer:
                    or self.task.default_arch} if cfg.task == "segmentation" else {}), "numpy": np.__version__,
                "python": platform.python_version()}
         extra = {s: reports[s] for s in ("val", "calib", NO_METADATA) if s in reports}
+        if self.teacher is not None:
+            run["teacher"] = self.teacher
         if self.encoding is not None:
             run["metadata_inputs"] = self.encoding.column_names
             if self.fuses:

@@ -19,6 +19,7 @@ from torch import nn
 from .._names import did_you_mean, unknown_name
 from ..taxonomy import DEFAULT_LAMBDA1, DEFAULT_LAMBDA2, Taxonomy, loss_weight_matrix, resolve_cost_matrix
 from .cross_entropy import CrossEntropyLoss, LogitAdjustedLoss, class_weights_from_counts
+from .distill import DistillationLoss
 from .focal import FocalLoss
 from .hierarchical import ExpectedCostLoss, HierarchicalCrossEntropyLoss, SoftLabelLoss
 from .risk_calibrated import RiskCalibratedLoss
@@ -130,6 +131,11 @@ def _maybe_sampled(ctx: LossContext, loss: nn.Module, sampled_costs: bool, own: 
     return SampledCostLoss(loss, ctx.taxonomy, ctx.costs, ctx.within, ctx.seed)
 
 
+def _distill(ctx: LossContext, teacher: str | None = None, temperature: float = 2.0,
+             alpha: float = 0.5) -> nn.Module:
+    return DistillationLoss(teacher, temperature, alpha)  # type: ignore[arg-type]  (None is refused there)
+
+
 def _rcl(ctx: LossContext, lambda1: float | None = None, lambda2: float | None = None, cost_matrix: Any = None,
          warmup_epochs: int = 0, sampled_costs: bool = False) -> nn.Module:
     loss = RiskCalibratedLoss(_cost(ctx, lambda1, lambda2, cost_matrix), warmup_epochs)
@@ -207,6 +213,7 @@ LOSSES: dict[str, LossSpec] = {
     "expected-cost": LossSpec(_expected_cost, needs_taxonomy=True),
     "marginal-bce": LossSpec(_marginal_bce, needs_taxonomy=True),
     "pauc": LossSpec(_pauc, needs_taxonomy=True),
+    "distill": LossSpec(_distill),
 }
 SEGMENTATION_LOSSES = {"bce": _bce, "dice": _dice, "bce-dice": _bce_dice, "tversky": _tversky,
                        "focal-tversky": _focal_tversky, "rcl-pixel": _rcl_pixel}
