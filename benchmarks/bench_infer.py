@@ -41,8 +41,9 @@ from pathlib import Path
 import numpy as np
 
 
-def _test_files(run: Path, limit: int, tmp: Path) -> list[str]:
-    """Up to ``limit`` test images of the run as files (the originals, or PNGs of an in-memory data set)."""
+def _test_files(run: Path, limit: int, tmp: Path) -> tuple[list[str], list[str]]:
+    """Up to ``limit`` test images of the run as files (the originals, or PNGs of an in-memory data set), and their
+    ids in the run's split table."""
     from PIL import Image
 
     from riskcl.data import load_source_images
@@ -51,16 +52,16 @@ def _test_files(run: Path, limit: int, tmp: Path) -> list[str]:
     folder = RunFolder(run)
     test = folder.splits()
     test = test.loc[test["split"] == "test"].head(limit)
-    paths = [str(p) for p in test["path"]]
+    paths, ids = [str(p) for p in test["path"]], [str(i) for i in test["id"]]
     if all(os.path.isfile(p) for p in paths):
-        return paths
+        return paths, ids
     cfg = folder.read_config()
     images = load_source_images(cfg.data.name, cfg.data.root, paths, **cfg.data.options)
     out = []
     for i, im in enumerate(images):
         out.append(str(tmp / f"test_{i:05d}.png"))
         Image.fromarray(im).save(out[-1])
-    return out
+    return out, ids
 
 
 def ceiling(export: Path, images: list[np.ndarray], batch: int, repeat: int) -> tuple[dict, np.ndarray]:
@@ -83,10 +84,12 @@ def ceiling(export: Path, images: list[np.ndarray], batch: int, repeat: int) -> 
             model.probabilities(images))
 
 
-def predict_end_to_end(export: Path, files: list[str], batch: int, tmp: Path, reference: np.ndarray) -> dict:
+def predict_end_to_end(export: Path, files: list[str], batch: int, tmp: Path, reference: np.ndarray,
+                       run: Path, ids: list[str]) -> dict:
     """Steady-state throughput of riskcl predict's pipeline (decode, score, rows, CSV written and synced) with the
     session already open as predict opens it, the wall time of the whole call (session creation included) beside
-    it, and its parity with the bare session's probabilities (``reference``, in ``files`` order)."""
+    it, and its parity with the bare session's probabilities (``reference``, in ``files`` order) and with the
+    run's own saved test predictions (PyTorch's, at the export's operating point)."""
     from riskcl.deploy.scoring import (PredictionCSV, csv_columns, decision_rows, open_scorer, predict_files,
                                        stream_predictions)
 
@@ -102,10 +105,17 @@ def predict_end_to_end(export: Path, files: list[str], batch: int, tmp: Path, re
     predict_files(export, files, tmp / "bench_call.csv", batch_size=batch, collect=False, force=True)
     call = time.perf_counter() - start
     expected = decision_rows(reference, scorer.taxonomy, scorer.op, names=files)
+    from riskcl.experiment.folder import RunFolder
+
+    saved = RunFolder(run).predictions("test")
+    logits_of = dict(zip((str(i) for i in saved["ids"]), saved["logits"]))
+    ran = decision_rows(scorer.op.probabilities(np.stack([logits_of[i] for i in ids])), scorer.taxonomy, scorer.op,
+                        names=files)
     return {"images": summary.scored, "seconds": round(seconds, 3), "images_per_s": round(summary.scored / seconds, 1),
             "batches_at_once": scorer.batch_workers, "unreadable": len(summary.unreadable),
             "whole_call_seconds": round(call, 3),
             "decisions_as_bare_session": [r["decision"] for r in rows] == [r["decision"] for r in expected],
+            "decisions_as_run_predictions": [r["decision"] for r in rows] == [r["decision"] for r in ran],
             "max_abs_p_malignant_difference": float(max(abs(r["p_malignant"] - e["p_malignant"])
                                                         for r, e in zip(rows, expected)))}
 
@@ -275,10 +285,10 @@ def run(run_dir: str, export: str | None = None, batch: int = 32, images: int = 
 
         export_run(run_path, export_path, "onnx")
     with tempfile.TemporaryDirectory(prefix="riskcl-bench-") as tmp:
-        files = _test_files(run_path, images, Path(tmp))
+        files, ids = _test_files(run_path, images, Path(tmp))
         decoded = [decode_rgb(f) for f in files]
         a, reference = ceiling(export_path, decoded, batch, repeat)
-        b = predict_end_to_end(export_path, files, batch, Path(tmp), reference)
+        b = predict_end_to_end(export_path, files, batch, Path(tmp), reference, run_path, ids)
         c = service_load(export_path, files, requests, levels, threads)
         d = trust_cost(export_path, files, requests, threads)
     at4 = next((r for r in c["levels"] if r["clients"] == 4), None)
@@ -292,6 +302,7 @@ def run(run_dir: str, export: str | None = None, batch: int = 32, images: int = 
         "d_tokens_and_log_at_4_clients": d,
         "targets": {"b_over_a_at_least_0.8": b["images_per_s"] >= 0.8 * a["images_per_s"],
                     "predict_decides_as_the_bare_session": b["decisions_as_bare_session"],
+                    "predict_decides_as_the_run_predicted": b["decisions_as_run_predictions"],
                     "no_errors": all(r["errors"] == 0 for r in c["levels"]) and d["errors"] == 0,
                     "p99_within_3x_p50_at_4_clients": bool(at4 and at4["p99_ms"] <= 3 * at4["p50_ms"]),
                     "memory_growth_under_5pct": c["rss_growth"] < 0.05,

@@ -373,8 +373,9 @@ def test_the_inference_benchmark_runs_in_small_form(exported):
     assert all(level["requests"] == 12 and level["errors"] == 0 for level in r["c_service"]["levels"])
     assert set(r["targets"]) == {"b_over_a_at_least_0.8", "no_errors", "p99_within_3x_p50_at_4_clients",
                                  "record_costs_under_10pct_at_4_clients", "memory_growth_under_5pct",
-                                 "predict_decides_as_the_bare_session"}
+                                 "predict_decides_as_the_bare_session", "predict_decides_as_the_run_predicted"}
     assert r["targets"]["predict_decides_as_the_bare_session"] and r["b_predict"]["batches_at_once"] >= 1
+    assert r["targets"]["predict_decides_as_the_run_predicted"]
     secure = r["d_tokens_and_log_at_4_clients"]
     # authenticated and recorded, every one (the warm-up's 12 and three rounds of 12)
     assert secure["rounds"] == 3 and secure["errors"] == 0 and secure["decisions_logged"] == 12 + 3 * 12
