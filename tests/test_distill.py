@@ -72,6 +72,12 @@ def test_a_student_learns_from_a_finished_run_of_its_own_split(tiny_run, tmp_pat
     metrics = run_experiment(cfg, tmp_path / "student")
     teacher = json.loads((tmp_path / "student" / "metrics.json").read_text())["run"]["teacher"]
     assert teacher["folder"] == str(teachers / "split-0") and len(teacher["weights_sha256"]) == 64
+    taught = json.loads((tiny_run[0] / "metrics.json").read_text())["wall_time_s"]
+    assert teacher["training_seconds"] == pytest.approx(taught)
+    from riskcl.report.collect import find_runs
+
+    (student,), _ = find_runs(tmp_path / "student")  # the report counts the teacher's training in the student's
+    assert student.training_seconds == pytest.approx(metrics["wall_time_s"] + taught)
     assert metrics["run"]["loss"] == "distill" and 0.0 <= metrics["accuracy"] <= 1.0
 
     # Another split seed carves other calibration images: the teacher trained on some of them, and is refused.

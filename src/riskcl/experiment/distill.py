@@ -31,7 +31,8 @@ def teacher_folder(cfg: ExperimentConfig) -> Path:
 
 
 def load_teacher(cfg: ExperimentConfig, student: RunFolder, taxonomy: Taxonomy) -> tuple[torch.nn.Module, dict]:
-    """The teacher's network (eval mode, CPU) and what the run records of it (folder, SHA-256 of its weights);
+    """The teacher's network (eval mode, CPU) and what the run records of it (folder, SHA-256 of its weights, what
+    it cost to train: a report counts it in the student's training time);
     ``ValueError`` naming the teacher and the reason when it cannot teach this student."""
     path = teacher_folder(cfg)
     where = f"loss.params.teacher {str(path)!r}"
@@ -54,7 +55,10 @@ def load_teacher(cfg: ExperimentConfig, student: RunFolder, taxonomy: Taxonomy) 
         raise ValueError(f"{where}: classes {list(theirs.classes)}, the student's {list(taxonomy.classes)}")
     _check_no_leak(where, folder.splits(), student.splits())
     net = folder.load_model()
-    return net, {"folder": str(path), "weights_sha256": folder.weights_sha256()}
+    metrics = folder.metrics()
+    trained = metrics.get("run", {}).get("wall_time_s_members", metrics.get("wall_time_s"))
+    return net, {"folder": str(path), "weights_sha256": folder.weights_sha256(),
+                 "training_seconds": None if trained is None else float(trained)}
 
 
 def _check_no_leak(where: str, teacher, student) -> None:

@@ -76,9 +76,12 @@ class RunRecord:
 
     @property
     def training_seconds(self) -> float:
-        """What the run cost to train (an ensemble: its members together), from ``metrics.json``."""
+        """What the run cost to train (an ensemble: its members together; a distilled student: with its teacher's
+        training), from ``metrics.json``."""
         members = self.run.get("wall_time_s_members")
-        return float(members if members is not None else self.metrics.get("wall_time_s", float("nan")))
+        own = float(members if members is not None else self.metrics.get("wall_time_s", float("nan")))
+        teacher = (self.run.get("teacher") or {}).get("training_seconds")
+        return own + (float(teacher) if teacher is not None else 0.0)
 
     def has_predictions(self, split: str) -> bool:
         return split in self._predictions or self.folder.has_predictions(split)
