@@ -73,6 +73,7 @@ study-budget: venv
 	for ds in isic2018 brain_mri; do for s in 0 1; do \
 	  $(BIN)/riskcl ensemble runs/budget/$$ds/recipe-ce-tta__data.split_seed-$${s}__seed-* \
 	    --out runs/budget/$$ds/recipe-ensemble-ce-tta__data.split_seed-$$s || exit 1; done; done
+	$(BIN)/riskcl sweep configs/sweeps/budget_isic2018_distill.yaml --out runs/budget/isic2018 --launcher local --jobs 2 --quiet
 	$(BIN)/riskcl report runs/budget --out results/budget --reference 'ce+tta [ce-tta]' --targets 0.95 0.98 0.99
 
 # The simulated deployment of results/monitoring/ (after `make study-budget`: its first ISIC CE + TTA run,

@@ -74,10 +74,11 @@ def test_a_student_learns_from_a_finished_run_of_its_own_split(tiny_run, tmp_pat
     assert teacher["folder"] == str(teachers / "split-0") and len(teacher["weights_sha256"]) == 64
     taught = json.loads((tiny_run[0] / "metrics.json").read_text())["wall_time_s"]
     assert teacher["training_seconds"] == pytest.approx(taught)
-    from riskcl.report.collect import find_runs
+    from riskcl.report.collect import find_runs, method_label
 
     (student,), _ = find_runs(tmp_path / "student")  # the report counts the teacher's training in the student's
     assert student.training_seconds == pytest.approx(metrics["wall_time_s"] + taught)
+    assert method_label(metrics["run"]) == "distill(alpha=0.8)"  # its teacher's folder is not a setting
     assert metrics["run"]["loss"] == "distill" and 0.0 <= metrics["accuracy"] <= 1.0
 
     # Another split seed carves other calibration images: the teacher trained on some of them, and is refused.

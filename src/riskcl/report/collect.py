@@ -20,11 +20,15 @@ from ..taxonomy import Taxonomy
 METRIC_COLUMNS = (*REPORT_KEYS, "n")
 
 
+LABEL_OMITS = ("teacher",)  # loss parameters that are paths, not settings
+
+
 def method_label(run: dict[str, Any]) -> str:
     """How tables name a run's method: the loss and its parameters, ``+tta`` (for a model that reads images), and
-    a fusion model's head and metadata dropout (``ce+tta+late-dropout0.3``)."""
+    a fusion model's head and metadata dropout (``ce+tta+late-dropout0.3``). A distilled student's teacher is
+    not named (its folder is recorded with the run; runs with other teachers are told apart as variants)."""
     params = run.get("loss_params") or {}
-    extra = ",".join(f"{k}={v}" for k, v in sorted(params.items()))
+    extra = ",".join(f"{k}={v}" for k, v in sorted(params.items()) if k not in LABEL_OMITS)
     tta = "+tta" if run.get("tta", "none") != "none" and run["model"] != METADATA_ONLY else ""
     fusion = run.get("fusion")
     meta = "" if not fusion else (f"+{fusion['head']}" + (f"-dropout{fusion['metadata_dropout']:g}"
