@@ -88,9 +88,10 @@ def ceiling(export: Path, images: list[np.ndarray], batch: int, repeat: int) -> 
 def predict_end_to_end(export: Path, files: list[str], batch: int, tmp: Path, reference: np.ndarray,
                        run: Path, ids: list[str], repeat: int) -> dict:
     """Steady-state throughput of riskcl predict's pipeline (decode, score, rows, CSV written and synced) with the
-    session already open as predict opens it (the median of ``repeat`` passes over ``files``), the wall time of the whole call (session creation included) beside
-    it, and its parity with the bare session's probabilities (``reference``, in ``files`` order) and with the
-    run's own saved test predictions (PyTorch's, at the export's operating point)."""
+    session already open as predict opens it (the median of ``repeat`` passes over ``files``), the wall time of
+    the whole call (session creation included) beside it, and its parity with the bare session's probabilities
+    (``reference``, in ``files`` order) and with the run's own saved test predictions (PyTorch's, at the export's
+    operating point)."""
     from riskcl.deploy.scoring import (PredictionCSV, csv_columns, decision_rows, open_scorer, predict_files,
                                        stream_predictions)
 
