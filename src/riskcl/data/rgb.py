@@ -68,6 +68,8 @@ def to_rgb(im: Image.Image) -> np.ndarray:
     if im.mode in WIDE_MODES:
         grey = scale_to_uint8(np.asarray(im, dtype=np.float64))
         return np.repeat(grey[..., None], 3, axis=2)
+    if im.mode == "RGB":  # already RGB: one copy out of Pillow, not two (a decoded JPEG's usual case)
+        return np.array(im, dtype=np.uint8)
     return np.array(im.convert("RGB"), dtype=np.uint8)
 
 

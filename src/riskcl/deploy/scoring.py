@@ -351,26 +351,32 @@ def _decode_or_reason(path: str, hasher=None, dicom=None) -> tuple[np.ndarray | 
 
 def _scored_batches(paths: Sequence[str], batch_size: int, decode_workers: int, score_workers: int, score,
                     hasher=None, dicom=None) -> Iterator[tuple[list[str], list, list, Any]]:
-    """``(paths, decoded or reason, keyed hashes, score(paths, decoded))`` per batch, in input order: the images
-    decode in ``decode_workers`` threads while ``score_workers`` threads score the batches before them (at most
-    ``score_workers + 1`` batches in memory)."""
+    """``(paths, decoded or reason, keyed hashes, score(paths, decoded))`` per batch, in input order.
+
+    One scoring thread (a model that spreads each batch over the cores): the images decode in ``decode_workers``
+    threads while it scores the batch before them. Several (one batch per core, each single-threaded): each
+    decodes its own batch and scores it, so no more threads run than there are cores (a separate decoding pool
+    beside them took turns with the scoring on the same cores, about 4% slower on the ISIC sample). At most
+    ``score_workers + 1`` batches are in memory."""
     batches = [list(paths[i:i + batch_size]) for i in range(0, len(paths), batch_size)]
     if not batches:
         return
+    score_workers = max(1, score_workers)
 
-    def scored(batch: list[str], futures: list) -> tuple[list[str], list, list, Any]:
-        results = [f.result() for f in futures]
+    def scored(batch: list[str], decoding: list | None) -> tuple[list[str], list, list, Any]:
+        results = ([_decode_or_reason(p, hasher, dicom) for p in batch] if decoding is None
+                   else [f.result() for f in decoding])
         decoded = [r[0] for r in results]
         return batch, decoded, [r[1] for r in results], score(batch, decoded)
 
-    with ThreadPoolExecutor(max_workers=max(1, decode_workers)) as decoders, \
-            ThreadPoolExecutor(max_workers=max(1, score_workers)) as scorers:
+    with ThreadPoolExecutor(max_workers=max(1, decode_workers) if score_workers == 1 else 1) as decoders, \
+            ThreadPoolExecutor(max_workers=score_workers) as scorers:
         def submit(batch: list[str]):
-            return scorers.submit(scored, batch, [decoders.submit(_decode_or_reason, p, hasher, dicom)
-                                                  for p in batch])
+            return scorers.submit(scored, batch, None if score_workers > 1 else
+                                  [decoders.submit(_decode_or_reason, p, hasher, dicom) for p in batch])
 
         ahead = iter(batches)
-        pending = [submit(b) for b in islice(ahead, max(1, score_workers) + 1)]
+        pending = [submit(b) for b in islice(ahead, score_workers + 1)]
         while pending:
             result = pending.pop(0).result()
             following = next(ahead, None)
