@@ -48,6 +48,24 @@ def test_feeder_covers_the_split_once_in_a_seeded_order(demo_train):
     assert not torch.equal(a[0], c[0])  # another epoch: another order and other augmentations
 
 
+def test_feeder_draws_the_configured_augmentation(demo_train):
+    from riskcl.data.augment import sample_params, to_model_input
+    from riskcl.engine.feed import epoch_seed
+
+    def first(augment):
+        feeder = BatchFeeder(demo_train, 16, torch.device("cpu"), train=True, seed=3, prefetch=0, augment=augment)
+        return next(iter(feeder.batches(2)))[0]
+
+    assert torch.equal(first(None), first({}))  # no settings: the paper's rotation and flips, as before
+    strong = {"rotation": 30.0, "flips": "horizontal", "scale": 0.4, "color": 0.2}
+    feeder = BatchFeeder(demo_train, 16, torch.device("cpu"), train=True, seed=3, prefetch=0, augment=strong)
+    order = feeder._order(2)[:16]
+    raw = torch.from_numpy(np.stack([np.asarray(demo_train.images[demo_train.rows[i]]) for i in order]))
+    params = sample_params(len(demo_train), torch.Generator().manual_seed(epoch_seed(3, 2) * 1009 + 1), **strong)
+    torch.testing.assert_close(first(strong), to_model_input(raw, params[slice(0, 16)]))
+    assert not torch.equal(first(strong), first(None))
+
+
 def test_feeder_evaluation_batches_are_the_normalised_images_in_order(demo_train):
     from riskcl.data.augment import normalize
 

@@ -20,6 +20,7 @@ import yaml
 from ._names import did_you_mean
 from .data.duplicates import DEFAULT_DUPLICATES
 from .decision.rules import DECISION_RULES
+from .defaults import AUGMENT_FLIPS, ROTATION_DEGREES
 from .taxonomy import DEFAULT_LAMBDA1, DEFAULT_LAMBDA2
 
 MAX_SEED = 2**32 - 1
@@ -100,6 +101,18 @@ class TrackingConfig:
 
 
 @dataclass
+class AugmentConfig:
+    rotation: float = ROTATION_DEGREES  # degrees: each training image turned by an angle uniform in +-rotation (0:
+                                       # none; the paper's 15)
+    flips: str = "both"                # random flips, each with probability 1/2: "both" (horizontal and vertical:
+                                       # the paper's), "horizontal" or "none"
+    scale: float = 0.0                 # zoom: each image magnified by a factor uniform in [1, 1 + scale] about a
+                                       # random centre that keeps the view inside it (0: none; at most 1)
+    color: float = 0.0                 # brightness and contrast, each multiplied by a factor uniform in
+                                       # [1 - color, 1 + color] (0: none; under 1; images only, never masks)
+
+
+@dataclass
 class OptimConfig:
     lr: float = 1e-4                   # AdamW learning rate (the paper does not give one; 1e-4 fine-tunes well)
     weight_decay: float = 0.05         # AdamW weight decay
@@ -156,6 +169,7 @@ class ExperimentConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     cost: CostConfig = field(default_factory=CostConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # training augmentation (riskcl.data.augment)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     adopt: AdoptConfig = field(default_factory=AdoptConfig)
 
@@ -361,6 +375,13 @@ def _check_top(cfg: ExperimentConfig) -> None:
     _check(o.batch_size >= 1, "optim.batch_size", o.batch_size, ">= 1")
     _check(o.eval_batch_size >= 1, "optim.eval_batch_size", o.eval_batch_size, ">= 1")
     _check(o.grad_clip is None or o.grad_clip > 0, "optim.grad_clip", o.grad_clip, "None or > 0")
+    a = cfg.augment
+    _check(math.isfinite(a.rotation) and 0 <= a.rotation <= 180, "augment.rotation", a.rotation,
+           "degrees in [0, 180]")
+    _check(a.flips in AUGMENT_FLIPS, "augment.flips", a.flips,
+           f"one of {list(AUGMENT_FLIPS)}{did_you_mean(str(a.flips), AUGMENT_FLIPS)}")
+    _check(math.isfinite(a.scale) and 0 <= a.scale <= 1, "augment.scale", a.scale, "in [0, 1] (0: no zoom)")
+    _check(math.isfinite(a.color) and 0 <= a.color < 1, "augment.color", a.color, "in [0, 1) (0: no jitter)")
     _check(cfg.model.pretrained in ("auto", True, False), "model.pretrained", cfg.model.pretrained,
            "'auto', true or false")
     _check(0 <= cfg.model.drop_rate < 1, "model.drop_rate", cfg.model.drop_rate, "in [0, 1)")

@@ -14,3 +14,5 @@ SALIENCY = "gradcam"
 MAX_BATCH = 16                         # serve: concurrent images scored in one model call
 MAX_WAIT_MS = 5.0                      # serve: how long the first image of a batch waits for others
 OBJECTIVES = ("guarantee", "expected-cost", "minimax")  # calibrate --objective ("guarantee": the largest certified)
+ROTATION_DEGREES = 15.0                # training augmentation (the paper's): a random turn within +-15 degrees
+AUGMENT_FLIPS = ("both", "horizontal", "none")  # augment.flips: which random flips (each with probability 1/2)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -43,17 +43,20 @@ class BatchFeeder:
         seed: the run's seed. rank / world_size: this process's shard under torchrun.
         channels_last: return ``x`` in channels-last memory format (CUDA convolutions prefer it).
         prefetch: batches a background thread gathers ahead (0: gather in the calling thread).
+        augment: the training augmentation's settings (:func:`riskcl.data.augment.sample_params`'s ``rotation``,
+            ``flips``, ``scale``, ``color``; None: the paper's rotation and flips).
     """
 
     def __init__(self, dataset: ImageDataset, batch_size: int, device: torch.device, train: bool = False,
                  seed: int = 0, rank: int = 0, world_size: int = 1, channels_last: bool = False,
-                 prefetch: int = 1) -> None:
+                 prefetch: int = 1, augment: Mapping[str, Any] | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"Expected `batch_size` >= 1, but got {batch_size}")
         self.dataset, self.batch_size, self.device = dataset, int(batch_size), torch.device(device)
         self.train, self.seed, self.rank, self.world_size = train, seed, rank, world_size
         self.channels_last = channels_last and self.device.type == "cuda"
         self.prefetch = max(0, int(prefetch))
+        self.augment = dict(augment or {})
         self.pin = self.device.type == "cuda"
         self.targets = torch.from_numpy(np.array(dataset.targets, dtype=np.int64))
         self.segmentation = getattr(dataset, "masks", None) is not None
@@ -75,7 +78,7 @@ class BatchFeeder:
         if not self.train:
             return None
         g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch) * 1009 + self.rank + 1)
-        return sample_params(n, g).to(self.device)
+        return sample_params(n, g, **self.augment).to(self.device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Epoch 0's batches (evaluation feeders are the same every epoch)."""

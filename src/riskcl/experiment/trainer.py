@@ -8,6 +8,8 @@ it chooses nothing. At the end :meth:`Trainer.predict_splits` writes the predict
 """
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import platform
 import time
@@ -75,7 +77,8 @@ class Trainer:
         self.common = dict(device=device, amp=cfg.amp, channels_last=cfg.channels_last, progress=progress)
         self.train_feeder = BatchFeeder(self.train_ds, cfg.optim.batch_size, device, train=True, seed=cfg.seed,
                                         rank=info.rank, world_size=info.world_size,
-                                        channels_last=cfg.channels_last, prefetch=cfg.data.num_workers)
+                                        channels_last=cfg.channels_last, prefetch=cfg.data.num_workers,
+                                        augment=dataclasses.asdict(cfg.augment))
 
     def _metadata_encoding(self):
         """With ``model.metadata``: the encoding fitted on the training split (saved in the run folder, reused on
