@@ -9,7 +9,6 @@ it chooses nothing. At the end :meth:`Trainer.predict_splits` writes the predict
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 import platform
 import time
