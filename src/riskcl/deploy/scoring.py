@@ -28,6 +28,7 @@ import glob
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -369,10 +370,13 @@ def _scored_batches(paths: Sequence[str], batch_size: int, decode_workers: int, 
         decoded = [r[0] for r in results]
         return batch, decoded, [r[1] for r in results], score(batch, decoded)
 
-    with ThreadPoolExecutor(max_workers=max(1, decode_workers) if score_workers == 1 else 1) as decoders, \
-            ThreadPoolExecutor(max_workers=score_workers) as scorers:
+    with ExitStack() as stack:  # the scorers shut down first: their batches wait on the decoders
+        decoders = (stack.enter_context(ThreadPoolExecutor(max_workers=max(1, decode_workers)))
+                    if score_workers == 1 else None)  # several scoring threads decode their own batches
+        scorers = stack.enter_context(ThreadPoolExecutor(max_workers=score_workers))
+
         def submit(batch: list[str]):
-            return scorers.submit(scored, batch, None if score_workers > 1 else
+            return scorers.submit(scored, batch, None if decoders is None else
                                   [decoders.submit(_decode_or_reason, p, hasher, dicom) for p in batch])
 
         ahead = iter(batches)
